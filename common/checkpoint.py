@@ -1,0 +1,182 @@
+"""Checkpoint I/O that never unpickles and never leaves a half-written file.
+
+Weights go to safetensors with a `stage` tag in the metadata, so a file from the
+other stage is refused by name. Nested state (optimizer, counters) is split into
+tensors (safetensors) and everything else (JSON). Writes go to a temporary name
+and are renamed into place, so a reader sees the old file or the new one, never
+a torn one; a checkpoint *directory* is complete exactly when its name has no
+`.tmp` prefix.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from common.errors import VQGenError
+
+
+class CheckpointError(VQGenError):
+    """An unreadable, wrong-stage or mismatched checkpoint; printed as one line."""
+
+
+CHECKPOINT_RE = re.compile(r"^step_(\d{9})$")
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def save_weights(path: Path, tensors: dict[str, torch.Tensor], stage: str) -> None:
+    """Write a safetensors file atomically; `stage` is checked again on load."""
+    path = Path(path)
+    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    try:
+        save_file(tensors, str(tmp), metadata={"stage": stage, "format": "vqgen-1"})
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+def load_weights(path: Path, stage: str) -> dict[str, torch.Tensor]:
+    """Read a safetensors file written by save_weights for `stage`; never unpickles."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file not found")
+    try:
+        from safetensors import safe_open
+        with safe_open(str(path), framework="pt") as f:
+            found = (f.metadata() or {}).get("stage")
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({str(err).splitlines()[0]}); "
+                              "it may be truncated or corrupted: retrain or restore it") from None
+    if found != stage:
+        raise CheckpointError(f"{path}: holds a {found or 'foreign'} checkpoint, expected a {stage} one")
+    return tensors
+
+
+# -- nested state <-> (tensors, json) -------------------------------------------------
+
+def flatten_state(obj: Any, prefix: str = "", tensors: dict | None = None):
+    """Split nested dict/list state into {path: tensor} and a JSON-able skeleton."""
+    tensors = {} if tensors is None else tensors
+    if isinstance(obj, torch.Tensor):
+        tensors[prefix] = obj
+        return {"__tensor__": prefix}, tensors
+    if isinstance(obj, dict):
+        # JSON keys are strings; remember int keys (optimizer state is keyed by int).
+        return {"__dict__": [[k, flatten_state(v, f"{prefix}.{k}", tensors)[0]] for k, v in obj.items()]}, tensors
+    if isinstance(obj, (list, tuple)):
+        return {"__list__": [flatten_state(v, f"{prefix}.{i}", tensors)[0] for i, v in enumerate(obj)]}, tensors
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj, tensors
+    raise TypeError(f"cannot store {type(obj).__name__} at {prefix!r} in a checkpoint")
+
+
+def unflatten_state(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(skeleton, dict):
+        if "__tensor__" in skeleton:
+            return tensors[skeleton["__tensor__"]]
+        if "__dict__" in skeleton:
+            return {k: unflatten_state(v, tensors) for k, v in skeleton["__dict__"]}
+        if "__list__" in skeleton:
+            return [unflatten_state(v, tensors) for v in skeleton["__list__"]]
+    return skeleton
+
+
+# -- resume checkpoints (directories) -------------------------------------------------
+
+def list_checkpoints(checkpoint_root: Path) -> list[Path]:
+    """Complete checkpoints, oldest first; temporary (half-written) ones are ignored."""
+    root = Path(checkpoint_root)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and CHECKPOINT_RE.match(p.name)]
+    return sorted(found, key=lambda p: int(CHECKPOINT_RE.match(p.name).group(1)))
+
+
+def save_checkpoint(checkpoint_root: Path, step: int, parts: dict[str, Any], stage: str, keep: int) -> Path:
+    """Write `parts` (name -> nested state) as checkpoints/step_N, atomically.
+
+    The directory is filled under a temporary name, synced, then renamed; older
+    checkpoints beyond `keep` are removed only after the new one is in place.
+    """
+    root = Path(checkpoint_root)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{step:09d}"
+    tmp = root / f".tmp-step_{step:09d}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        skeletons = {}
+        for name, state in parts.items():
+            skeleton, tensors = flatten_state(state)
+            skeletons[name] = skeleton
+            save_weights(tmp / f"{name}.safetensors", tensors, stage)
+        atomic_write_text(tmp / "state.json", json.dumps({"stage": stage, "step": step, "parts": skeletons}))
+        _fsync_dir(tmp)
+        if final.exists():  # same step saved twice (e.g. end of run right after an eval)
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        _fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old in list_checkpoints(root)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: Path, stage: str) -> dict[str, Any]:
+    """Read a directory written by save_checkpoint; returns {'step', part names...}."""
+    path = Path(path)
+    meta_file = path / "state.json"
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{meta_file}: unreadable checkpoint metadata ({err})") from None
+    if meta.get("stage") != stage:
+        raise CheckpointError(f"{path}: holds a {meta.get('stage') or 'foreign'} checkpoint, expected a {stage} one")
+    out = {"step": int(meta["step"])}
+    for name, skeleton in meta["parts"].items():
+        out[name] = unflatten_state(skeleton, load_weights(path / f"{name}.safetensors", stage))
+    return out

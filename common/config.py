@@ -1,0 +1,179 @@
+"""Typed configs: one dataclass per stage holds every default; YAML files only
+override it, and `key=value` arguments override the YAML.
+
+Every value is type-checked against its field, and an unknown key is an error
+that names the close matches, so a typo never silently trains the wrong model.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from common.errors import VQGenError
+
+
+class ConfigError(VQGenError, ValueError):
+    """A bad config key or value; entry scripts print it as one line and exit 2."""
+
+
+@dataclass
+class TrainConfig:
+    """Keys every training entry understands (DESIGN.md)."""
+    out_dir: str = "runs/run"
+    data_root: str = ""              # "" -> $VQGEN_DATA or data/
+    dataset: Literal["mnist", "fashion"] = "mnist"
+    seed: int = 0
+    epochs: int = 1
+    max_steps: int = 0               # > 0: stop after this many optimizer steps (smoke runs)
+    train_subset: int = 0            # > 0: use only the first N training images
+    batch_size: int = 128            # per process; DDP multiplies it by the world size
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.05       # cosine decay ends at lr * min_lr_ratio
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0           # max global grad norm; 0 disables clipping
+    resume: str = "auto"             # auto | never | PATH to a checkpoint dir
+    tracker: Literal["none", "wandb"] = "none"
+    eval_every: int = 0              # steps between evaluations; 0 = once per epoch
+    keep_checkpoints: int = 2
+
+    def validate(self) -> None:
+        _require(self.epochs >= 1, "epochs", "must be >= 1")
+        _require(self.max_steps >= 0, "max_steps", "must be >= 0 (0 = no limit)")
+        _require(self.train_subset >= 0, "train_subset", "must be >= 0 (0 = all)")
+        _require(self.batch_size >= 1, "batch_size", "must be >= 1")
+        _require(self.lr > 0, "lr", "must be > 0")
+        _require(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
+        _require(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "must be in [0, 1]")
+        _require(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        _require(self.grad_clip >= 0, "grad_clip", "must be >= 0 (0 = off)")
+        _require(self.eval_every >= 0, "eval_every", "must be >= 0 (0 = every epoch)")
+        _require(self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
+        _require(self.out_dir != "", "out_dir", "must not be empty")
+        if self.resume not in ("auto", "never") and not Path(self.resume).is_dir():
+            raise ConfigError(f"resume={self.resume!r}: expected auto, never or an existing checkpoint directory")
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key} {message}")
+
+
+def _check_type(key: str, value: Any, annotation: Any) -> Any:
+    """Return `value` as the field's type, or raise ConfigError naming the key."""
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        choices = typing.get_args(annotation)
+        if value not in choices:
+            raise ConfigError(f"{key}={value!r}: expected one of {', '.join(map(str, choices))}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(annotation)
+        if value is None and type(None) in args:
+            return None
+        annotation = next(a for a in args if a is not type(None))
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif annotation is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    else:
+        return value
+    raise ConfigError(f"{key}={value!r}: expected {annotation.__name__}")
+
+
+def apply_overrides(cfg, overrides: dict[str, Any], source: str):
+    """Return a copy of `cfg` with `overrides` applied; unknown keys name close matches."""
+    hints = typing.get_type_hints(type(cfg))
+    names = [f.name for f in fields(cfg)]
+    updates = {}
+    for key, value in overrides.items():
+        if key not in hints:
+            close = difflib.get_close_matches(key, names, n=3, cutoff=0.6)
+            hint = f"; did you mean {' or '.join(close)}?" if close else f"; known keys: {', '.join(names)}"
+            raise ConfigError(f"unknown config key {key!r} in {source}{hint}")
+        updates[key] = _check_type(key, value, hints[key])
+    return dataclasses.replace(cfg, **updates)
+
+
+def parse_value(text: str) -> Any:
+    """Parse a CLI value the way YAML would (`3` -> int, `1e-3` -> float, `true` -> bool)."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    # YAML 1.1 reads "1e-3" as a string; accept it as the float the user meant.
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def load_config(cls, argv: list[str], default_file: str | Path | None = None):
+    """Build `cls` from its defaults, then a YAML file, then `key=value` arguments.
+
+    argv: `[--config FILE] [key=value ...]`. With no --config, `default_file` is
+    read when it exists. Raises ConfigError (one line) on any problem.
+    """
+    config_file, pairs = None, []
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        if arg in ("--config", "-c"):
+            if not args:
+                raise ConfigError("--config needs a YAML file path")
+            config_file = args.pop(0)
+        elif arg.startswith("--config="):
+            config_file = arg.split("=", 1)[1]
+        elif "=" in arg and not arg.startswith("-"):
+            key, value = arg.split("=", 1)
+            pairs.append((key.strip(), parse_value(value)))
+        else:
+            raise ConfigError(f"cannot parse argument {arg!r}: use key=value or --config FILE")
+
+    cfg = cls()
+    path = Path(config_file) if config_file else (Path(default_file) if default_file else None)
+    if config_file and not path.is_file():
+        raise ConfigError(f"config file {config_file} not found")
+    if path is not None and path.is_file():
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path} must hold a mapping of key: value")
+        cfg = apply_overrides(cfg, data, str(path))
+    cfg = apply_overrides(cfg, dict(pairs), "the command line")
+    cfg.validate()
+    return cfg
+
+
+def config_to_dict(cfg) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def config_from_file(cls, path: Path):
+    """Rebuild a saved config (config.yaml beside the weights); unknown keys are an error."""
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"cannot read {path}: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of key: value")
+    return apply_overrides(cls(), data, str(path))

@@ -1,0 +1,96 @@
+"""Figures written into run directories (matplotlib, headless)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+def _pyplot():
+    """matplotlib is slow to import; only figures need it, not sample grids."""
+    import matplotlib
+    matplotlib.use("Agg")  # no screen needed
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def image_grid(images: torch.Tensor, nrow: int) -> torch.Tensor:
+    """[N,1,H,W] or [N,H,W] in [0,1] -> one [rows*H, nrow*W] tensor with 2-pixel gaps."""
+    images = images.detach().float().cpu().reshape(-1, *images.shape[-2:])
+    n, h, w = images.shape
+    rows = (n + nrow - 1) // nrow
+    grid = torch.ones(rows * (h + 2) - 2, nrow * (w + 2) - 2)
+    for i in range(n):
+        r, c = divmod(i, nrow)
+        grid[r * (h + 2): r * (h + 2) + h, c * (w + 2): c * (w + 2) + w] = images[i]
+    return grid
+
+
+def save_png(path: Path, images: torch.Tensor, nrow: int = 8, scale: int = 2) -> None:
+    """A plain sample grid (white background, dark ink), without matplotlib."""
+    from PIL import Image
+    grid = 1 - image_grid(images, nrow)
+    pixels = (grid.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    image = Image.fromarray(pixels, mode="L")
+    image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+    path = Path(path)
+    tmp = path.with_name(f".tmp-{path.name}")
+    image.save(tmp, format="PNG")
+    tmp.replace(path)
+
+
+def save_image_grid(path: Path, images: torch.Tensor, nrow: int = 8, title: str | None = None,
+                    row_labels: list[str] | None = None) -> None:
+    grid = image_grid(images, nrow)
+    height = grid.shape[0] / grid.shape[1] * 6
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, max(1.5, height)))
+    ax.imshow(grid.numpy(), cmap="gray_r", vmin=0, vmax=1)
+    ax.set_xticks([])
+    if row_labels:
+        cell = images.shape[-2] + 2
+        ax.set_yticks([i * cell + cell / 2 - 1 for i in range(len(row_labels))], row_labels)
+    else:
+        ax.set_yticks([])
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def save_curves(path: Path, curves: dict[str, tuple[list, list]], xlabel: str = "step",
+                log_y: bool = False, title: str | None = None) -> None:
+    """One line per name: curves = {name: (xs, ys)}."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, (xs, ys) in curves.items():
+        ax.plot(xs, ys, label=name, marker="o" if len(xs) < 20 else None)
+    ax.set_xlabel(xlabel)
+    if log_y:
+        ax.set_yscale("log")
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def save_bars(path: Path, values: torch.Tensor, xlabel: str, ylabel: str, title: str) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.bar(range(len(values)), values.cpu().numpy(), width=1.0)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _save(fig, path: Path) -> None:
+    """Write to a temporary name and rename, like every other file we write."""
+    path = Path(path)
+    tmp = path.with_name(f".tmp-{path.name}")
+    fig.savefig(tmp, dpi=100, format=path.suffix.lstrip("."))
+    _pyplot().close(fig)
+    tmp.replace(path)

@@ -1,0 +1,318 @@
+"""The one training loop both stages share, in the idiom of Accelerate's examples.
+
+A stage hands `fit` a `Task` (model, optimizer factory, loss, evaluation, plots);
+`fit` owns everything else: device placement, DDP sharding, the learning-rate
+schedule, progress, NaN detection, metrics.jsonl, tracking, atomic checkpoints
+on every evaluation and on SIGINT/SIGTERM, and exact resume.
+
+Exact resume holds because nothing random is left to chance: the data order of
+an epoch is a function of (seed, epoch), and the torch RNG state is saved with
+the weights, so a resumed CPU run ends with the same bits as an unbroken one.
+"""
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from common.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, save_checkpoint
+from common.config import ConfigError, config_from_file, config_to_dict
+from common.errors import VQGenError
+from common.runs import CONFIG, save_run_config, save_run_weights
+from common.tracking import make_accelerator, start_tracking
+
+# Keys that may change between a run and its resumption; any other difference
+# means the checkpoint belongs to a different experiment.
+RESUMABLE_KEYS = {"epochs", "max_steps", "eval_every", "tracker", "resume", "keep_checkpoints",
+                  "out_dir", "data_root", "log_every"}
+LOG_EVERY = 25
+
+
+class TrainingError(VQGenError):
+    """Training cannot go on (non-finite loss, ...); printed as one line."""
+
+
+@dataclass
+class Task:
+    stage: str                                            # "tokenizer" | "prior": tags every file
+    model: nn.Module
+    train_tensors: tuple[torch.Tensor, ...]               # indexed along dim 0, moved to the device
+    loss_fn: Callable[[nn.Module, tuple[torch.Tensor, ...]], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+    evaluate: Callable[[nn.Module], dict[str, float]]     # main process, unwrapped model in eval mode
+    make_optimizer: Callable[[nn.Module], torch.optim.Optimizer] | None = None
+    report: Callable[[Path, nn.Module, list[dict], list[dict]], None] | None = None  # plots
+    export: Callable[[nn.Module], dict[str, torch.Tensor]] = field(default=lambda m: m.state_dict())
+
+
+def lr_at(step: int, total: int, cfg) -> float:
+    """Linear warmup, then cosine decay to lr * min_lr_ratio."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+    floor = cfg.lr * cfg.min_lr_ratio
+    return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * progress))
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The shuffled order of epoch `epoch`: the same on every process and after resume."""
+    gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n, generator=gen)
+
+
+class _StopSignal:
+    """Turns SIGINT/SIGTERM into a flag the loop checks after each step."""
+
+    def __init__(self):
+        self.received = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. inside some test runners)
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _check_resume_config(out_dir: Path, cfg) -> None:
+    saved_file = out_dir / CONFIG
+    if not saved_file.is_file():
+        return
+    saved = config_to_dict(config_from_file(type(cfg), saved_file))
+    now = config_to_dict(cfg)
+    changed = [k for k in now if k not in RESUMABLE_KEYS and saved.get(k) != now[k]]
+    if changed:
+        diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed)
+        raise ConfigError(f"{out_dir} holds a run with a different config ({diffs}); "
+                          f"use another out_dir= or delete {out_dir} to start afresh")
+
+
+def find_resume_point(cfg, stage: str) -> Path | None:
+    """Which checkpoint to resume from, checked before any heavy work."""
+    out_dir = Path(cfg.out_dir)
+    found = list_checkpoints(out_dir / "checkpoints")
+    if cfg.resume == "never":
+        if found:
+            raise ConfigError(f"{out_dir} already holds checkpoints; pass resume=auto to continue that run, "
+                              f"or choose another out_dir= (nothing is deleted for you)")
+        return None
+    if cfg.resume == "auto":
+        if found:
+            _check_resume_config(out_dir, cfg)
+        return found[-1] if found else None
+    return Path(cfg.resume)
+
+
+def fit(cfg, task: Task, accelerator=None) -> dict:
+    """Train `task.model` under `cfg`; returns the last evaluation's metrics."""
+    resume_from = find_resume_point(cfg, task.stage)
+    accelerator = accelerator or make_accelerator(cfg.tracker)
+    out_dir = Path(cfg.out_dir)
+    is_main = accelerator.is_main_process
+    rank, world = accelerator.process_index, accelerator.num_processes
+
+    model = task.model
+    optimizer = (task.make_optimizer or _default_optimizer(cfg))(model)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    raw_model = accelerator.unwrap_model(model)
+    data = tuple(t.to(accelerator.device) for t in task.train_tensors)
+
+    n_train = data[0].shape[0]
+    steps_per_epoch = (n_train // world) // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise ConfigError(f"batch_size={cfg.batch_size} x {world} processes exceeds the {n_train} training images")
+    total_steps = cfg.epochs * steps_per_epoch
+    eval_every = cfg.eval_every or steps_per_epoch
+
+    step, history = 0, []
+    if resume_from is not None:
+        state = load_checkpoint(resume_from, task.stage)
+        raw_model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if torch.cuda.is_available() and "cuda" in state["rng"]:
+            torch.cuda.set_rng_state(state["rng"]["cuda"])
+        step, history = state["step"], state["history"]
+        if is_main:
+            _truncate_metrics(out_dir / "metrics.jsonl", step)
+            accelerator.print(f"resuming {task.stage} from {resume_from} (step {step}/{total_steps})")
+    else:
+        torch.manual_seed(cfg.seed + rank)
+    if is_main:
+        save_run_config(out_dir, cfg)
+    start_tracking(accelerator, cfg.tracker, task.stage, config_to_dict(cfg), str(out_dir))
+
+    stop_at = min(total_steps, cfg.max_steps) if cfg.max_steps else total_steps
+    metrics = _read_last_metrics(out_dir / "metrics.jsonl") if step >= stop_at else {}
+
+    def save(step_now: int):
+        _raise_if_nonfinite(bad_step, out_dir)
+        if is_main:
+            rng = {"torch": torch.get_rng_state()}
+            if torch.cuda.is_available():
+                rng["cuda"] = torch.cuda.get_rng_state()
+            save_checkpoint(out_dir / "checkpoints", step_now,
+                            {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+                             "rng": rng, "history": history},
+                            task.stage, cfg.keep_checkpoints)
+        accelerator.wait_for_everyone()
+
+    def evaluate(step_now: int, train_logs: dict) -> dict:
+        _raise_if_nonfinite(bad_step, out_dir)
+        result = {}
+        if is_main:
+            raw_model.eval()
+            with torch.no_grad():
+                result = {"step": step_now, "epoch": round(step_now / steps_per_epoch, 3),
+                          "time_s": round(time.perf_counter() - t_start + time_before, 2),
+                          **train_logs, **task.evaluate(raw_model)}
+            raw_model.train()
+            with open(out_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(result) + "\n")
+            save_run_weights(out_dir, task.export(raw_model), task.stage)
+            if task.report is not None:
+                task.report(out_dir, raw_model, history, _read_metrics(out_dir / "metrics.jsonl"))
+            shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()}
+            accelerator.print(f"[{task.stage}] " + " ".join(f"{k}={v}" for k, v in shown.items()))
+        accelerator.log({k: v for k, v in result.items() if isinstance(v, (int, float))}, step=step_now)
+        accelerator.wait_for_everyone()
+        return result
+
+    bad_step = torch.full((), -1, dtype=torch.long, device=accelerator.device)
+    time_before = history[-1]["time_s"] if history else 0.0
+    t_start = time.perf_counter()
+    sums, n_logged = {}, 0
+    progress = _progress(is_main, stop_at, step, task.stage)
+    model.train()
+    order_epoch, order = -1, None
+    with _StopSignal() as stop:
+        while step < stop_at:
+            epoch, index = divmod(step, steps_per_epoch)
+            if epoch != order_epoch:  # each process takes its own stride of the shared order
+                order_epoch, order = epoch, epoch_order(n_train, cfg.seed, epoch)[rank::world].to(accelerator.device)
+            batch_ids = order[index * cfg.batch_size:(index + 1) * cfg.batch_size]
+            batch = tuple(t[batch_ids] for t in data)
+
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, total_steps, cfg)
+            loss, logs = task.loss_fn(model, batch)
+            accelerator.backward(loss)
+            if cfg.grad_clip > 0:
+                accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+            # Remember the first bad step on the device: no host sync per step.
+            finite = torch.isfinite(loss.detach())
+            bad_step = torch.where(~finite & (bad_step < 0), torch.full_like(bad_step, step), bad_step)
+            for k, v in {"loss": loss, **logs}.items():
+                sums[k] = sums.get(k, 0.0) + v.detach().float()
+            n_logged += 1
+            step += 1
+            progress.update(1)
+
+            if step % LOG_EVERY == 0 or step == stop_at:
+                _raise_if_nonfinite(bad_step, out_dir)
+                means = {f"train_{k}": (v / n_logged).item() for k, v in sums.items()}
+                history.append({"step": step, "time_s": round(time.perf_counter() - t_start + time_before, 2),
+                                **means})
+                progress.set_postfix(loss=f"{means['train_loss']:.4f}")
+                sums, n_logged = {}, 0
+            if step % eval_every == 0 or step == stop_at:
+                train_logs = {k: v for k, v in history[-1].items() if k.startswith("train_")} if history else {}
+                metrics = evaluate(step, train_logs)
+                save(step)
+            if stop.received:
+                save(step)
+                progress.close()
+                accelerator.print(f"{stop.received}: saved a checkpoint at step {step} in {out_dir}/checkpoints; "
+                                  f"run the same command again to resume")
+                accelerator.end_training()
+                raise SystemExit(130 if stop.received == "SIGINT" else 143)
+    progress.close()
+    _check_replicas_agree(raw_model, accelerator)
+    accelerator.end_training()
+    return metrics
+
+
+def _check_replicas_agree(model: nn.Module, accelerator) -> None:
+    """Under DDP every process must hold the same weights and codebook statistics."""
+    if accelerator.num_processes == 1:
+        return
+    import torch.distributed as dist
+    worst = torch.zeros((), device=accelerator.device)
+    state = model.state_dict()
+    for tensor in state.values():
+        reference = tensor.detach().clone()
+        dist.broadcast(reference, src=0)
+        worst = torch.maximum(worst, (reference.float() - tensor.float()).abs().max())
+    dist.all_reduce(worst, op=dist.ReduceOp.MAX)
+    if worst.item() > 0:
+        raise TrainingError(f"DDP replicas disagree (max difference {worst.item():.3g}); please report this")
+    accelerator.print(f"replicas agree: {len(state)} tensors identical on {accelerator.num_processes} processes")
+
+
+def _default_optimizer(cfg):
+    def make(model: nn.Module) -> torch.optim.Optimizer:
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return make
+
+
+def _raise_if_nonfinite(bad_step: torch.Tensor, out_dir: Path) -> None:
+    bad = int(bad_step.item())
+    if bad >= 0:
+        last = list_checkpoints(out_dir / "checkpoints")
+        kept = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was written"
+        raise TrainingError(f"non-finite loss at step {bad}; stopped without saving it ({kept}); "
+                            "try a lower lr= or grad_clip=")
+
+
+def _progress(enabled: bool, total: int, initial: int, stage: str):
+    from tqdm.auto import tqdm
+    return tqdm(total=total, initial=initial, disable=not enabled, desc=stage, dynamic_ncols=True,
+                mininterval=1.0)
+
+
+def _read_metrics(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _read_last_metrics(path: Path) -> dict:
+    rows = _read_metrics(path)
+    return rows[-1] if rows else {}
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop evaluations logged after the checkpoint we resume from (they will be redone)."""
+    rows = _read_metrics(path)
+    kept = [r for r in rows if r.get("step", 0) <= step]
+    if len(kept) != len(rows):
+        from common.checkpoint import atomic_write_text
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+def run_main(main: Callable[[list[str]], object], argv: list[str]) -> None:
+    """Entry-script wrapper: our own errors become one line on stderr and exit code 2."""
+    import sys
+    try:
+        main(argv)
+    except VQGenError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None

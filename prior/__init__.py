@@ -1,0 +1,32 @@
+"""Stage two: the Transformer prior over code grids.
+
+    from prior import load_prior
+    gpt, cfg = load_prior("runs/prior")      # eval mode, on CPU unless device= given
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from common.checkpoint import CheckpointError
+from common.runs import load_run
+from prior.config import PriorConfig
+from prior.model import GPT
+
+
+def load_prior(run_dir: str | Path = "runs/prior", device: str | torch.device = "cpu") -> tuple[GPT, PriorConfig]:
+    """Rebuild a trained GPT from its run dir; returns (model, its config)."""
+    cfg, weights = load_run(Path(run_dir), PriorConfig, "prior")
+    if cfg.vocab_size < 2:
+        raise CheckpointError(f"{Path(run_dir) / 'config.yaml'}: vocab_size={cfg.vocab_size} is not a trained prior's")
+    model = GPT(cfg.shape())
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as err:
+        raise CheckpointError(f"{Path(run_dir) / 'model.safetensors'}: weights do not match its config.yaml "
+                              f"({str(err).splitlines()[0]})") from None
+    return model.to(device).eval(), cfg
+
+
+__all__ = ["load_prior", "GPT", "PriorConfig"]

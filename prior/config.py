@@ -1,0 +1,35 @@
+"""PriorConfig: the shared training keys plus the GPT's shape, one dataclass."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from common.config import ConfigError, TrainConfig
+from prior.model import PriorShape
+
+
+@dataclass
+class PriorConfig(TrainConfig, PriorShape):
+    out_dir: str = "runs/prior"
+    tokenizer: str = "runs/tokenizer"     # run dir of the frozen stage-one model
+    epochs: int = 4
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+
+    def validate(self) -> None:
+        super().validate()
+        checks = [
+            (self.vocab_size == 0 or self.vocab_size >= 2, "vocab_size", "must be 0 (from the tokenizer) or >= 2"),
+            (self.n_layer >= 1, "n_layer", "must be >= 1"),
+            (self.n_head >= 1 and self.n_embd % self.n_head == 0, "n_head", "must divide n_embd"),
+            (self.n_embd >= 8, "n_embd", "must be >= 8"),
+            (0 <= self.dropout < 1, "dropout", "must be in [0, 1)"),
+            (0 <= self.label_dropout < 1, "label_dropout", "must be in [0, 1)"),
+        ]
+        for ok, key, message in checks:
+            if not ok:
+                raise ConfigError(f"{key}={getattr(self, key)!r} {message}")
+
+    def shape(self) -> PriorShape:
+        return PriorShape(**{f.name: getattr(self, f.name) for f in fields(PriorShape)})

@@ -1,0 +1,166 @@
+"""A small causal Transformer (GPT) over the 49 code indices of a 7x7 grid.
+
+The sequence is [cond, c_0, ..., c_47] -> predicts [c_0, ..., c_48] (raster order,
+common.grid). The first token doubles as start and class token: digits 0-9, or
+NULL_CLASS for "no label". Trained with label dropout, one model samples
+unconditionally (NULL_CLASS), conditionally, and with classifier-free guidance
+(Ho & Salimans 2022): logits = cond + scale * (cond - uncond).
+
+Pre-norm blocks and F.scaled_dot_product_attention as in nanoGPT; a KV cache
+makes generation O(T) per token instead of recomputing the prefix.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SEQ_LEN = 49          # 7x7 codes
+NUM_CLASSES = 10
+NULL_CLASS = NUM_CLASSES   # "no label": unconditional start token
+
+
+@dataclass
+class PriorShape:
+    vocab_size: int = 0          # codebook size K; 0 = take it from the tokenizer
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+    class_conditional: bool = True
+    label_dropout: float = 0.1   # share of labels replaced by NULL_CLASS in training
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, shape: PriorShape):
+        super().__init__()
+        self.n_head = shape.n_head
+        self.qkv = nn.Linear(shape.n_embd, 3 * shape.n_embd)
+        self.proj = nn.Linear(shape.n_embd, shape.n_embd)
+        self.dropout = shape.dropout
+
+    def forward(self, x, cache: list | None = None):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        if cache is not None:
+            if cache:  # append this step's keys/values to the cached prefix
+                k, v = torch.cat([cache[0], k], 2), torch.cat([cache[1], v], 2)
+            cache[:] = [k, v]
+        # With a cache, the new query sees the whole prefix, so no mask is needed
+        # unless several new tokens arrive at once (the prefill).
+        causal = cache is None or T > 1
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=causal,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class Block(nn.Module):
+    def __init__(self, shape: PriorShape):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(shape.n_embd)
+        self.attn = SelfAttention(shape)
+        self.ln2 = nn.LayerNorm(shape.n_embd)
+        self.mlp = nn.Sequential(nn.Linear(shape.n_embd, 4 * shape.n_embd), nn.GELU(),
+                                 nn.Linear(4 * shape.n_embd, shape.n_embd), nn.Dropout(shape.dropout))
+
+    def forward(self, x, cache=None):
+        x = x + self.attn(self.ln1(x), cache)
+        return x + self.mlp(self.ln2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, shape: PriorShape):
+        super().__init__()
+        assert shape.vocab_size >= 2, "vocab_size must be set (the tokenizer's codebook size)"
+        self.shape = shape
+        self.tok_emb = nn.Embedding(shape.vocab_size, shape.n_embd)
+        self.cond_emb = nn.Embedding(NUM_CLASSES + 1, shape.n_embd)   # digits + NULL_CLASS
+        self.pos_emb = nn.Parameter(torch.zeros(1, SEQ_LEN, shape.n_embd))
+        self.blocks = nn.ModuleList([Block(shape) for _ in range(shape.n_layer)])
+        self.ln_f = nn.LayerNorm(shape.n_embd)
+        self.head = nn.Linear(shape.n_embd, shape.vocab_size, bias=False)
+        self.apply(self._init)
+        nn.init.normal_(self.pos_emb, std=0.02)
+
+    @staticmethod
+    def _init(m):
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+    def _embed(self, labels, codes, start: int):
+        """Inputs for positions start..: the class token at 0, then codes shifted by one."""
+        parts = []
+        if start == 0:
+            parts.append(self.cond_emb(labels)[:, None])                # (B, 1, C)
+        if codes is not None and codes.shape[1] > 0:
+            parts.append(self.tok_emb(codes))                           # (B, t, C)
+        x = torch.cat(parts, 1)
+        return x + self.pos_emb[:, start:start + x.shape[1]]
+
+    def forward(self, codes: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None = None):
+        """codes: (B, 49) long; labels: (B,) long in 0..10 -> (logits (B, 49, V), loss or None)."""
+        x = self._embed(labels, codes[:, :-1], start=0)                 # (B, 49, C)
+        for block in self.blocks:
+            x = block(x)
+        logits = self.head(self.ln_f(x))
+        loss = None if targets is None else F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        return logits, loss
+
+    @torch.no_grad()
+    def next_logits(self, labels, prefix: torch.Tensor, caches: list | None):
+        """Logits for the token after `prefix` (B, t). With caches, only new tokens are run."""
+        if caches is None:   # recompute the whole prefix (the reference the cache must match)
+            x = self._embed(labels, prefix, start=0)
+            for block in self.blocks:
+                x = block(x)
+        else:
+            if not caches[0]:    # first call: prefill class token + any given prefix
+                x = self._embed(labels, prefix, start=0)
+            else:
+                x = self._embed(labels, prefix[:, -1:], start=prefix.shape[1])
+            for block, cache in zip(self.blocks, caches):
+                x = block(x, cache)
+        return self.head(self.ln_f(x[:, -1])).float()                    # (B, V)
+
+    @torch.no_grad()
+    def generate(self, labels: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                 top_p: float | None = None, cfg: float = 0.0, prefix: torch.Tensor | None = None,
+                 generator: torch.Generator | None = None, use_cache: bool = True) -> torch.Tensor:
+        """Sample (B, 49) codes. labels: (B,) in 0..10; prefix: (B, t) codes to keep."""
+        B = labels.shape[0]
+        device = labels.device
+        tokens = prefix if prefix is not None else torch.empty(B, 0, dtype=torch.long, device=device)
+        guided = cfg != 0.0
+        if guided:  # one batch: conditional rows, then the same rows unconditioned
+            labels = torch.cat([labels, torch.full_like(labels, NULL_CLASS)])
+        caches = [[] for _ in self.blocks] if use_cache else None
+        while tokens.shape[1] < SEQ_LEN:
+            logits = self.next_logits(labels, torch.cat([tokens, tokens]) if guided else tokens, caches)
+            if guided:
+                cond, uncond = logits.chunk(2)
+                logits = cond + cfg * (cond - uncond)
+            nxt = sample_logits(logits, temperature, top_k, top_p, generator)
+            tokens = torch.cat([tokens, nxt[:, None]], 1)
+        return tokens
+
+
+def sample_logits(logits, temperature=1.0, top_k=None, top_p=None, generator=None) -> torch.Tensor:
+    """One token per row from logits (B, V) with temperature, top-k and nucleus filtering."""
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        # Drop a token when the tokens before it already cover top_p (keep at least one).
+        drop_sorted = (cumulative - sorted_logits.softmax(-1)) >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)

@@ -1,0 +1,126 @@
+"""Train the Transformer prior over a frozen tokenizer's 7x7 codes (stage two).
+
+    accelerate launch prior/train.py [--config FILE] [key=value ...]
+    python prior/train.py tokenizer=runs/tokenizer class_conditional=false
+
+Defaults: prior.config.PriorConfig, overridden by configs/prior.yaml, then key=value.
+Writes runs/prior/{config.yaml, model.safetensors, metrics.jsonl, checkpoints/,
+samples.png, loss.png}. Run it again to resume an interrupted run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+from common.config import ConfigError, load_config
+from common.grid import sequence_to_grid
+from common.plots import save_curves, save_image_grid
+from common.tracking import make_accelerator
+from common.training import Task, find_resume_point, fit, run_main
+from prior.config import PriorConfig
+from prior.data import load_code_grids
+from prior.model import GPT, NULL_CLASS, NUM_CLASSES
+from tokenizer import load_tokenizer
+from tokenizer.data import data_root, ensure_dataset
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "prior.yaml"
+
+
+def resolve_vocab(cfg: PriorConfig, codebook_size: int) -> PriorConfig:
+    """Take the vocabulary from the tokenizer, or refuse a mismatch in one line."""
+    if cfg.vocab_size == 0:
+        return dataclasses.replace(cfg, vocab_size=codebook_size)
+    if cfg.vocab_size != codebook_size:
+        raise ConfigError(f"vocab_size={cfg.vocab_size} but the tokenizer in {cfg.tokenizer} has "
+                          f"codebook_size={codebook_size}; drop vocab_size= or point tokenizer= at a matching run")
+    return cfg
+
+
+@torch.no_grad()
+def test_nll_bits(model: GPT, codes: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
+    """Mean negative log-likelihood of the test codes, in bits per token."""
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for i in range(0, len(codes), batch_size):
+        c, y = codes[i:i + batch_size].to(device), labels[i:i + batch_size].to(device)
+        logits, _ = model(c, y)
+        total += torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), c.flatten(),
+                                                   reduction="sum").item()
+        count += c.numel()
+    return total / count / math.log(2)
+
+
+def make_task(cfg: PriorConfig, tokenizer, grids: dict) -> Task:
+    torch.manual_seed(cfg.seed)
+    model = GPT(cfg.shape())
+    test_codes, test_labels = grids["test_codes"].long(), grids["test_labels"]
+
+    def loss_fn(m, batch):
+        codes, labels = batch
+        if cfg.class_conditional:   # label dropout teaches the same model the unconditional task
+            drop = torch.rand(labels.shape, device=labels.device) < cfg.label_dropout
+            labels = labels.masked_fill(drop, NULL_CLASS)
+        else:
+            labels = torch.full_like(labels, NULL_CLASS)
+        _, loss = m(codes, labels, targets=codes)
+        return loss, {}
+
+    def evaluate(m):
+        null = torch.full_like(test_labels, NULL_CLASS)
+        bits = test_nll_bits(m, test_codes, test_labels if cfg.class_conditional else null)
+        result = {"test_nll_bits_per_token": bits, "test_nll_bits_per_image": bits * 49,
+                  "uniform_bits_per_image": 49 * math.log2(cfg.vocab_size)}
+        if cfg.class_conditional:
+            result["test_nll_bits_per_image_unconditional"] = test_nll_bits(m, test_codes, null) * 49
+        return result
+
+    def report(out_dir: Path, m, history, metrics):
+        device = next(m.parameters()).device
+        gen = torch.Generator(device=device).manual_seed(cfg.seed)
+        if cfg.class_conditional:   # one row per digit
+            labels = torch.arange(NUM_CLASSES, device=device).repeat_interleave(8)
+        else:
+            labels = torch.full((64,), NULL_CLASS, device=device)
+        tokens = m.generate(labels, generator=gen)
+        images = tokenizer.to(device).decode(sequence_to_grid(tokens))
+        save_image_grid(out_dir / "samples.png", images, nrow=8, title=f"samples at step {metrics[-1]['step']}",
+                        row_labels=[str(d) for d in range(NUM_CLASSES)] if cfg.class_conditional else None)
+        if history:
+            steps = [h["step"] for h in history]
+            curves = {"train_loss (nats/token)": (steps, [h["train_loss"] for h in history]),
+                      "test (nats/token)": ([r["step"] for r in metrics],
+                                            [r["test_nll_bits_per_token"] * math.log(2) for r in metrics])}
+            save_curves(out_dir / "loss.png", curves, title="prior loss")
+
+    def make_optimizer(m):
+        # Weight decay on matrices only (nanoGPT): not on biases, norms or embeddings' positions.
+        decay = [p for n, p in m.named_parameters() if p.dim() >= 2 and "pos_emb" not in n]
+        no_decay = [p for n, p in m.named_parameters() if p.dim() < 2 or "pos_emb" in n]
+        return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                  {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
+
+    return Task(stage="prior", model=model, train_tensors=(grids["train_codes"].long(), grids["train_labels"]),
+                loss_fn=loss_fn, evaluate=evaluate, make_optimizer=make_optimizer, report=report)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg = load_config(PriorConfig, sys.argv[1:] if argv is None else argv, DEFAULT_CONFIG)
+    tokenizer = load_tokenizer(cfg.tokenizer)          # refuses a missing run in one line
+    cfg = resolve_vocab(cfg, tokenizer.codebook_size)
+    find_resume_point(cfg, "prior")
+    accelerator = make_accelerator(cfg.tracker)
+    root = data_root(cfg.data_root)
+    with accelerator.main_process_first():
+        ensure_dataset(root, cfg.dataset)
+        tokenizer.to(accelerator.device)
+        grids = load_code_grids(tokenizer, Path(cfg.tokenizer), root, cfg.dataset,
+                                Path(cfg.out_dir) / "codes", cfg.train_subset)
+    return fit(cfg, make_task(cfg, tokenizer, grids), accelerator)
+
+
+if __name__ == "__main__":
+    run_main(main, sys.argv[1:])

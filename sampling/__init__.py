@@ -1,0 +1,82 @@
+"""Sampling: token grids from the prior, decoded into images by the tokenizer.
+
+    from sampling import generate
+    out = generate(n=64, digit=None, temperature=1.0, top_k=None, top_p=None, cfg=0.0, seed=0)
+    out["images"]   # float [n,1,28,28] in [0,1];  out["tokens"]: long [n,7,7];  out["labels"]: long [n] or None
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from common.checkpoint import CheckpointError
+from common.grid import grid_to_sequence, sequence_to_grid
+from prior.model import NULL_CLASS, NUM_CLASSES
+
+
+def check_sampling_args(n: int, temperature: float, top_k, top_p, digit, batch_size: int) -> None:
+    """Raise ValueError (one line) before anything heavy is loaded."""
+    if n <= 0:
+        raise ValueError(f"n={n}: need at least one sample")
+    if not temperature > 0:
+        raise ValueError(f"temperature={temperature}: must be > 0")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k={top_k}: must be >= 1")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p={top_p}: must be in (0, 1]")
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}: must be >= 1")
+    for d in digit if isinstance(digit, (list, tuple)) else ([] if digit is None else [digit]):
+        if not (isinstance(d, int) and 0 <= d < NUM_CLASSES):
+            raise ValueError(f"digit={d!r}: must be an integer 0-9")
+
+
+def labels_for(n: int, digit) -> torch.Tensor | None:
+    """None -> unconditional; an int -> all that digit; a list -> cycled across the n samples."""
+    if digit is None:
+        return None
+    digits = list(digit) if isinstance(digit, (list, tuple)) else [digit]
+    return torch.tensor([digits[i % len(digits)] for i in range(n)], dtype=torch.long)
+
+
+def load_models(prior_dir="runs/prior", tokenizer_dir=None, device="cpu"):
+    """(gpt, prior_cfg, tokenizer), checking that the two stages belong together."""
+    from prior import load_prior
+    from tokenizer import load_tokenizer
+    gpt, cfg = load_prior(prior_dir, device)
+    tokenizer_dir = tokenizer_dir or cfg.tokenizer
+    tokenizer = load_tokenizer(tokenizer_dir, device)
+    if tokenizer.codebook_size != cfg.vocab_size:
+        raise CheckpointError(f"prior {prior_dir} has vocab_size={cfg.vocab_size} but tokenizer {tokenizer_dir} "
+                              f"has codebook_size={tokenizer.codebook_size}; pass the tokenizer it was trained on")
+    return gpt, cfg, tokenizer
+
+
+@torch.no_grad()
+def generate(n: int = 64, digit=None, temperature: float = 1.0, top_k: int | None = None,
+             top_p: float | None = None, cfg: float = 0.0, seed: int = 0, prior: str | Path = "runs/prior",
+             tokenizer: str | Path | None = None, device: str = "cpu", batch_size: int = 2048,
+             keep: torch.Tensor | None = None, models=None) -> dict:
+    """Sample n images. keep: optional long [n,R,7] code rows to hold fixed (completion)."""
+    check_sampling_args(n, temperature, top_k, top_p, digit, batch_size)
+    gpt, prior_cfg, tok = models or load_models(prior, tokenizer, device)
+    labels = labels_for(n, digit)
+    if labels is not None and not prior_cfg.class_conditional:
+        raise ValueError(f"--digit needs a class-conditional prior; {prior} was trained with class_conditional=false")
+    if cfg and not prior_cfg.class_conditional:
+        raise ValueError(f"--cfg needs a class-conditional prior; {prior} was trained with class_conditional=false")
+    cond = labels if labels is not None else torch.full((n,), NULL_CLASS, dtype=torch.long)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    tokens = []
+    for start in range(0, n, batch_size):   # chunks keep memory bounded for any n
+        y = cond[start:start + batch_size].to(device)
+        prefix = None if keep is None else grid_to_sequence(keep[start:start + batch_size]).to(device)
+        tokens.append(gpt.generate(y, temperature, top_k, top_p, cfg if labels is not None else 0.0,
+                                   prefix=prefix, generator=gen))
+    grids = sequence_to_grid(torch.cat(tokens))
+    images = torch.cat([tok.decode(grids[i:i + batch_size]) for i in range(0, n, batch_size)])
+    return {"images": images.cpu(), "tokens": grids.cpu(), "labels": labels}
+
+
+__all__ = ["generate", "load_models", "check_sampling_args", "labels_for"]

@@ -1,0 +1,155 @@
+"""Sample new digits: the prior draws 7x7 code grids, the tokenizer decodes them.
+
+    python sampling/generate.py --n 64
+    python sampling/generate.py --n 80 --digit 0,1,2,3,4,5,6,7,8,9 --cfg 1.0
+    python sampling/generate.py --n 16 --complete samples/samples.npz --keep-rows 3
+
+Writes OUT/grid.png and OUT/samples.npz (images uint8 [N,28,28], tokens int16
+[N,7,7], labels int64 [N] when conditioned). Same --seed, same images.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+import time
+from pathlib import Path
+
+OUR_FILES = {"grid.png", "samples.npz"}
+
+
+def parse_digits(text: str):
+    if text.strip().lower() == "all":
+        return list(range(10))
+    try:
+        digits = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a digit 0-9, a list like 1,4,7, or 'all'") from None
+    if not digits or any(not 0 <= d <= 9 for d in digits):
+        raise argparse.ArgumentTypeError(f"{text!r}: digits must be 0-9")
+    return digits[0] if len(digits) == 1 else digits
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Sample digits from a trained prior + tokenizer.")
+    p.add_argument("--n", type=int, default=64, help="number of samples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--digit", type=parse_digits, default=None, help="a digit, a list like 1,4,7, or 'all'")
+    p.add_argument("--cfg", type=float, default=0.0, help="classifier-free guidance scale (with --digit)")
+    p.add_argument("--out", default="samples")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=int, default=2048, help="samples generated at once")
+    p.add_argument("--prior", default="runs/prior")
+    p.add_argument("--tokenizer", default=None, help="default: the one the prior was trained on")
+    p.add_argument("--complete", default=None, metavar="IMAGE_OR_NPZ",
+                   help="complete real images: a 28x28 PNG or an .npz with 'images'")
+    p.add_argument("--keep-rows", type=int, default=3, help="code rows (of 7) kept with --complete")
+    p.add_argument("--overwrite", action="store_true", help="write into a --out that holds other files")
+    return p
+
+
+def check_out_dir(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder")
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in OUR_FILES) if out.is_dir() else []
+    if foreign and not overwrite:
+        raise ValueError(f"--out {out} already holds files this tool did not write ({', '.join(foreign[:3])}); "
+                         "choose another --out or pass --overwrite")
+
+
+def load_images(path: Path):
+    """Images to complete, as float [N,1,28,28] in [0,1] (white ink on black, like MNIST)."""
+    import numpy as np
+    import torch
+    if not path.is_file():
+        raise ValueError(f"--complete {path}: file not found")
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as data:
+            if "images" not in data:
+                raise ValueError(f"--complete {path}: no 'images' array in it")
+            images = torch.from_numpy(data["images"])
+    else:
+        from PIL import Image, UnidentifiedImageError
+        try:
+            images = torch.from_numpy(np.array(Image.open(path).convert("L")))[None]
+        except (UnidentifiedImageError, OSError):
+            raise ValueError(f"--complete {path}: not a readable image") from None
+    if images.dim() == 4 and images.shape[1] == 1:
+        images = images[:, 0]
+    if images.dim() != 3 or tuple(images.shape[1:]) != (28, 28):
+        raise ValueError(f"--complete {path}: need 28x28 images, got shape {tuple(images.shape)}")
+    images = images.float() / 255 if images.dtype == torch.uint8 else images.float()
+    if images.min() < 0 or images.max() > 1:
+        raise ValueError(f"--complete {path}: pixels must be uint8 or floats in [0,1]")
+    return images[:, None]
+
+
+def save_npz(path: Path, **arrays) -> None:
+    import numpy as np
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.write_bytes(buffer.getvalue())
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    from sampling import check_sampling_args
+    check_sampling_args(args.n, args.temperature, args.top_k, args.top_p, args.digit, args.batch_size)
+    if not 0 <= args.keep_rows <= 7:
+        raise ValueError(f"--keep-rows {args.keep_rows}: must be 0-7")
+    out = Path(args.out)
+    check_out_dir(out, args.overwrite)
+    if not (Path(args.prior) / "model.safetensors").is_file():
+        raise ValueError(f"--prior {args.prior}: no trained prior there; run `accelerate launch prior/train.py`")
+
+    import torch
+    from common.plots import save_png
+    from sampling import generate, load_models
+
+    models = load_models(args.prior, args.tokenizer, args.device)
+    keep, originals = None, None
+    if args.complete:
+        originals = load_images(Path(args.complete))
+        grids = models[2].encode(originals.to(args.device)).cpu()
+        keep = grids[torch.arange(args.n) % len(grids), :args.keep_rows]
+    started = time.perf_counter()
+    result = generate(n=args.n, digit=args.digit, temperature=args.temperature, top_k=args.top_k,
+                      top_p=args.top_p, cfg=args.cfg, seed=args.seed, device=args.device,
+                      batch_size=args.batch_size, keep=keep, models=models)
+    seconds = time.perf_counter() - started
+
+    out.mkdir(parents=True, exist_ok=True)
+    images = result["images"]
+    arrays = {"images": (images[:, 0] * 255).round().to(torch.uint8).numpy(),
+              "tokens": result["tokens"].to(torch.int16).numpy()}
+    if result["labels"] is not None:
+        arrays["labels"] = result["labels"].numpy()
+    save_npz(out / "samples.npz", **arrays)
+    shown = images[:256]
+    if originals is not None:   # first row: the real images being completed
+        shown = torch.cat([originals[:8].cpu(), images[:248]])
+    nrow = 10 if isinstance(args.digit, list) and len(args.digit) == 10 else 8
+    save_png(out / "grid.png", shown, nrow=nrow)
+    print(f"wrote {args.n} samples to {out}/samples.npz and {out}/grid.png "
+          f"(generation {seconds:.2f} s, {args.n / seconds:.0f} images/s)")
+    return result
+
+
+if __name__ == "__main__":
+    try:
+        main(sys.argv[1:])
+    except (ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except Exception as err:   # our own one-line errors (checkpoint, config)
+        from common.errors import VQGenError
+        if isinstance(err, VQGenError):
+            print(f"error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
+        raise

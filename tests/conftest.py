@@ -1,0 +1,37 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+os.environ.setdefault("WANDB_MODE", "disabled")   # tests never track
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+# Small enough for seconds on a 2-core CPU, real MNIST underneath.
+TINY_TOKENIZER = ["hidden_channels=16", "embedding_dim=8", "codebook_size=32", "train_subset=512",
+                  "batch_size=64", "epochs=2", "warmup_steps=2", "dead_code_steps=5"]
+
+
+@pytest.fixture(scope="session")
+def mnist_root() -> Path:
+    from tokenizer.data import data_root, ensure_dataset
+    root = data_root()
+    ensure_dataset(root, "mnist")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_run(tmp_path_factory, mnist_root) -> Path:
+    """A trained tiny tokenizer shared by tests that only read it."""
+    from tokenizer.train import main
+    out = tmp_path_factory.mktemp("tok") / "run"
+    main(TINY_TOKENIZER + [f"out_dir={out}", f"data_root={mnist_root}"])
+    return out
+
+
+def run_cli(args: list[str], env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env=full_env)

@@ -1,0 +1,109 @@
+"""Stage one end to end on real MNIST at tiny sizes: config, smoke, round trip, resume, DDP."""
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from common.config import ConfigError, load_config
+from conftest import REPO, TINY_TOKENIZER, run_cli
+from tokenizer import load_tokenizer
+from tokenizer.config import TokenizerConfig
+from tokenizer.data import load_split, to_float
+from tokenizer.train import main
+
+
+def test_config_layers_defaults_yaml_and_cli(tmp_path):
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text("codebook_size: 64\nlr: 0.01\n")
+    cfg = load_config(TokenizerConfig, ["--config", str(yaml_file), "lr=3e-4", "ema=true"])
+    assert (cfg.codebook_size, cfg.lr, cfg.ema, cfg.embedding_dim) == (64, 3e-4, True, 64)
+
+
+@pytest.mark.parametrize("arg, message", [
+    ("codebook_sz=8", "did you mean codebook_size"),
+    ("codebook_size=1", "codebook_size=1 must be >= 2"),
+    ("lr=0", "lr must be > 0"),
+    ("lr=fast", "lr='fast': expected float"),
+    ("epochs=1.5", "epochs=1.5: expected int"),
+    ("dataset=cifar", "expected one of mnist, fashion"),
+    ("ema=maybe", "expected bool"),
+    ("resume=/no/such/dir", "resume='/no/such/dir'"),
+    ("nonsense", "use key=value"),
+])
+def test_bad_config_is_one_clear_error(arg, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        load_config(TokenizerConfig, [arg])
+
+
+def test_cli_bad_key_exits_with_one_line_before_work(tmp_path):
+    result = run_cli(["tokenizer/train.py", "codebook_sze=8", f"out_dir={tmp_path}/x"])
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "did you mean codebook_size" in result.stderr
+    assert not (tmp_path / "x").exists(), "nothing may be written for a rejected config"
+
+
+def test_smoke_two_steps(tmp_path, mnist_root):
+    out = tmp_path / "run"
+    metrics = main(TINY_TOKENIZER + ["max_steps=2", f"out_dir={out}", f"data_root={mnist_root}"])
+    assert metrics["step"] == 2
+    for name in ("config.yaml", "model.safetensors", "metrics.jsonl", "reconstructions.png",
+                 "codebook_usage.png", "loss.png"):
+        assert (out / name).is_file(), name
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_000000002"]
+
+
+def test_trained_tiny_tokenizer_learns_and_round_trips(tiny_tokenizer_run, mnist_root):
+    rows = [json.loads(l) for l in (tiny_tokenizer_run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["test_psnr"] > rows[0]["test_psnr"] - 0.5 and rows[-1]["test_psnr"] > 12
+    assert rows[-1]["codebook_usage"] > 0.5
+    tok = load_tokenizer(tiny_tokenizer_run)
+    images, _ = load_split(mnist_root, "mnist", train=False, subset=16)
+    x = to_float(images)
+    idx = tok.encode(x)
+    assert idx.shape == (16, 7, 7) and idx.dtype == torch.long and idx.max() < tok.codebook_size
+    x_hat = tok.decode(idx)
+    assert x_hat.shape == x.shape and 0 <= x_hat.min() and x_hat.max() <= 1
+    # The loaded model is the trained one: same codes as the weights file implies.
+    again = load_tokenizer(tiny_tokenizer_run)
+    assert torch.equal(again.encode(x), idx)
+
+
+@pytest.mark.parametrize("ema", [False, True])
+def test_resume_gives_bit_identical_weights(tmp_path, mnist_root, ema):
+    common = TINY_TOKENIZER + [f"data_root={mnist_root}", f"ema={str(ema).lower()}", "eval_every=3"]
+    main(common + [f"out_dir={tmp_path}/straight"])
+    # Stop after 11 steps (mid-epoch 2 of 8-step epochs), then resume to the end.
+    main(common + [f"out_dir={tmp_path}/broken", "max_steps=11"])
+    main(common + [f"out_dir={tmp_path}/broken"])
+    a = load_file(tmp_path / "straight" / "model.safetensors")
+    b = load_file(tmp_path / "broken" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_resume_refuses_a_run_with_a_different_config(tmp_path, mnist_root):
+    common = TINY_TOKENIZER + [f"data_root={mnist_root}", f"out_dir={tmp_path}/r", "max_steps=1"]
+    main(common)
+    with pytest.raises(ConfigError, match="codebook_size: 32 -> 64"):
+        main(common + ["codebook_size=64"])
+    with pytest.raises(ConfigError, match="already holds checkpoints"):
+        main(common + ["resume=never"])
+
+
+def test_two_process_cpu_run_agrees_with_one(tmp_path, mnist_root):
+    """A real 2-process gloo run: same total batch as one process, replicas stay identical."""
+    args = [f"data_root={mnist_root}", "hidden_channels=16", "embedding_dim=8", "codebook_size=32",
+            "train_subset=2048", "epochs=2", "warmup_steps=2", "dead_code_steps=5"]
+    result = run_cli(["-m", "torch.distributed.run", "--nproc_per_node", "2", "tokenizer/train.py",
+                      *args, "batch_size=32", f"out_dir={tmp_path}/ddp"],
+                     env={"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    single = main(args + ["batch_size=64", f"out_dir={tmp_path}/one"])
+    ddp = [json.loads(l) for l in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()][-1]
+    assert ddp["step"] == single["step"], "same total batch -> same number of optimizer steps"
+    assert abs(ddp["test_psnr"] - single["test_psnr"]) < 1.5
+    assert ddp["codebook_usage"] > 0.8 * single["codebook_usage"]
+    assert "replicas agree" in result.stdout + result.stderr

