@@ -11,7 +11,7 @@ from prior.model import PriorShape
 class PriorConfig(TrainConfig, PriorShape):
     out_dir: str = "runs/prior"
     tokenizer: str = "runs/tokenizer"     # run dir of the frozen stage-one model
-    epochs: int = 4
+    epochs: int = 2
     batch_size: int = 128
     lr: float = 2e-3
     weight_decay: float = 0.01

@@ -95,20 +95,19 @@ def test_kmeans_init_on_first_training_batch():
     assert vq.eval()(z).indices.unique().numel() >= 14
 
 
-def test_ema_codebook_tracks_assigned_means_without_gradients():
+def test_ema_codebook_converges_to_means_of_its_members_without_gradients():
     torch.manual_seed(0)
     vq = VectorQuantizer(small_shape(ema=True, ema_decay=0.5, dead_code_steps=0)).train()
     assert not isinstance(vq.codebook, torch.nn.Parameter)
     z = torch.randn(4, 4, 7, 7)
     q = vq(z)
     assert q.codebook_loss == 0 and q.loss > 0
-    flat = rearrange(z, "b d h w -> (b h w) d")
-    code = int(q.indices.flatten()[0])
-    members = flat[q.indices.flatten() == code].mean(0)
-    start_gap = (members - vq.codebook[code]).norm()
-    for _ in range(10):
+    for _ in range(60):   # fixed data: EMA updates are Lloyd steps, so they reach a fixed point
         vq(z)
-    assert (members - vq.codebook[code]).norm() < start_gap
+    indices = vq.eval()(z).indices.flatten()
+    flat = rearrange(z, "b d h w -> (b h w) d")
+    for code in indices.unique():
+        torch.testing.assert_close(vq.codebook[code], flat[indices == code].mean(0), atol=1e-3, rtol=1e-3)
 
 
 def test_kmeans_finds_separated_clusters():

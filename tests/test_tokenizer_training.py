@@ -18,7 +18,7 @@ def test_config_layers_defaults_yaml_and_cli(tmp_path):
     yaml_file = tmp_path / "c.yaml"
     yaml_file.write_text("codebook_size: 64\nlr: 0.01\n")
     cfg = load_config(TokenizerConfig, ["--config", str(yaml_file), "lr=3e-4", "ema=true"])
-    assert (cfg.codebook_size, cfg.lr, cfg.ema, cfg.embedding_dim) == (64, 3e-4, True, 64)
+    assert (cfg.codebook_size, cfg.lr, cfg.ema, cfg.hidden_channels) == (64, 3e-4, True, 64)
 
 
 @pytest.mark.parametrize("arg, message", [

@@ -1,0 +1,75 @@
+"""Judge samples against MNIST with the project's own classifier.
+
+    python sampling/evaluate.py samples/samples.npz [--tokenizer runs/tokenizer]
+
+Prints Frechet distance (classifier features, vs the 10k test images),
+`confident`, `class_kl`, precision/recall and, when the file has labels,
+`cond_acc`; beside them the same figures for 10k real training images (the
+floor) and the tokenizer's test reconstructions (what a perfect prior reaches).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("samples", help="an .npz written by sampling/generate.py")
+    p.add_argument("--tokenizer", default="runs/tokenizer", help="for the reconstruction reference")
+    p.add_argument("--json", default=None, help="also write the table as JSON here")
+    args = p.parse_args(argv)
+    path = Path(args.samples)
+    if not path.is_file():
+        raise ValueError(f"{path}: file not found; write one with `python sampling/generate.py --n 10000`")
+
+    import numpy as np
+    import torch
+    from sampling.judge import judge, load_classifier, classify
+    from tokenizer.data import data_root, load_split, to_float
+
+    with np.load(path, allow_pickle=False) as data:
+        if "images" not in data:
+            raise ValueError(f"{path}: no 'images' array")
+        images = torch.from_numpy(data["images"])
+        labels = torch.from_numpy(data["labels"]).long() if "labels" in data else None
+    if images.dim() != 3 or tuple(images.shape[1:]) != (28, 28) or images.dtype != torch.uint8:
+        raise ValueError(f"{path}: 'images' must be uint8 [N,28,28], got {images.dtype} {tuple(images.shape)}")
+
+    root = data_root()
+    model = load_classifier(root)
+    test_x, _ = load_split(root, "mnist", train=False)
+    test = to_float(test_x)
+    _, test_feats = classify(model, test)
+    n = len(images)
+    rows = {"samples": judge(model, to_float(images), test_feats, labels)}
+    train_x, train_y = load_split(root, "mnist", train=True)
+    rows["real train (floor)"] = judge(model, to_float(train_x[:min(n, 10000)]), test_feats,
+                                       train_y[:min(n, 10000)] if labels is not None else None)
+    if (Path(args.tokenizer) / "model.safetensors").is_file():
+        from tokenizer import load_tokenizer
+        tok = load_tokenizer(args.tokenizer)
+        recon = torch.cat([tok.decode(tok.encode(test[i:i + 2000])) for i in range(0, len(test), 2000)])
+        recon = (recon * 255).round() / 255   # the same uint8 rounding the samples went through
+        rows["tokenizer recon"] = judge(model, recon[:min(n, 10000)], test_feats)
+    keys = ["n", "frechet", "confident", "class_kl", "precision", "recall", "cond_acc"]
+    print(f"{'':22s}" + "".join(f"{k:>11s}" for k in keys))
+    for name, r in rows.items():
+        print(f"{name:22s}" + "".join(f"{r[k]:>11.4g}" if k in r else f"{'-':>11s}" for k in keys))
+    if "tokenizer recon" in rows:
+        ratio = rows["samples"]["frechet"] / max(rows["tokenizer recon"]["frechet"], 1e-9)
+        print(f"frechet ratio samples / tokenizer recon: {ratio:.2f}")
+        rows["frechet_ratio"] = ratio
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    return rows
+
+
+if __name__ == "__main__":
+    try:
+        main(sys.argv[1:])
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None

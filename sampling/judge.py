@@ -1,0 +1,143 @@
+"""The project's own judge: a small MNIST classifier and the sample metrics built on it.
+
+Metrics (DESIGN.md): Frechet distance between classifier features of samples
+and of the test set (as FID, Heusel et al. 2017, but in an MNIST classifier's
+penultimate layer), `confident` (top probability >= 0.9), `class_kl` (KL of the
+predicted-class histogram to uniform), `cond_acc`, and improved precision/recall
+(Kynkaanniemi et al. 2019, k-NN balls in feature space).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from common.checkpoint import CheckpointError, load_weights, save_weights
+from tokenizer.data import data_root, ensure_dataset, load_split, to_float
+
+CLASSIFIER_DIR = Path("runs/classifier")
+
+
+class Classifier(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),     # 14x14
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),    # 7x7
+            nn.Flatten(), nn.Linear(64 * 49, 128), nn.ReLU(),
+        )
+        self.head = nn.Linear(128, 10)
+
+    def forward(self, x):               # x: [B,1,28,28] in [0,1]
+        feats = self.features(x * 2 - 1)
+        return self.head(feats), feats
+
+
+def train_classifier(root: Path, epochs: int = 3, seed: int = 0, subset: int = 0) -> tuple[Classifier, float]:
+    """A few epochs of Adam with light shift augmentation; returns (model, test accuracy)."""
+    torch.manual_seed(seed)
+    images, labels = load_split(root, "mnist", train=True, subset=subset)
+    model = Classifier()
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    steps = epochs * (len(images) // 128)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
+    model.train()
+    for epoch in range(epochs):
+        order = torch.randperm(len(images))
+        for i in range(len(images) // 128):
+            idx = order[i * 128:(i + 1) * 128]
+            x = to_float(images[idx])
+            # Random shifts of up to 2 pixels: samples are not perfectly centred.
+            dx, dy = torch.randint(-2, 3, (2,)).tolist()
+            x = torch.roll(x, (dy, dx), (2, 3))
+            loss = F.cross_entropy(model(x)[0], labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    model.eval()
+    test_x, test_y = load_split(root, "mnist", train=False)
+    accuracy = (classify(model, to_float(test_x))[0].argmax(1) == test_y).float().mean().item()
+    return model, accuracy
+
+
+def load_classifier(root: Path | None = None, cache_dir: Path = CLASSIFIER_DIR) -> Classifier:
+    """The cached judge, trained on first use (about a minute on a 2-core CPU)."""
+    path = Path(cache_dir) / "model.safetensors"
+    model = Classifier()
+    if path.is_file():
+        model.load_state_dict(load_weights(path, "classifier"))
+        return model.eval()
+    root = root or data_root()
+    ensure_dataset(root, "mnist")
+    print(f"training the judge classifier (once; cached in {path}) ...", flush=True)
+    model, accuracy = train_classifier(root)
+    if accuracy < 0.99:
+        raise CheckpointError(f"judge classifier reached only {accuracy:.2%} test accuracy (< 99%)")
+    print(f"judge classifier: {accuracy:.2%} MNIST test accuracy", flush=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_weights(path, model.state_dict(), "classifier")
+    return model.eval()
+
+
+@torch.no_grad()
+def classify(model: Classifier, images: torch.Tensor, batch_size: int = 1000):
+    """(probabilities [N,10], features [N,128]) for float images [N,1,28,28] in [0,1]."""
+    probs, feats = [], []
+    for i in range(0, len(images), batch_size):
+        logits, f = model(images[i:i + batch_size].float())
+        probs.append(logits.softmax(1))
+        feats.append(f)
+    return torch.cat(probs), torch.cat(feats)
+
+
+def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """||mu_a - mu_b||^2 + tr(Sa + Sb - 2 (Sa^1/2 Sb Sa^1/2)^1/2), in float64."""
+    a, b = a.double(), b.double()
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)
+    vals, vecs = torch.linalg.eigh(cov_a)
+    sqrt_a = vecs @ torch.diag(vals.clamp(min=0).sqrt()) @ vecs.T
+    middle = torch.linalg.eigvalsh(sqrt_a @ cov_b @ sqrt_a).clamp(min=0).sqrt().sum()
+    return float((mu_a - mu_b).pow(2).sum() + cov_a.trace() + cov_b.trace() - 2 * middle)
+
+
+def _knn_radius(x: torch.Tensor, k: int) -> torch.Tensor:
+    radii = []
+    for i in range(0, len(x), 1000):
+        d = torch.cdist(x[i:i + 1000], x)
+        radii.append(d.kthvalue(k + 1, dim=1).values)   # +1: the point itself is at 0
+    return torch.cat(radii)
+
+
+def _covered(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor) -> float:
+    hits = []
+    for i in range(0, len(points), 1000):
+        d = torch.cdist(points[i:i + 1000], centres)
+        hits.append((d <= radii[None]).any(1))
+    return torch.cat(hits).float().mean().item()
+
+
+def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> tuple[float, float]:
+    precision = _covered(fake, real, _knn_radius(real, k))
+    recall = _covered(real, fake, _knn_radius(fake, k))
+    return precision, recall
+
+
+def judge(model: Classifier, images: torch.Tensor, reference_feats: torch.Tensor,
+          labels: torch.Tensor | None = None) -> dict:
+    """All sample metrics of float images [N,1,28,28] in [0,1] against reference features."""
+    probs, feats = classify(model, images)
+    hist = torch.bincount(probs.argmax(1), minlength=10).double() / len(probs)
+    nonzero = hist[hist > 0]
+    precision, recall = precision_recall(reference_feats, feats)
+    result = {"n": len(images), "frechet": frechet_distance(feats, reference_feats),
+              "confident": (probs.max(1).values >= 0.9).float().mean().item(),
+              "class_kl": float((nonzero * (nonzero * 10).log()).sum()),
+              "precision": precision, "recall": recall}
+    if labels is not None:
+        result["cond_acc"] = (probs.argmax(1) == labels).float().mean().item()
+    return result
+

@@ -1,0 +1,36 @@
+"""The judge must rank real digits above broken ones, and its math must be right."""
+import torch
+
+from sampling.judge import frechet_distance, judge, precision_recall, train_classifier, classify
+from tokenizer.data import load_split, to_float
+
+
+def test_frechet_distance_of_known_gaussians():
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(20000, 3, generator=gen)
+    b = torch.randn(20000, 3, generator=gen) + torch.tensor([2.0, 0, 0])
+    assert abs(frechet_distance(a, a)) < 1e-6
+    assert abs(frechet_distance(a, b) - 4.0) < 0.2      # only the mean moved by 2
+
+
+def test_precision_recall_sees_mode_dropping():
+    gen = torch.Generator().manual_seed(0)
+    real = torch.cat([torch.randn(500, 2, generator=gen), torch.randn(500, 2, generator=gen) + 20])
+    half = torch.randn(1000, 2, generator=gen)            # covers one of the two modes
+    precision, recall = precision_recall(real, half)
+    assert precision > 0.9 and recall < 0.6
+
+
+def test_judge_orders_real_above_shuffled_pixels(mnist_root):
+    model, accuracy = train_classifier(mnist_root, epochs=1, subset=12800)
+    assert accuracy > 0.95
+    test_x, _ = load_split(mnist_root, "mnist", train=False)
+    _, ref = classify(model, to_float(test_x))
+    train_x, train_y = load_split(mnist_root, "mnist", train=True, subset=2000)
+    real = to_float(train_x)
+    gen = torch.Generator().manual_seed(0)
+    shuffled = real.flatten(1)[:, torch.randperm(784, generator=gen)].view_as(real)
+    good, bad = judge(model, real, ref, train_y), judge(model, shuffled, ref, train_y)
+    assert good["frechet"] < bad["frechet"] / 5
+    assert good["confident"] > bad["confident"] and good["cond_acc"] > 0.95 > bad["cond_acc"]
+    assert good["precision"] > bad["precision"] and good["recall"] > bad["recall"]

@@ -1,0 +1,155 @@
+"""Prior invariants (causality, KV cache) and stage two end to end at tiny sizes."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from common.config import ConfigError
+from conftest import run_cli
+from prior.model import GPT, NULL_CLASS, PriorShape, sample_logits
+
+
+def tiny_gpt(**kw):
+    torch.manual_seed(0)
+    return GPT(PriorShape(**{"vocab_size": 32, "n_layer": 2, "n_head": 2, "n_embd": 32, **kw})).eval()
+
+
+def test_prior_is_causal():
+    model = tiny_gpt()
+    codes = torch.randint(32, (2, 49))
+    labels = torch.tensor([3, NULL_CLASS])
+    base, _ = model(codes, labels)
+    for t in (0, 10, 30, 47):
+        changed = codes.clone()
+        changed[:, t] = (changed[:, t] + 1) % 32
+        logits, _ = model(changed, labels)
+        # Input token t feeds position t+1 onwards; logits at 0..t must not move.
+        torch.testing.assert_close(logits[:, :t + 1], base[:, :t + 1])
+        assert not torch.allclose(logits[:, t + 1:], base[:, t + 1:])
+
+
+def test_class_token_changes_predictions():
+    model = tiny_gpt()
+    codes = torch.randint(32, (1, 49))
+    a, _ = model(codes, torch.tensor([1]))
+    b, _ = model(codes, torch.tensor([NULL_CLASS]))
+    assert not torch.allclose(a, b)
+
+
+def test_kv_cache_matches_recomputation():
+    model = tiny_gpt()
+    labels = torch.tensor([0, 5, NULL_CLASS])
+    prefix = torch.randint(32, (3, 20))
+    caches = [[] for _ in model.blocks]
+    for t in range(5, 21):  # prefill 5 tokens, then one at a time
+        cached = model.next_logits(labels, prefix[:, :t], caches)
+        full = model.next_logits(labels, prefix[:, :t], None)
+        torch.testing.assert_close(cached, full, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("cfg", [0.0, 1.5])
+def test_cached_and_uncached_generation_agree(cfg):
+    model = tiny_gpt()
+    labels = torch.tensor([1, 2, 3, 4])
+    a = model.generate(labels, cfg=cfg, generator=torch.Generator().manual_seed(7), use_cache=True)
+    b = model.generate(labels, cfg=cfg, generator=torch.Generator().manual_seed(7), use_cache=False)
+    assert a.shape == (4, 49) and torch.equal(a, b)
+
+
+def test_generation_keeps_a_given_prefix():
+    model = tiny_gpt()
+    prefix = torch.randint(32, (2, 14))
+    out = model.generate(torch.tensor([NULL_CLASS] * 2), prefix=prefix, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out[:, :14], prefix) and out.max() < 32
+
+
+def test_top_k_and_top_p_restrict_the_support():
+    logits = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0]]).repeat(2000, 1)
+    gen = torch.Generator().manual_seed(0)
+    assert set(sample_logits(logits, top_k=2, generator=gen).tolist()) == {0, 1}
+    # softmax mass: 0.64, 0.24, ... -> top_p=0.8 keeps exactly the first two tokens
+    assert set(sample_logits(logits, top_p=0.8, generator=gen).tolist()) == {0, 1}
+    assert set(sample_logits(logits, top_p=0.5, generator=gen).tolist()) == {0}
+
+
+TINY_PRIOR = ["n_layer=2", "n_head=2", "n_embd=32", "train_subset=512", "batch_size=64", "epochs=2",
+              "warmup_steps=2"]
+
+
+@pytest.fixture(scope="module")
+def tiny_prior_run(tmp_path_factory, tiny_tokenizer_run, mnist_root):
+    from prior.train import main
+    out = tmp_path_factory.mktemp("prior") / "run"
+    metrics = main(TINY_PRIOR + [f"out_dir={out}", f"tokenizer={tiny_tokenizer_run}", f"data_root={mnist_root}"])
+    return out, metrics
+
+
+def test_prior_trains_below_the_uniform_bound(tiny_prior_run):
+    out, metrics = tiny_prior_run
+    assert metrics["test_nll_bits_per_image"] < metrics["uniform_bits_per_image"]
+    assert (out / "samples.png").is_file() and (out / "loss.png").is_file()
+    assert list((out / "codes").glob("codes-*.safetensors")), "code grids are cached"
+
+
+def test_prior_refuses_mismatched_vocab_and_missing_tokenizer(tmp_path, tiny_tokenizer_run, mnist_root):
+    from prior.train import main
+    with pytest.raises(ConfigError, match="vocab_size=64 but the tokenizer"):
+        main(TINY_PRIOR + [f"out_dir={tmp_path}/p", f"tokenizer={tiny_tokenizer_run}", "vocab_size=64"])
+    result = run_cli(["prior/train.py", f"tokenizer={tmp_path}/nothing", f"out_dir={tmp_path}/p"])
+    assert result.returncode == 2 and "no trained tokenizer here" in result.stderr
+    assert result.stderr.strip().count("\n") == 0
+
+
+def test_prior_resume_is_bit_identical(tmp_path, tiny_tokenizer_run, mnist_root):
+    from prior.train import main
+    common = TINY_PRIOR + [f"tokenizer={tiny_tokenizer_run}", f"data_root={mnist_root}", "eval_every=8"]
+    main(common + [f"out_dir={tmp_path}/a"])
+    main(common + [f"out_dir={tmp_path}/b", "max_steps=5"])
+    main(common + [f"out_dir={tmp_path}/b"])
+    a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_generate_api_seeds_digits_and_chunks(tiny_prior_run):
+    from sampling import generate
+    out_dir, _ = tiny_prior_run
+    a = generate(n=10, digit=[0, 1], seed=3, prior=out_dir, batch_size=4)
+    b = generate(n=10, digit=[0, 1], seed=3, prior=out_dir, batch_size=4)
+    assert a["images"].shape == (10, 1, 28, 28) and a["tokens"].shape == (10, 7, 7)
+    assert torch.equal(a["tokens"], b["tokens"]) and a["labels"].tolist() == [0, 1] * 5
+    c = generate(n=10, digit=[0, 1], seed=4, prior=out_dir, batch_size=4)
+    assert not torch.equal(a["tokens"], c["tokens"])
+    guided = generate(n=4, digit=7, cfg=2.0, top_k=5, top_p=0.9, temperature=0.8, prior=out_dir)
+    assert guided["tokens"].max() < 32
+
+
+def test_generate_cli_writes_files_and_refuses_foreign_out(tiny_prior_run, tmp_path):
+    out_dir, _ = tiny_prior_run
+    result = run_cli(["sampling/generate.py", "--n", "12", "--prior", str(out_dir), "--out", str(tmp_path / "s"),
+                      "--digit", "3"])
+    assert result.returncode == 0, result.stderr
+    with np.load(tmp_path / "s" / "samples.npz") as data:
+        assert data["images"].shape == (12, 28, 28) and data["images"].dtype == np.uint8
+        assert data["tokens"].dtype == np.int16 and data["labels"].tolist() == [3] * 12
+    assert (tmp_path / "s" / "grid.png").is_file()
+    # Completion keeps the first rows of real codes.
+    result = run_cli(["sampling/generate.py", "--n", "4", "--prior", str(out_dir), "--out", str(tmp_path / "c"),
+                      "--complete", str(tmp_path / "s" / "samples.npz"), "--keep-rows", "2"])
+    assert result.returncode == 0, result.stderr
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.txt").write_text("precious")
+    result = run_cli(["sampling/generate.py", "--n", "2", "--prior", str(out_dir), "--out", str(tmp_path / "mine")])
+    assert result.returncode == 2 and "did not write" in result.stderr
+    assert (tmp_path / "mine" / "thesis.txt").read_text() == "precious"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--n", "0"], "n=0"), (["--temperature", "0"], "temperature=0"), (["--digit", "12"], "digits must be 0-9"),
+    (["--top-p", "1.5"], "top_p=1.5"), (["--prior", "/no/such/run"], "no trained prior"),
+])
+def test_generate_cli_bad_flags_are_one_line(flags, message, tmp_path):
+    result = run_cli(["sampling/generate.py", *flags, "--out", str(tmp_path / "o")])
+    assert result.returncode == 2 and message in result.stderr
+    assert "Traceback" not in result.stderr
