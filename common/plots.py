@@ -29,6 +29,9 @@ def image_grid(images: torch.Tensor, nrow: int) -> torch.Tensor:
 def save_png(path: Path, images: torch.Tensor, nrow: int = 8, scale: int = 2) -> None:
     """A plain sample grid (white background, dark ink), without matplotlib."""
     from PIL import Image
+    images = images.detach().float().cpu().reshape(-1, *images.shape[-2:])
+    blanks = (-len(images)) % nrow   # fill the last row with empty (white) cells
+    images = torch.cat([images, images.new_zeros(blanks, *images.shape[1:])])
     grid = 1 - image_grid(images, nrow)
     pixels = (grid.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
     image = Image.fromarray(pixels, mode="L")

@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> dict:
     keys = ["n", "frechet", "confident", "class_kl", "precision", "recall", "cond_acc"]
     print(f"{'':22s}" + "".join(f"{k:>11s}" for k in keys))
     for name, r in rows.items():
-        print(f"{name:22s}" + "".join(f"{r[k]:>11.4g}" if k in r else f"{'-':>11s}" for k in keys))
+        cells = [f"{r[k]:>11d}" if k == "n" else f"{r[k]:>11.4g}" if k in r else f"{'-':>11s}" for k in keys]
+        print(f"{name:22s}" + "".join(cells))
     if "tokenizer recon" in rows:
         ratio = rows["samples"]["frechet"] / max(rows["tokenizer recon"]["frechet"], 1e-9)
         print(f"frechet ratio samples / tokenizer recon: {ratio:.2f}")

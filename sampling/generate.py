@@ -19,7 +19,13 @@ from pathlib import Path
 OUR_FILES = {"grid.png", "samples.npz"}
 
 
+DEFAULTS_FILE = Path(__file__).resolve().parent.parent / "configs" / "sampling.yaml"
+ALLOWED_DEFAULTS = {"n", "seed", "temperature", "top_k", "top_p", "digit", "cfg", "batch_size"}
+
+
 def parse_digits(text: str):
+    if text.strip().lower() == "none":
+        return None
     if text.strip().lower() == "all":
         return list(range(10))
     try:
@@ -38,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--digit", type=parse_digits, default=None, help="a digit, a list like 1,4,7, or 'all'")
+    p.add_argument("--digit", type=parse_digits, default=None,
+                   help="a digit, a list like 1,4,7, 'all', or 'none' (unconditional)")
     p.add_argument("--cfg", type=float, default=0.0, help="classifier-free guidance scale (with --digit)")
     p.add_argument("--out", default="samples")
     p.add_argument("--device", default="cpu")
@@ -49,7 +56,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="complete real images: a 28x28 PNG or an .npz with 'images'")
     p.add_argument("--keep-rows", type=int, default=3, help="code rows (of 7) kept with --complete")
     p.add_argument("--overwrite", action="store_true", help="write into a --out that holds other files")
+    p.set_defaults(**load_defaults())
     return p
+
+
+def load_defaults() -> dict:
+    """configs/sampling.yaml sets the flags' defaults; an unknown key is an error."""
+    if not DEFAULTS_FILE.is_file():
+        return {}
+    import yaml
+    data = yaml.safe_load(DEFAULTS_FILE.read_text()) or {}
+    unknown = set(data) - ALLOWED_DEFAULTS
+    if unknown:
+        raise ValueError(f"{DEFAULTS_FILE}: unknown keys {sorted(unknown)}; allowed: {sorted(ALLOWED_DEFAULTS)}")
+    if "digit" in data:
+        data["digit"] = parse_digits(str(data["digit"]))
+    return data
 
 
 def check_out_dir(out: Path, overwrite: bool) -> None:
@@ -98,7 +120,9 @@ def save_npz(path: Path, **arrays) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    digit_given = any(a == "--digit" or a.startswith("--digit=") for a in argv)
     from sampling import check_sampling_args
     check_sampling_args(args.n, args.temperature, args.top_k, args.top_p, args.digit, args.batch_size)
     if not 0 <= args.keep_rows <= 7:
@@ -113,6 +137,10 @@ def main(argv: list[str] | None = None) -> dict:
     from sampling import generate, load_models
 
     models = load_models(args.prior, args.tokenizer, args.device)
+    if not digit_given and (args.complete or not models[1].class_conditional):
+        # The configured default (a digit per row) needs labels; completion and
+        # unconditional priors sample without them unless --digit asks.
+        args.digit, args.cfg = None, 0.0
     keep, originals = None, None
     if args.complete:
         originals = load_images(Path(args.complete))
