@@ -10,8 +10,8 @@ os.environ.setdefault("WANDB_MODE", "disabled")   # tests never track
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 # Small enough for seconds on a 2-core CPU, real MNIST underneath.
-TINY_TOKENIZER = ["hidden_channels=16", "embedding_dim=8", "codebook_size=32", "train_subset=512",
-                  "batch_size=64", "epochs=2", "warmup_steps=2", "dead_code_steps=5"]
+TINY_TOKENIZER = ["hidden_channels=16", "embedding_dim=8", "codebook_size=32", "train_subset=2048",
+                  "batch_size=32", "epochs=2", "warmup_steps=10", "dead_code_steps=5", "lr=0.003"]
 
 
 @pytest.fixture(scope="session")

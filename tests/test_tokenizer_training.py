@@ -72,10 +72,10 @@ def test_trained_tiny_tokenizer_learns_and_round_trips(tiny_tokenizer_run, mnist
 
 @pytest.mark.parametrize("ema", [False, True])
 def test_resume_gives_bit_identical_weights(tmp_path, mnist_root, ema):
-    common = TINY_TOKENIZER + [f"data_root={mnist_root}", f"ema={str(ema).lower()}", "eval_every=3"]
+    common = TINY_TOKENIZER + [f"data_root={mnist_root}", f"ema={str(ema).lower()}", "eval_every=20"]
     main(common + [f"out_dir={tmp_path}/straight"])
-    # Stop after 11 steps (mid-epoch 2 of 8-step epochs), then resume to the end.
-    main(common + [f"out_dir={tmp_path}/broken", "max_steps=11"])
+    # Stop after 83 steps (mid-epoch 2 of 64-step epochs), then resume to the end.
+    main(common + [f"out_dir={tmp_path}/broken", "max_steps=83"])
     main(common + [f"out_dir={tmp_path}/broken"])
     a = load_file(tmp_path / "straight" / "model.safetensors")
     b = load_file(tmp_path / "broken" / "model.safetensors")
@@ -96,12 +96,12 @@ def test_resume_refuses_a_run_with_a_different_config(tmp_path, mnist_root):
 def test_two_process_cpu_run_agrees_with_one(tmp_path, mnist_root):
     """A real 2-process gloo run: same total batch as one process, replicas stay identical."""
     args = [f"data_root={mnist_root}", "hidden_channels=16", "embedding_dim=8", "codebook_size=32",
-            "train_subset=2048", "epochs=2", "warmup_steps=2", "dead_code_steps=5"]
+            "train_subset=2048", "epochs=2", "warmup_steps=10", "dead_code_steps=5", "lr=0.003"]
     result = run_cli(["-m", "torch.distributed.run", "--nproc_per_node", "2", "tokenizer/train.py",
-                      *args, "batch_size=32", f"out_dir={tmp_path}/ddp"],
+                      *args, "batch_size=16", f"out_dir={tmp_path}/ddp"],
                      env={"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
-    single = main(args + ["batch_size=64", f"out_dir={tmp_path}/one"])
+    single = main(args + ["batch_size=32", f"out_dir={tmp_path}/one"])
     ddp = [json.loads(l) for l in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()][-1]
     assert ddp["step"] == single["step"], "same total batch -> same number of optimizer steps"
     assert abs(ddp["test_psnr"] - single["test_psnr"]) < 1.5
