@@ -1,0 +1,90 @@
+"""Checkpoint I/O and the training loop's guards: no pickle, no torn files, NaN stops."""
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+from common.checkpoint import (CheckpointError, list_checkpoints, load_checkpoint, load_weights,
+                               save_checkpoint, save_weights)
+from common.config import TrainConfig
+from common.training import Task, TrainingError, fit
+
+
+def test_optimizer_state_round_trips_without_pickle(tmp_path):
+    model = nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    save_checkpoint(tmp_path, 7, {"optimizer": opt.state_dict(), "history": [{"step": 1, "x": 0.5}]}, "tok", keep=2)
+    state = load_checkpoint(tmp_path / "step_000000007", "tok")
+    fresh = torch.optim.AdamW(nn.Linear(3, 2).parameters(), lr=0.1)
+    fresh.load_state_dict(state["optimizer"])
+    for a, b in zip(opt.state_dict()["state"].values(), fresh.state_dict()["state"].values()):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert state["step"] == 7 and state["history"] == [{"step": 1, "x": 0.5}]
+
+
+class Payload:
+    def __reduce__(self):
+        return (exec, ("open('PWNED', 'w').write('x')",))
+
+
+def test_pickle_payload_is_refused_and_never_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(CheckpointError, match="model.safetensors: not a readable safetensors"):
+        load_weights(path, "tokenizer")
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_wrong_stage_truncated_and_empty_files_are_refused(tmp_path):
+    path = tmp_path / "w.safetensors"
+    save_weights(path, {"a": torch.ones(100)}, "prior")
+    with pytest.raises(CheckpointError, match="holds a prior checkpoint, expected a tokenizer one"):
+        load_weights(path, "tokenizer")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupted"):
+        load_weights(path, "prior")
+    path.write_bytes(b"")
+    with pytest.raises(CheckpointError, match="w.safetensors"):
+        load_weights(path, "prior")
+
+
+def test_failing_writer_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    save_checkpoint(tmp_path, 1, {"model": {"w": torch.ones(3)}}, "tok", keep=2)
+    import common.checkpoint as ck
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(ck, "save_file", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint(tmp_path, 2, {"model": {"w": torch.zeros(3)}}, "tok", keep=1)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_000000001"]
+    assert [p.name for p in tmp_path.iterdir()] == ["step_000000001"], "no temporary leftovers"
+    assert torch.equal(load_checkpoint(tmp_path / "step_000000001", "tok")["model"]["w"], torch.ones(3))
+
+
+def test_half_written_checkpoint_dirs_are_never_listed(tmp_path):
+    (tmp_path / ".tmp-step_000000009-123").mkdir()
+    save_checkpoint(tmp_path, 3, {"model": {"w": torch.ones(1)}}, "tok", keep=2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_000000003"]
+
+
+def test_non_finite_loss_stops_with_its_step_and_keeps_the_good_checkpoint(tmp_path):
+    model = nn.Linear(2, 1)
+    calls = {"n": 0}
+
+    def loss_fn(m, batch):
+        calls["n"] += 1
+        loss = m(batch[0].float()).pow(2).mean()
+        return (loss * float("nan") if calls["n"] == 7 else loss), {}
+
+    cfg = TrainConfig(out_dir=str(tmp_path / "run"), epochs=3, batch_size=4, eval_every=5, warmup_steps=0)
+    task = Task(stage="toy", model=model, train_tensors=(torch.randn(16, 2),), loss_fn=loss_fn,
+                evaluate=lambda m: {})
+    with pytest.raises(TrainingError, match="non-finite loss at step 6.*step_000000005"):
+        fit(cfg, task)
+    assert [p.name for p in list_checkpoints(tmp_path / "run" / "checkpoints")] == ["step_000000005"]
