@@ -7,7 +7,7 @@ from tokenizer.model import VQVAE, VQVAEShape, VectorQuantizer, kmeans
 
 
 def small_shape(**kw):
-    base = dict(codebook_size=16, embedding_dim=4, hidden_channels=8, kmeans_init=False)
+    base = dict(codebook_size=16, embedding_dim=4, hidden_channels=8, kmeans_init=False, ema=False)
     return VQVAEShape(**{**base, **kw})
 
 
