@@ -19,7 +19,7 @@ data: $(STAMP)
 demo: data
 	$(VENV)/bin/accelerate launch tokenizer/train.py
 	$(VENV)/bin/accelerate launch prior/train.py
-	$(PY) sampling/generate.py --n 64 --overwrite
+	$(PY) sampling/generate.py --n 64
 
 test: data
 	$(PY) -m pytest -q

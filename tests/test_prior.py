@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from common.config import ConfigError
 from conftest import run_cli
-from prior.model import GPT, NULL_CLASS, PriorShape, sample_logits
+from prior.model import GPT, NULL_CLASS, KVCache, PriorShape, sample_logits
 
 
 def tiny_gpt(**kw):
@@ -42,7 +42,7 @@ def test_kv_cache_matches_recomputation():
     model = tiny_gpt()
     labels = torch.tensor([0, 5, NULL_CLASS])
     prefix = torch.randint(32, (3, 20))
-    caches = [[] for _ in model.blocks]
+    caches = [KVCache() for _ in model.blocks]
     for t in range(5, 21):  # prefill 5 tokens, then one at a time
         cached = model.next_logits(labels, prefix[:, :t], caches)
         full = model.next_logits(labels, prefix[:, :t], None)
