@@ -1,5 +1,18 @@
-"""The base of every error a user can fix; entry scripts print it as one line (exit 2)."""
+"""The base of every error a user can fix, and the wrapper that prints it as one line."""
+from __future__ import annotations
+
+import sys
+from typing import Callable
 
 
 class VQGenError(Exception):
     pass
+
+
+def run_main(main: Callable[[list[str]], object], argv: list[str], also: tuple[type, ...] = ()) -> None:
+    """Entry-script wrapper: user errors (VQGenError and `also`) become one line on stderr, exit 2."""
+    try:
+        main(argv)
+    except (VQGenError, *also) as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from common.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, save_checkpoint
+from common.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from common.config import ConfigError, config_from_file, config_to_dict
 from common.errors import VQGenError
 from common.runs import CONFIG, save_run_config, save_run_weights
@@ -306,13 +306,3 @@ def _truncate_metrics(path: Path, step: int) -> None:
     if len(kept) != len(rows):
         from common.checkpoint import atomic_write_text
         atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
-
-
-def run_main(main: Callable[[list[str]], object], argv: list[str]) -> None:
-    """Entry-script wrapper: our own errors become one line on stderr and exit code 2."""
-    import sys
-    try:
-        main(argv)
-    except VQGenError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None

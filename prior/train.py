@@ -20,7 +20,8 @@ from common.config import ConfigError, load_config
 from common.grid import sequence_to_grid
 from common.plots import save_curves, save_image_grid
 from common.tracking import make_accelerator
-from common.training import Task, find_resume_point, fit, run_main
+from common.errors import run_main
+from common.training import Task, find_resume_point, fit
 from prior.config import PriorConfig
 from prior.data import load_code_grids
 from prior.model import GPT, NULL_CLASS, NUM_CLASSES

@@ -69,8 +69,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+    from common.errors import run_main
+    run_main(main, sys.argv[1:], also=(ValueError,))

@@ -170,14 +170,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except (ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except Exception as err:   # our own one-line errors (checkpoint, config)
-        from common.errors import VQGenError
-        if isinstance(err, VQGenError):
-            print(f"error: {err}", file=sys.stderr)
-            raise SystemExit(2) from None
-        raise
+    from common.errors import run_main
+    run_main(main, sys.argv[1:], also=(ValueError, OSError))

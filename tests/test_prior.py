@@ -1,5 +1,4 @@
 """Prior invariants (causality, KV cache) and stage two end to end at tiny sizes."""
-import json
 
 import numpy as np
 import pytest

@@ -1,13 +1,12 @@
 """Stage one end to end on real MNIST at tiny sizes: config, smoke, round trip, resume, DDP."""
 import json
-import os
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from common.config import ConfigError, load_config
-from conftest import REPO, TINY_TOKENIZER, run_cli
+from conftest import TINY_TOKENIZER, run_cli
 from tokenizer import load_tokenizer
 from tokenizer.config import TokenizerConfig
 from tokenizer.data import load_split, to_float

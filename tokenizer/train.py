@@ -18,7 +18,8 @@ import torch
 from common.config import load_config
 from common.plots import save_bars, save_curves, save_image_grid
 from common.tracking import make_accelerator
-from common.training import Task, find_resume_point, fit, run_main
+from common.errors import run_main
+from common.training import Task, find_resume_point, fit
 from tokenizer.config import TokenizerConfig
 from tokenizer.data import data_root, ensure_dataset, load_split, to_float
 from tokenizer.model import VQVAE
