@@ -5,24 +5,15 @@ tokenizer invalidates it instead of silently training on stale codes.
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from common.checkpoint import save_weights
+from common.checkpoint import file_digest, save_weights
 from common.grid import grid_to_sequence
 from tokenizer.data import load_split, to_float
-
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:16]
 
 
 @torch.no_grad()
@@ -37,7 +28,7 @@ def encode_all(tokenizer, images_uint8: torch.Tensor, batch_size: int = 2000) ->
 def load_code_grids(tokenizer, tokenizer_dir: Path, root: Path, dataset: str, cache_dir: Path,
                     train_subset: int = 0) -> dict[str, torch.Tensor]:
     """{train_codes, train_labels, test_codes, test_labels}, from cache when still valid."""
-    key = f"{dataset}-{train_subset}-{file_digest(Path(tokenizer_dir) / 'model.safetensors')}"
+    key = f"{dataset}-{train_subset}-{file_digest(Path(tokenizer_dir) / 'model.safetensors')[:16]}"
     cache = Path(cache_dir) / f"codes-{key}.safetensors"
     if cache.is_file():
         try:

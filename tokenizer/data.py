@@ -13,7 +13,6 @@ place only after its checksum matches, so a failed fetch leaves nothing behind.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
 import shutil
 import socket
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from common.checkpoint import file_digest
 from common.errors import VQGenError
 
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
@@ -64,14 +64,6 @@ def raw_dir(root: Path, dataset: str) -> Path:
     return Path(root) / FOLDER[dataset] / "raw"
 
 
-def md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def verify(root: Path, dataset: str) -> list[str]:
     """Names of the files that are missing; raises DataError on a bad checksum."""
     folder = raw_dir(root, dataset)
@@ -80,7 +72,7 @@ def verify(root: Path, dataset: str) -> list[str]:
         path = folder / name
         if not path.is_file():
             missing.append(name)
-        elif md5(path) != MD5[dataset][name]:
+        elif file_digest(path, "md5") != MD5[dataset][name]:
             raise DataError(f"{path} fails its md5 check (corrupted or truncated); "
                             f"delete it and run again to fetch a fresh copy")
     return missing
@@ -116,7 +108,7 @@ def _install_verified(staging: Path, root: Path, dataset: str) -> None:
         path = staging / name
         if not path.is_file():
             raise RuntimeError(f"fetch did not produce {name}")
-        if md5(path) != MD5[dataset][name]:
+        if file_digest(path, "md5") != MD5[dataset][name]:
             raise DataError(f"fetched {name} fails its md5 check; the source is corrupted, fetch it by hand")
     target = raw_dir(root, dataset)
     target.mkdir(parents=True, exist_ok=True)
