@@ -62,6 +62,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        raise _write_error(path, err) from None
     finally:
         tmp.unlink(missing_ok=True)
     _fsync_dir(path.parent)
@@ -71,16 +73,43 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over names, dtypes, shapes and bytes: safetensors itself has no checksum,
+    so a flipped bit in the data would otherwise load as silently wrong weights."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+class CheckpointWriteError(CheckpointError):
+    """Writing failed (disk full, permissions); what was there before is untouched."""
+
+    def __init__(self, path: Path, reason: str):
+        self.reason = reason
+        super().__init__(f"{path}: could not write ({reason}); nothing older was touched: "
+                         "free disk space or fix permissions, then run the same command to resume")
+
+
+def _write_error(path: Path, err: Exception) -> CheckpointWriteError:
+    return CheckpointWriteError(path, getattr(err, "strerror", None) or str(err).splitlines()[0])
+
+
 def save_weights(path: Path, tensors: dict[str, torch.Tensor], stage: str) -> None:
-    """Write a safetensors file atomically; `stage` is checked again on load."""
+    """Write a safetensors file atomically; `stage` and the digest are checked on load."""
     path = Path(path)
     tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    metadata = {"stage": stage, "format": "vqgen-1", "sha256": tensors_digest(tensors)}
     try:
-        save_file(tensors, str(tmp), metadata={"stage": stage, "format": "vqgen-1"})
+        save_file(tensors, str(tmp), metadata=metadata)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, SafetensorError) as err:  # safetensors reports a failed write as its own error
+        raise _write_error(path, err) from None
     finally:
         tmp.unlink(missing_ok=True)
     _fsync_dir(path.parent)
@@ -94,13 +123,17 @@ def load_weights(path: Path, stage: str) -> dict[str, torch.Tensor]:
     try:
         from safetensors import safe_open
         with safe_open(str(path), framework="pt") as f:
-            found = (f.metadata() or {}).get("stage")
+            metadata = f.metadata() or {}
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"{path}: not a readable safetensors file ({str(err).splitlines()[0]}); "
                               "it may be truncated or corrupted: retrain or restore it") from None
+    found = metadata.get("stage")
     if found != stage:
         raise CheckpointError(f"{path}: holds a {found or 'foreign'} checkpoint, expected a {stage} one")
+    if "sha256" in metadata and metadata["sha256"] != tensors_digest(tensors):
+        raise CheckpointError(f"{path}: its tensors fail their sha256 check (the file is corrupted); "
+                              "retrain or restore it")
     return tensors
 
 
@@ -151,12 +184,16 @@ def save_checkpoint(checkpoint_root: Path, step: int, parts: dict[str, Any], sta
     checkpoints beyond `keep` are removed only after the new one is in place.
     """
     root = Path(checkpoint_root)
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step_{step:09d}"
-    tmp = root / f".tmp-step_{step:09d}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise _write_error(root, err) from None
+    final = root / f"step_{step:09d}"
+    for leftover in root.glob(".tmp-*"):  # from a run killed mid-save; never listed
+        shutil.rmtree(leftover, ignore_errors=True)
+    tmp = root / f".tmp-step_{step:09d}-{os.getpid()}"
+    try:
+        tmp.mkdir()
         skeletons = {}
         for name, state in parts.items():
             skeleton, tensors = flatten_state(state)
@@ -164,16 +201,31 @@ def save_checkpoint(checkpoint_root: Path, step: int, parts: dict[str, Any], sta
             save_weights(tmp / f"{name}.safetensors", tensors, stage)
         atomic_write_text(tmp / "state.json", json.dumps({"stage": stage, "step": step, "parts": skeletons}))
         _fsync_dir(tmp)
-        if final.exists():  # same step saved twice (e.g. end of run right after an eval)
-            shutil.rmtree(final)
+        replaced = None
+        if final.exists():  # same step saved twice (e.g. a signal right after an evaluation)
+            replaced = _unlist(final)
         os.rename(tmp, final)
         _fsync_dir(root)
-    except BaseException:
+        if replaced is not None:
+            shutil.rmtree(replaced, ignore_errors=True)
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, OSError):
+            raise _write_error(final, err) from None
+        if isinstance(err, CheckpointWriteError):
+            raise CheckpointWriteError(final, err.reason) from None
         raise
     for old in list_checkpoints(root)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(_unlist(old), ignore_errors=True)
     return final
+
+
+def _unlist(path: Path) -> Path:
+    """Rename a checkpoint to a hidden temporary name before deleting it: a kill
+    mid-delete leaves a leftover, never a listed checkpoint with files missing."""
+    doomed = path.with_name(f".tmp-old-{path.name}-{os.getpid()}")
+    os.rename(path, doomed)
+    return doomed
 
 
 def load_checkpoint(path: Path, stage: str) -> dict[str, Any]:
@@ -182,11 +234,12 @@ def load_checkpoint(path: Path, stage: str) -> dict[str, Any]:
     meta_file = path / "state.json"
     try:
         meta = json.loads(meta_file.read_text())
-    except (OSError, ValueError) as err:
+        found, step, parts = meta.get("stage"), int(meta["step"]), dict(meta["parts"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         raise CheckpointError(f"{meta_file}: unreadable checkpoint metadata ({err})") from None
-    if meta.get("stage") != stage:
-        raise CheckpointError(f"{path}: holds a {meta.get('stage') or 'foreign'} checkpoint, expected a {stage} one")
-    out = {"step": int(meta["step"])}
-    for name, skeleton in meta["parts"].items():
+    if found != stage:
+        raise CheckpointError(f"{path}: holds a {found or 'foreign'} checkpoint, expected a {stage} one")
+    out = {"step": step}
+    for name, skeleton in parts.items():
         out[name] = unflatten_state(skeleton, load_weights(path / f"{name}.safetensors", stage))
     return out

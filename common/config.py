@@ -172,8 +172,12 @@ def config_from_file(cls, path: Path):
     """Rebuild a saved config (config.yaml beside the weights); unknown keys are an error."""
     try:
         data = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise ConfigError(f"cannot read {path}: {err}") from None
+    except OSError as err:
+        raise ConfigError(f"cannot read {path}: {err.strerror or err}") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path} is not valid YAML ({getattr(err, 'problem', None) or 'parse error'}{where})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of key: value")
     return apply_overrides(cls(), data, str(path))

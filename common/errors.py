@@ -1,6 +1,7 @@
 """The base of every error a user can fix, and the wrapper that prints it as one line."""
 from __future__ import annotations
 
+import argparse
 import sys
 from typing import Callable
 
@@ -16,3 +17,10 @@ def run_main(main: Callable[[list[str]], object], argv: list[str], also: tuple[t
     except (VQGenError, *also) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line (usage stays in --help), exit 2 as usual."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")

@@ -179,7 +179,7 @@ def fit(cfg, task: Task, accelerator=None) -> dict:
             raw_model.eval()
             with torch.no_grad():
                 result = {"step": step_now, "epoch": round(step_now / steps_per_epoch, 3),
-                          "time_s": round(time.perf_counter() - t_start + time_before, 2),
+                          **clock(),
                           **train_logs, **task.evaluate(raw_model)}
             raw_model.train()
             with open(out_dir / "metrics.jsonl", "a") as f:
@@ -194,13 +194,21 @@ def fit(cfg, task: Task, accelerator=None) -> dict:
         return result
 
     bad_step = torch.full((), -1, dtype=torch.long, device=accelerator.device)
+    # time_s: wall time of the run; train_s: the part spent in training steps
+    # (evaluation, plots and checkpoints excluded), the figure benchmarks compare.
     time_before = history[-1]["time_s"] if history else 0.0
-    t_start = time.perf_counter()
+    train_before = history[-1].get("train_s", 0.0) if history else 0.0
+    t_start, paused = time.perf_counter(), 0.0
+
+    def clock() -> dict:
+        now = time.perf_counter() - t_start
+        return {"time_s": round(now + time_before, 2), "train_s": round(now - paused + train_before, 2)}
+
     sums, n_logged = {}, 0
     progress = _progress(is_main, stop_at, step, task.stage)
     model.train()
     order_epoch, order = -1, None
-    with _StopSignal() as stop:
+    with _StopSignal() as stop, progress:  # the bar is closed on errors too, so they print last
         while step < stop_at:
             epoch, index = divmod(step, steps_per_epoch)
             if epoch != order_epoch:  # each process takes its own stride of the shared order
@@ -229,14 +237,15 @@ def fit(cfg, task: Task, accelerator=None) -> dict:
             if step % LOG_EVERY == 0 or step == stop_at:
                 _raise_if_nonfinite(bad_step, out_dir)
                 means = {f"train_{k}": (v / n_logged).item() for k, v in sums.items()}
-                history.append({"step": step, "time_s": round(time.perf_counter() - t_start + time_before, 2),
-                                **means})
+                history.append({"step": step, **clock(), **means})
                 progress.set_postfix(loss=f"{means['train_loss']:.4f}")
                 sums, n_logged = {}, 0
             if step % eval_every == 0 or step == stop_at:
                 train_logs = {k: v for k, v in history[-1].items() if k.startswith("train_")} if history else {}
+                pause_start = time.perf_counter()
                 metrics = evaluate(step, train_logs)
                 save(step)
+                paused += time.perf_counter() - pause_start
             if stop.received:
                 save(step)
                 progress.close()
@@ -244,7 +253,6 @@ def fit(cfg, task: Task, accelerator=None) -> dict:
                                   f"run the same command again to resume")
                 accelerator.end_training()
                 raise SystemExit(130 if stop.received == "SIGINT" else 143)
-    progress.close()
     _check_replicas_agree(raw_model, accelerator)
     accelerator.end_training()
     return metrics
@@ -289,9 +297,16 @@ def _progress(enabled: bool, total: int, initial: int, stage: str):
 
 
 def _read_metrics(path: Path) -> list[dict]:
+    """Rows of metrics.jsonl; a last line torn by a kill mid-append is dropped."""
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return rows
 
 
 def _read_last_metrics(path: Path) -> dict:
@@ -301,8 +316,10 @@ def _read_last_metrics(path: Path) -> dict:
 
 def _truncate_metrics(path: Path, step: int) -> None:
     """Drop evaluations logged after the checkpoint we resume from (they will be redone)."""
-    rows = _read_metrics(path)
-    kept = [r for r in rows if r.get("step", 0) <= step]
-    if len(kept) != len(rows):
+    if not path.is_file():
+        return
+    kept = [r for r in _read_metrics(path) if r.get("step", 0) <= step]
+    text = "".join(json.dumps(r) + "\n" for r in kept)
+    if text != path.read_text():  # later rows, or a line torn by a kill
         from common.checkpoint import atomic_write_text
-        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+        atomic_write_text(path, text)

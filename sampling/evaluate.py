@@ -9,14 +9,15 @@ floor) and the tokenizer's test reconstructions (what a perfect prior reaches).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
+from common.errors import OneLineArgumentParser, run_main
+
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = OneLineArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("samples", help="an .npz written by sampling/generate.py")
     p.add_argument("--tokenizer", default="runs/tokenizer", help="for the reconstruction reference")
     p.add_argument("--json", default=None, help="also write the table as JSON here")
@@ -69,5 +70,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    from common.errors import run_main
     run_main(main, sys.argv[1:], also=(ValueError,))

@@ -14,7 +14,10 @@ import io
 import os
 import sys
 import time
+import zipfile
 from pathlib import Path
+
+from common.errors import OneLineArgumentParser, run_main
 
 OUR_FILES = {"grid.png", "samples.npz"}
 
@@ -38,7 +41,7 @@ def parse_digits(text: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Sample digits from a trained prior + tokenizer.")
+    p = OneLineArgumentParser(description="Sample digits from a trained prior + tokenizer.")
     p.add_argument("--n", type=int, default=64, help="number of samples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--temperature", type=float, default=1.0)
@@ -90,10 +93,15 @@ def load_images(path: Path):
     if not path.is_file():
         raise ValueError(f"--complete {path}: file not found")
     if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as data:
-            if "images" not in data:
-                raise ValueError(f"--complete {path}: no 'images' array in it")
-            images = torch.from_numpy(data["images"])
+        try:
+            with np.load(path, allow_pickle=False) as data:  # never unpickle object arrays
+                if "images" not in data:
+                    raise ValueError(f"--complete {path}: no 'images' array in it")
+                images = torch.from_numpy(data["images"])
+        except (ValueError, OSError, zipfile.BadZipFile) as err:
+            if str(path) in str(err):
+                raise
+            raise ValueError(f"--complete {path}: not a readable npz of uint8 images ({err})") from None
     else:
         from PIL import Image, UnidentifiedImageError
         try:
@@ -170,5 +178,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    from common.errors import run_main
     run_main(main, sys.argv[1:], also=(ValueError, OSError))

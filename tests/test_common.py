@@ -60,7 +60,7 @@ def test_failing_writer_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
     monkeypatch.setattr(ck, "save_file", full_disk)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(CheckpointError, match="step_000000002: could not write .No space left on device.*resume"):
         save_checkpoint(tmp_path, 2, {"model": {"w": torch.zeros(3)}}, "tok", keep=1)
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_000000001"]
     assert [p.name for p in tmp_path.iterdir()] == ["step_000000001"], "no temporary leftovers"

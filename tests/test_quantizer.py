@@ -128,3 +128,21 @@ def test_encode_decode_reject_bad_input():
         model.decode(torch.full((1, 7, 7), 16))
     with pytest.raises(ValueError, match="integer tensor"):
         model.decode(torch.zeros(1, 7, 7))
+
+
+def test_distances_stay_fp32_under_bf16_autocast():
+    # Near-tied codes far from the origin: bf16 distances (3 significant digits)
+    # would pick wrong codes; the quantizer must pick what fp32 picks.
+    torch.manual_seed(0)
+    vq = VectorQuantizer(small_shape(codebook_size=64, embedding_dim=8, kmeans_init=False)).eval()
+    center = torch.full((8,), 8.0)
+    vq.codebook.data.copy_(center + 0.05 * torch.randn(64, 8))
+    z = (center + 0.05 * torch.randn(4, 7, 7, 8)).permute(0, 3, 1, 2).contiguous()
+    flat = rearrange(z, "b d h w -> (b h w) d")
+    exact = vq.nearest(flat)  # fp32, no autocast
+    assert (exact == torch.cdist(flat.double(), vq.codebook.double()).argmin(1)).float().mean() > 0.97
+    naive_bf16 = (flat.bfloat16() @ vq.codebook.bfloat16().t() * -2 + vq.codebook.bfloat16().pow(2).sum(1)).argmin(1)
+    assert (naive_bf16 != exact).float().mean() > 0.3, "the data must be hard enough for bf16 to fail"
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = vq(z)
+    assert torch.equal(out.indices.flatten(), exact)

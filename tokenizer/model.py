@@ -264,7 +264,8 @@ class VQVAE(nn.Module):
     def decode(self, indices: torch.Tensor) -> torch.Tensor:
         """long [B,7,7] -> float [B,1,28,28] in [0,1]."""
         K = self.codebook_size
-        if not torch.is_tensor(indices) or indices.is_floating_point() or indices.dim() != 3:
+        if not torch.is_tensor(indices) or indices.is_floating_point() or indices.dim() != 3 \
+                or tuple(indices.shape[1:]) != (7, 7):
             got = tuple(indices.shape) if torch.is_tensor(indices) else type(indices).__name__
             raise ValueError(f"decode expects an integer tensor [B,7,7] of code indices, got {got}")
         if indices.numel() and (indices.min() < 0 or indices.max() >= K):
