@@ -1,7 +1,7 @@
 """Training speed: time to quality, throughput and peak memory, against a reference.
 
     python bench/training_speed.py tokenizer [--budget 600]   # ours vs the reference loop, one run
-    python bench/training_speed.py prior                       # tokens/s and time to a test NLL
+    python bench/training_speed.py prior [key=value ...]       # tokens/s and time to a test NLL
 
 Clocks count training steps only (`train_s` in metrics.jsonl): evaluation, plots
 and checkpoints are excluded for both sides, and both are evaluated on the full
@@ -141,7 +141,7 @@ def bench_tokenizer(budget: float) -> None:
     ours_dir = OUT / "speed-tokenizer-ours"
     import shutil
     shutil.rmtree(ours_dir, ignore_errors=True)
-    ours_rss = run_measured(["tokenizer/train.py", f"out_dir={ours_dir}", "eval_every=25", "max_steps=700"],
+    ours_rss = run_measured(["tokenizer/train.py", f"out_dir={ours_dir}", "eval_every=25", "max_steps=1000"],
                             OUT / "speed-tokenizer-ours.log")
     ours = read_rows(ours_dir / "metrics.jsonl")
     ref_file = OUT / "speed-tokenizer-reference.jsonl"
@@ -169,14 +169,15 @@ def bench_tokenizer(budget: float) -> None:
             print(f"time-to-{target:.0f}-dB ratio: {theirs / mine:.1f}x shorter")
 
 
-def bench_prior() -> None:
+def bench_prior(overrides: list[str]) -> None:
     out = OUT / "speed-prior"
     import shutil
     shutil.rmtree(out, ignore_errors=True)
-    rss = run_measured(["prior/train.py", f"out_dir={out}", "eval_every=100"], OUT / "speed-prior.log")
+    rss = run_measured(["prior/train.py", f"out_dir={out}", "eval_every=100", *overrides], OUT / "speed-prior.log")
     rows = read_rows(out / "metrics.jsonl")
+    from common.config import config_from_file
     from prior.config import PriorConfig
-    tokens_per_step = PriorConfig().batch_size * 49
+    tokens_per_step = config_from_file(PriorConfig, out / "config.yaml").batch_size * 49
     last = rows[-1]
     print(f"\n| tokens/s | " + " | ".join(f"s to {t} bits/token" for t in NLL_TARGETS)
           + " | last bits/token (step) | peak RSS MiB |\n|" + "---|" * (3 + len(NLL_TARGETS)))
@@ -191,8 +192,9 @@ def main(argv: list[str]) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("what", choices=["tokenizer", "prior"])
     p.add_argument("--budget", type=float, default=600, help="reference loop's training-time cap, seconds")
+    p.add_argument("overrides", nargs="*", help="key=value for the prior run")
     args = p.parse_args(argv)
-    bench_tokenizer(args.budget) if args.what == "tokenizer" else bench_prior()
+    bench_tokenizer(args.budget) if args.what == "tokenizer" else bench_prior(args.overrides)
 
 
 if __name__ == "__main__":

@@ -34,5 +34,6 @@ def load_run(run_dir: Path, config_cls, stage: str):
     try:
         cfg = config_from_file(config_cls, run_dir / CONFIG)
     except ConfigError as err:
-        raise CheckpointError(f"{run_dir / CONFIG}: {err}") from None
+        message = str(err)
+        raise CheckpointError(message if str(run_dir / CONFIG) in message else f"{run_dir / CONFIG}: {message}") from None
     return cfg, load_weights(run_dir / WEIGHTS, stage)

@@ -11,8 +11,9 @@ from tokenizer.model import VQVAEShape
 class TokenizerConfig(TrainConfig, VQVAEShape):
     out_dir: str = "runs/tokenizer"
     epochs: int = 3
-    batch_size: int = 128
+    batch_size: int = 64
     lr: float = 2e-3
+    warmup_steps: int = 20
 
     def validate(self) -> None:
         super().validate()
