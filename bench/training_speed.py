@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -139,7 +140,6 @@ def reference_tokenizer(out: Path, budget: float, eval_every: int) -> None:
 
 def bench_tokenizer(budget: float) -> None:
     ours_dir = OUT / "speed-tokenizer-ours"
-    import shutil
     shutil.rmtree(ours_dir, ignore_errors=True)
     ours_rss = run_measured(["tokenizer/train.py", f"out_dir={ours_dir}", "eval_every=25", "max_steps=1000"],
                             OUT / "speed-tokenizer-ours.log")
@@ -171,7 +171,6 @@ def bench_tokenizer(budget: float) -> None:
 
 def bench_prior(overrides: list[str]) -> None:
     out = OUT / "speed-prior"
-    import shutil
     shutil.rmtree(out, ignore_errors=True)
     rss = run_measured(["prior/train.py", f"out_dir={out}", "eval_every=100", *overrides], OUT / "speed-prior.log")
     rows = read_rows(out / "metrics.jsonl")

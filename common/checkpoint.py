@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from common.errors import VQGenError
 
@@ -94,6 +94,9 @@ class CheckpointWriteError(CheckpointError):
 
 
 def _write_error(path: Path, err: Exception) -> CheckpointWriteError:
+    """Name `path` as what could not be written; keep the underlying reason."""
+    if isinstance(err, CheckpointWriteError):
+        return CheckpointWriteError(path, err.reason)
     return CheckpointWriteError(path, getattr(err, "strerror", None) or str(err).splitlines()[0])
 
 
@@ -121,10 +124,9 @@ def load_weights(path: Path, stage: str) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"{path}: file not found")
     try:
-        from safetensors import safe_open
-        with safe_open(str(path), framework="pt") as f:
+        with safe_open(str(path), framework="pt") as f:   # one open: metadata and tensors
             metadata = f.metadata() or {}
-        tensors = load_file(str(path))
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"{path}: not a readable safetensors file ({str(err).splitlines()[0]}); "
                               "it may be truncated or corrupted: retrain or restore it") from None
@@ -210,10 +212,8 @@ def save_checkpoint(checkpoint_root: Path, step: int, parts: dict[str, Any], sta
             shutil.rmtree(replaced, ignore_errors=True)
     except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(err, OSError):
+        if isinstance(err, (OSError, CheckpointWriteError)):  # name the checkpoint, not its temp file
             raise _write_error(final, err) from None
-        if isinstance(err, CheckpointWriteError):
-            raise CheckpointWriteError(final, err.reason) from None
         raise
     for old in list_checkpoints(root)[:-keep]:
         shutil.rmtree(_unlist(old), ignore_errors=True)

@@ -152,13 +152,7 @@ def load_config(cls, argv: list[str], default_file: str | Path | None = None):
     if config_file and not path.is_file():
         raise ConfigError(f"config file {config_file} not found")
     if path is not None and path.is_file():
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path} must hold a mapping of key: value")
-        cfg = apply_overrides(cfg, data, str(path))
+        cfg = apply_overrides(cfg, read_yaml_mapping(path), str(path))
     cfg = apply_overrides(cfg, dict(pairs), "the command line")
     cfg.validate()
     return cfg
@@ -168,8 +162,8 @@ def config_to_dict(cfg) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def config_from_file(cls, path: Path):
-    """Rebuild a saved config (config.yaml beside the weights); unknown keys are an error."""
+def read_yaml_mapping(path: Path) -> dict[str, Any]:
+    """A YAML file's top-level mapping; any problem is one ConfigError naming the file."""
     try:
         data = yaml.safe_load(Path(path).read_text()) or {}
     except OSError as err:
@@ -180,4 +174,9 @@ def config_from_file(cls, path: Path):
         raise ConfigError(f"{path} is not valid YAML ({getattr(err, 'problem', None) or 'parse error'}{where})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of key: value")
-    return apply_overrides(cls(), data, str(path))
+    return data
+
+
+def config_from_file(cls, path: Path):
+    """Rebuild a saved config (config.yaml beside the weights); unknown keys are an error."""
+    return apply_overrides(cls(), read_yaml_mapping(path), str(path))

@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from common.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from common.checkpoint import atomic_write_text, list_checkpoints, load_checkpoint, save_checkpoint
 from common.config import ConfigError, config_from_file, config_to_dict
 from common.errors import VQGenError
 from common.runs import CONFIG, save_run_config, save_run_weights
@@ -297,11 +297,13 @@ def _progress(enabled: bool, total: int, initial: int, stage: str):
 
 
 def _read_metrics(path: Path) -> list[dict]:
+    return _parse_metrics(path.read_text()) if path.is_file() else []
+
+
+def _parse_metrics(text: str) -> list[dict]:
     """Rows of metrics.jsonl; a last line torn by a kill mid-append is dropped."""
-    if not path.is_file():
-        return []
     rows = []
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         try:
             rows.append(json.loads(line))
         except ValueError:
@@ -318,8 +320,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
     """Drop evaluations logged after the checkpoint we resume from (they will be redone)."""
     if not path.is_file():
         return
-    kept = [r for r in _read_metrics(path) if r.get("step", 0) <= step]
-    text = "".join(json.dumps(r) + "\n" for r in kept)
-    if text != path.read_text():  # later rows, or a line torn by a kill
-        from common.checkpoint import atomic_write_text
-        atomic_write_text(path, text)
+    old = path.read_text()
+    new = "".join(json.dumps(r) + "\n" for r in _parse_metrics(old) if r.get("step", 0) <= step)
+    if new != old:  # later rows, or a line torn by a kill
+        atomic_write_text(path, new)

@@ -95,13 +95,12 @@ def load_images(path: Path):
     if path.suffix == ".npz":
         try:
             with np.load(path, allow_pickle=False) as data:  # never unpickle object arrays
-                if "images" not in data:
-                    raise ValueError(f"--complete {path}: no 'images' array in it")
-                images = torch.from_numpy(data["images"])
+                array = data["images"] if "images" in data else None
         except (ValueError, OSError, zipfile.BadZipFile) as err:
-            if str(path) in str(err):
-                raise
             raise ValueError(f"--complete {path}: not a readable npz of uint8 images ({err})") from None
+        if array is None:
+            raise ValueError(f"--complete {path}: no 'images' array in it")
+        images = torch.from_numpy(array)
     else:
         from PIL import Image, UnidentifiedImageError
         try:
