@@ -3,6 +3,12 @@
     from sampling import generate
     out = generate(n=64, digit=None, temperature=1.0, top_k=None, top_p=None, cfg=0.0, seed=0)
     out["images"]   # float [n,1,28,28] in [0,1];  out["tokens"]: long [n,7,7];  out["labels"]: long [n] or None
+
+digit=None samples p(x) without a chosen digit. From a class-conditional prior
+that is ancestral sampling, p(x) = sum_c p(c) p(x|c) with p(c) uniform (MNIST's
+classes are 9-11% each): every sample draws its digit, then its codes. The
+model's own unconditional branch (the NULL_CLASS token, trained on only the ~10%
+of label-dropped batches) is digit="null": measurably worse (README).
 """
 from __future__ import annotations
 
@@ -27,15 +33,24 @@ def check_sampling_args(n: int, temperature: float, top_k, top_p, digit, batch_s
         raise ValueError(f"top_p={top_p}: must be in (0, 1]")
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: must be >= 1")
+    if digit == NULL_DIGIT:
+        return
     for d in digit if isinstance(digit, (list, tuple)) else ([] if digit is None else [digit]):
         if not (isinstance(d, int) and 0 <= d < NUM_CLASSES):
             raise ValueError(f"digit={d!r}: must be an integer 0-9")
 
 
-def labels_for(n: int, digit) -> torch.Tensor | None:
-    """None -> unconditional; an int -> all that digit; a list -> cycled across the n samples."""
-    if digit is None:
+NULL_DIGIT = "null"   # digit= value for the prior's NULL_CLASS token
+
+
+def labels_for(n: int, digit, generator: torch.Generator | None = None) -> torch.Tensor | None:
+    """None -> a uniformly random digit per sample; "null" -> no label (NULL_CLASS);
+    an int -> all that digit; a list -> cycled across the n samples."""
+    if digit == NULL_DIGIT:
         return None
+    if digit is None:
+        device = generator.device if generator is not None else "cpu"
+        return torch.randint(0, NUM_CLASSES, (n,), generator=generator, device=device).cpu()
     digits = list(digit) if isinstance(digit, (list, tuple)) else [digit]
     return torch.tensor([digits[i % len(digits)] for i in range(n)], dtype=torch.long)
 
@@ -61,13 +76,15 @@ def generate(n: int = 64, digit=None, temperature: float = 1.0, top_k: int | Non
     """Sample n images. keep: optional long [n,R,7] code rows to hold fixed (completion)."""
     check_sampling_args(n, temperature, top_k, top_p, digit, batch_size)
     gpt, prior_cfg, tok = models or load_models(prior, tokenizer, device)
-    labels = labels_for(n, digit)
-    if labels is not None and not prior_cfg.class_conditional:
-        raise ValueError(f"--digit needs a class-conditional prior; {prior} was trained with class_conditional=false")
-    if cfg and not prior_cfg.class_conditional:
-        raise ValueError(f"--cfg needs a class-conditional prior; {prior} was trained with class_conditional=false")
-    cond = labels if labels is not None else torch.full((n,), NULL_CLASS, dtype=torch.long)
+    if not prior_cfg.class_conditional:
+        if digit not in (None, NULL_DIGIT):
+            raise ValueError(f"--digit needs a class-conditional prior; {prior} was trained with class_conditional=false")
+        if cfg:
+            raise ValueError(f"--cfg needs a class-conditional prior; {prior} was trained with class_conditional=false")
+        digit = NULL_DIGIT   # its only start token
     gen = torch.Generator(device=device).manual_seed(seed)
+    labels = labels_for(n, digit, gen)
+    cond = labels if labels is not None else torch.full((n,), NULL_CLASS, dtype=torch.long)
     tokens = []
     for start in range(0, n, batch_size):   # chunks keep memory bounded for any n
         y = cond[start:start + batch_size].to(device)
@@ -79,4 +96,4 @@ def generate(n: int = 64, digit=None, temperature: float = 1.0, top_k: int | Non
     return {"images": images.cpu(), "tokens": grids.cpu(), "labels": labels}
 
 
-__all__ = ["generate", "load_models", "check_sampling_args", "labels_for"]
+__all__ = ["generate", "load_models", "check_sampling_args", "labels_for", "NULL_DIGIT"]

@@ -29,6 +29,8 @@ ALLOWED_DEFAULTS = {"n", "seed", "temperature", "top_k", "top_p", "digit", "cfg"
 def parse_digits(text: str):
     if text.strip().lower() == "none":
         return None
+    if text.strip().lower() == "null":
+        return "null"
     if text.strip().lower() == "all":
         return list(range(10))
     try:
@@ -48,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--digit", type=parse_digits, default=None,
-                   help="a digit, a list like 1,4,7, 'all', or 'none' (unconditional)")
+                   help="a digit, a list like 1,4,7, 'all', 'none' (unconditional: a random digit each) "
+                        "or 'null' (the prior's no-label token)")
     p.add_argument("--cfg", type=float, default=0.0, help="classifier-free guidance scale (with --digit)")
     p.add_argument("--out", default="samples")
     p.add_argument("--device", default="cpu")
@@ -145,9 +148,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     models = load_models(args.prior, args.tokenizer, args.device)
     if not digit_given and (args.complete or not models[1].class_conditional):
-        # The configured default (a digit per row) needs labels; completion and
-        # unconditional priors sample without them unless --digit asks.
-        args.digit, args.cfg = None, 0.0
+        # The configured default (a digit per row) needs labels. A completion's
+        # kept rows already decide the digit, so it samples without one unless asked.
+        args.digit, args.cfg = "null", 0.0
     keep, originals = None, None
     if args.complete:
         originals = load_images(Path(args.complete))

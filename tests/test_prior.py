@@ -122,6 +122,11 @@ def test_generate_api_seeds_digits_and_chunks(tiny_prior_run):
     assert not torch.equal(a["tokens"], c["tokens"])
     guided = generate(n=4, digit=7, cfg=2.0, top_k=5, top_p=0.9, temperature=0.8, prior=out_dir)
     assert guided["tokens"].max() < 32
+    # Unconditional: each sample draws its own digit (seeded), or uses the no-label token.
+    free = generate(n=40, seed=1, prior=out_dir)
+    assert 0 <= free["labels"].min() and free["labels"].max() <= 9 and len(set(free["labels"].tolist())) >= 5
+    assert torch.equal(free["labels"], generate(n=40, seed=1, prior=out_dir)["labels"])
+    assert generate(n=4, digit="null", prior=out_dir)["labels"] is None
 
 
 def test_generate_cli_writes_files_and_refuses_foreign_out(tiny_prior_run, tmp_path):
