@@ -36,7 +36,7 @@ def parse_digits(text: str):
     try:
         digits = [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: give a digit 0-9, a list like 1,4,7, or 'all'") from None
+        raise argparse.ArgumentTypeError(f"{text!r}: give a digit 0-9, a list like 1,4,7, 'all', 'none' or 'null'") from None
     if not digits or any(not 0 <= d <= 9 for d in digits):
         raise argparse.ArgumentTypeError(f"{text!r}: digits must be 0-9")
     return digits[0] if len(digits) == 1 else digits
