@@ -6,9 +6,9 @@
 
 digit=None samples p(x) without a chosen digit. From a class-conditional prior
 that is ancestral sampling, p(x) = sum_c p(c) p(x|c) with p(c) uniform (MNIST's
-classes are 9-11% each): every sample draws its digit, then its codes. The
-model's own unconditional branch (the NULL_CLASS token, trained on only the ~10%
-of label-dropped batches) is digit="null": measurably worse (README).
+classes are 9.0-11.2% each): every sample draws its digit, then its codes. The
+model's own unconditional branch (the NULL_CLASS token, learnt from only the ~10%
+of examples whose label was dropped) is digit="null": measurably worse (README).
 """
 from __future__ import annotations
 
