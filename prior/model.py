@@ -12,6 +12,7 @@ makes generation O(T) per token instead of recomputing the prefix.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +30,7 @@ class PriorShape:
     n_head: int = 4
     n_embd: int = 128
     dropout: float = 0.0
+    activation: Literal["gelu", "relu"] = "gelu"   # MLP nonlinearity; relu is ~15% faster on CPU
     class_conditional: bool = True
     label_dropout: float = 0.1   # share of labels replaced by NULL_CLASS in training
 
@@ -82,7 +84,8 @@ class Block(nn.Module):
         self.ln1 = nn.LayerNorm(shape.n_embd)
         self.attn = SelfAttention(shape)
         self.ln2 = nn.LayerNorm(shape.n_embd)
-        self.mlp = nn.Sequential(nn.Linear(shape.n_embd, 4 * shape.n_embd), nn.GELU(),
+        activation = nn.ReLU() if shape.activation == "relu" else nn.GELU()
+        self.mlp = nn.Sequential(nn.Linear(shape.n_embd, 4 * shape.n_embd), activation,
                                  nn.Linear(4 * shape.n_embd, shape.n_embd), nn.Dropout(shape.dropout))
 
     def forward(self, x, cache=None):

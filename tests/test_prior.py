@@ -73,6 +73,15 @@ def test_top_k_and_top_p_restrict_the_support():
     assert set(sample_logits(logits, top_p=0.5, generator=gen).tolist()) == {0}
 
 
+def test_activation_key_and_runs_saved_before_it_stay_gelu():
+    from prior.config import PriorConfig
+    from common.config import load_config
+    assert isinstance(tiny_gpt(activation="relu").blocks[0].mlp[1], torch.nn.ReLU)
+    assert isinstance(tiny_gpt().blocks[0].mlp[1], torch.nn.GELU)   # a config.yaml without the key
+    with pytest.raises(ConfigError, match="activation"):
+        load_config(PriorConfig, ["activation=tanh"])
+
+
 TINY_PRIOR = ["n_layer=2", "n_head=2", "n_embd=32", "train_subset=512", "batch_size=64", "epochs=2",
               "warmup_steps=2"]
 
