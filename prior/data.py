@@ -1,17 +1,15 @@
 """Code grids of the train and test sets under a frozen tokenizer, encoded once.
 
-The cache file is keyed by a hash of the tokenizer's weights, so retraining the
-tokenizer invalidates it instead of silently training on stale codes.
+The cache file is keyed by a hash of the tokenizer's weights (the tensors, not the
+file: safetensors' metadata order varies, so identical weights can differ as files),
+so retraining the tokenizer invalidates it instead of silently training on stale codes.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
-
-from common.checkpoint import file_digest, save_weights
+from common.checkpoint import CheckpointError, load_weights, save_weights, tensors_digest
 from common.grid import grid_to_sequence
 from tokenizer.data import load_split, to_float
 
@@ -25,15 +23,15 @@ def encode_all(tokenizer, images_uint8: torch.Tensor, batch_size: int = 2000) ->
     return torch.cat(out).to(torch.int16)
 
 
-def load_code_grids(tokenizer, tokenizer_dir: Path, root: Path, dataset: str, cache_dir: Path,
+def load_code_grids(tokenizer, root: Path, dataset: str, cache_dir: Path,
                     train_subset: int = 0) -> dict[str, torch.Tensor]:
     """{train_codes, train_labels, test_codes, test_labels}, from cache when still valid."""
-    key = f"{dataset}-{train_subset}-{file_digest(Path(tokenizer_dir) / 'model.safetensors')[:16]}"
+    key = f"{dataset}-{train_subset}-{tensors_digest(tokenizer.state_dict())[:16]}"
     cache = Path(cache_dir) / f"codes-{key}.safetensors"
     if cache.is_file():
         try:
-            return load_file(str(cache))
-        except (SafetensorError, OSError):
+            return load_weights(cache, "codes")
+        except CheckpointError:
             cache.unlink(missing_ok=True)   # a damaged cache is just recomputed
     train_x, train_y = load_split(root, dataset, train=True, subset=train_subset)
     test_x, test_y = load_split(root, dataset, train=False)

@@ -118,8 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
     with accelerator.main_process_first():
         ensure_dataset(root, cfg.dataset)
         tokenizer.to(accelerator.device)
-        grids = load_code_grids(tokenizer, Path(cfg.tokenizer), root, cfg.dataset,
-                                Path(cfg.out_dir) / "codes", cfg.train_subset)
+        grids = load_code_grids(tokenizer, root, cfg.dataset, Path(cfg.out_dir) / "codes", cfg.train_subset)
     return fit(cfg, make_task(cfg, tokenizer, grids), accelerator)
 
 

@@ -73,6 +73,14 @@ def test_top_k_and_top_p_restrict_the_support():
     assert set(sample_logits(logits, top_p=0.5, generator=gen).tolist()) == {0}
 
 
+def test_sampled_frequencies_follow_the_softmax():
+    logits = torch.tensor([[2.0, 1.0, float("-inf"), 0.0, -1.0]]).repeat(40000, 1)
+    drawn = sample_logits(logits, temperature=2.0, generator=torch.Generator().manual_seed(0))
+    freq = torch.bincount(drawn, minlength=5).double() / len(drawn)
+    expected = (logits[0] / 2.0).double().softmax(-1)
+    assert freq[2] == 0 and torch.allclose(freq, expected, atol=0.01), (freq, expected)
+
+
 def test_activation_key_and_runs_saved_before_it_stay_gelu():
     from prior.config import PriorConfig
     from common.config import load_config
@@ -166,3 +174,27 @@ def test_generate_cli_bad_flags_are_one_line(flags, message, tmp_path):
     result = run_cli(["sampling/generate.py", *flags, "--out", str(tmp_path / "o")])
     assert result.returncode == 2 and message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_code_grid_cache_follows_the_weights_not_the_file(tmp_path, tiny_tokenizer_run, mnist_root, monkeypatch):
+    import prior.data
+    from tokenizer import load_tokenizer
+    tokenizer = load_tokenizer(tiny_tokenizer_run, "cpu")
+    calls = []
+    real_encode = prior.data.encode_all
+    monkeypatch.setattr(prior.data, "encode_all", lambda *a, **k: calls.append(1) or real_encode(*a, **k))
+    first = prior.data.load_code_grids(tokenizer, mnist_root, "mnist", tmp_path, train_subset=64)
+    assert len(calls) == 2                        # train + test encoded once
+    again = prior.data.load_code_grids(load_tokenizer(tiny_tokenizer_run, "cpu"), mnist_root, "mnist",
+                                       tmp_path, train_subset=64)
+    assert len(calls) == 2 and all(torch.equal(first[k], again[k]) for k in first)   # same weights: cached
+    (cache,) = tmp_path.glob("codes-*.safetensors")
+    data = bytearray(cache.read_bytes())
+    data[-1] ^= 1                                 # one flipped bit in the cached codes
+    cache.write_bytes(bytes(data))
+    prior.data.load_code_grids(tokenizer, mnist_root, "mnist", tmp_path, train_subset=64)
+    assert len(calls) == 4                        # refused by its checksum, recomputed
+    with torch.no_grad():
+        next(tokenizer.parameters()).add_(0.01)   # a retrained tokenizer
+    prior.data.load_code_grids(tokenizer, mnist_root, "mnist", tmp_path, train_subset=64)
+    assert len(calls) == 6 and len(list(tmp_path.glob("codes-*.safetensors"))) == 1
