@@ -100,6 +100,12 @@ def _write_error(path: Path, err: Exception) -> CheckpointWriteError:
     return CheckpointWriteError(path, getattr(err, "strerror", None) or str(err).splitlines()[0])
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def save_weights(path: Path, tensors: dict[str, torch.Tensor], stage: str) -> None:
     """Write a safetensors file atomically; `stage` and the digest are checked on load."""
     path = Path(path)
@@ -108,6 +114,7 @@ def save_weights(path: Path, tensors: dict[str, torch.Tensor], stage: str) -> No
     metadata = {"stage": stage, "format": "vqgen-1", "sha256": tensors_digest(tensors)}
     try:
         save_file(tensors, str(tmp), metadata=metadata)
+        os.chmod(tmp, 0o666 & ~_current_umask())   # safetensors creates files 0600; share like open() does
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -25,6 +25,18 @@ def test_optimizer_state_round_trips_without_pickle(tmp_path):
     assert state["step"] == 7 and state["history"] == [{"step": 1, "x": 0.5}]
 
 
+def test_weights_files_get_the_same_permissions_as_any_file(tmp_path):
+    import os
+    old_mask = os.umask(0o022)
+    try:
+        save_weights(tmp_path / "w.safetensors", {"a": torch.ones(3)}, "prior")
+        (tmp_path / "plain.txt").write_text("x")
+    finally:
+        os.umask(old_mask)
+    mode = lambda p: (tmp_path / p).stat().st_mode & 0o777
+    assert mode("w.safetensors") == mode("plain.txt") == 0o644   # safetensors alone gives 0600
+
+
 class Payload:
     def __reduce__(self):
         return (exec, ("open('PWNED', 'w').write('x')",))
