@@ -27,11 +27,12 @@ ALLOWED_DEFAULTS = {"n", "seed", "temperature", "top_k", "top_p", "digit", "cfg"
 
 
 def parse_digits(text: str):
-    if text.strip().lower() == "none":
+    word = text.strip().lower()
+    if word == "none":
         return None
-    if text.strip().lower() == "null":
+    if word == "null":   # sampling.NULL_DIGIT, spelled out: parsing flags must not import torch
         return "null"
-    if text.strip().lower() == "all":
+    if word == "all":
         return list(range(10))
     try:
         digits = [int(t) for t in text.split(",") if t.strip()]
@@ -144,13 +145,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
     from common.plots import save_png
-    from sampling import generate, load_models
+    from sampling import NULL_DIGIT, generate, load_models
 
     models = load_models(args.prior, args.tokenizer, args.device)
     if not digit_given and (args.complete or not models[1].class_conditional):
         # The configured default (a digit per row) needs labels. A completion's
         # kept rows already decide the digit, so it samples without one unless asked.
-        args.digit, args.cfg = "null", 0.0
+        args.digit, args.cfg = NULL_DIGIT, 0.0
     keep, originals = None, None
     if args.complete:
         originals = load_images(Path(args.complete))
