@@ -29,6 +29,21 @@ def test_prior_is_causal():
         assert not torch.allclose(logits[:, t + 1:], base[:, t + 1:])
 
 
+def test_dropout_acts_in_training_only_and_keeps_causality():
+    model = tiny_gpt(dropout=0.5)
+    codes, labels = torch.randint(32, (2, 49)), torch.tensor([3, NULL_CLASS])
+    torch.testing.assert_close(model(codes, labels)[0], model(codes, labels)[0])   # eval: deterministic
+    model.train()
+    assert not torch.allclose(model(codes, labels)[0], model(codes, labels)[0])
+    changed = codes.clone()
+    changed[:, 20] = (changed[:, 20] + 1) % 32
+    torch.manual_seed(1)   # same dropout masks for both passes
+    base, _ = model(codes, labels)
+    torch.manual_seed(1)
+    logits, _ = model(changed, labels)
+    torch.testing.assert_close(logits[:, :21], base[:, :21])
+
+
 def test_class_token_changes_predictions():
     model = tiny_gpt()
     codes = torch.randint(32, (1, 49))
