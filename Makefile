@@ -7,12 +7,10 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: demo test data bench clean-runs
 
-# --no-compile: byte-compiling all of torch's files costs ~45 s of CPU here;
-# Python compiles the modules it actually imports on first use instead.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q --no-compile -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
 data: $(STAMP)
