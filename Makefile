@@ -7,6 +7,8 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: demo test data bench clean-runs
 
+# pip byte-compiles at install on purpose: with PYTHONDONTWRITEBYTECODE set (as here)
+# --no-compile made every later import of torch recompile it (13 s instead of 2 s).
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
