@@ -1,4 +1,5 @@
 """Checkpoint I/O and the training loop's guards: no pickle, no torn files, NaN stops."""
+import os
 import pickle
 
 import pytest
@@ -26,7 +27,6 @@ def test_optimizer_state_round_trips_without_pickle(tmp_path):
 
 
 def test_weights_files_get_the_same_permissions_as_any_file(tmp_path):
-    import os
     old_mask = os.umask(0o022)
     try:
         save_weights(tmp_path / "w.safetensors", {"a": torch.ones(3)}, "prior")
