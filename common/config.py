@@ -79,6 +79,11 @@ def _check_type(key: str, value: Any, annotation: Any) -> Any:
         if value is None and type(None) in args:
             return None
         annotation = next(a for a in args if a is not type(None))
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}={value!r}: expected a list like [8, 5, 5, 5]")
+        (item,) = typing.get_args(annotation)
+        return [_check_type(key, v, item) for v in value]
     if annotation is bool:
         if isinstance(value, bool):
             return value

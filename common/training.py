@@ -49,6 +49,9 @@ class Task:
     make_optimizer: Callable[[nn.Module], torch.optim.Optimizer] | None = None
     report: Callable[[Path, nn.Module, list[dict], list[dict]], None] | None = None  # plots
     export: Callable[[nn.Module], dict[str, torch.Tensor]] = field(default=lambda m: m.state_dict())
+    # Fresh training tensors for an epoch (same length as train_tensors), e.g. augmented
+    # data; must be a function of the epoch alone so that resume stays exact.
+    epoch_tensors: Callable[[int], tuple[torch.Tensor, ...]] | None = None
 
 
 def lr_at(step: int, total: int, cfg) -> float:
@@ -213,6 +216,8 @@ def fit(cfg, task: Task, accelerator=None) -> dict:
             epoch, index = divmod(step, steps_per_epoch)
             if epoch != order_epoch:  # each process takes its own stride of the shared order
                 order_epoch, order = epoch, epoch_order(n_train, cfg.seed, epoch)[rank::world].to(accelerator.device)
+                if task.epoch_tensors is not None:   # its cost counts in train_s
+                    data = tuple(t.to(accelerator.device) for t in task.epoch_tensors(epoch))
             batch_ids = order[index * cfg.batch_size:(index + 1) * cfg.batch_size]
             batch = tuple(t[batch_ids] for t in data)
 

@@ -16,6 +16,8 @@ class PriorConfig(TrainConfig, PriorShape):
     lr: float = 2e-3
     weight_decay: float = 0.01
     warmup_steps: int = 100
+    augment: bool = False          # each epoch: fresh code grids of slightly distorted training digits
+    augment_share: float = 0.5     # share of the digits distorted in each augmented epoch
 
     def validate(self) -> None:
         super().validate()
@@ -26,6 +28,7 @@ class PriorConfig(TrainConfig, PriorShape):
             (self.n_embd >= 8, "n_embd", "must be >= 8"),
             (0 <= self.dropout < 1, "dropout", "must be in [0, 1)"),
             (0 <= self.label_dropout < 1, "label_dropout", "must be in [0, 1)"),
+            (0 <= self.augment_share <= 1, "augment_share", "must be in [0, 1]"),
         ]
         for ok, key, message in checks:
             if not ok:

@@ -1,4 +1,5 @@
-"""Code grids of the train and test sets under a frozen tokenizer, encoded once.
+"""Code grids of the train and test sets under a frozen tokenizer, encoded once,
+and (with `augment`) fresh grids of slightly distorted training digits each epoch.
 
 The cache file is keyed by a hash of the tokenizer's weights (the tensors, not the
 file: safetensors' metadata order varies, so identical weights can differ as files),
@@ -6,9 +7,11 @@ so retraining the tokenizer invalidates it instead of silently training on stale
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from common.checkpoint import CheckpointError, load_weights, save_weights, tensors_digest
 from common.grid import grid_to_sequence
 from tokenizer.data import load_split, to_float
@@ -42,3 +45,48 @@ def load_code_grids(tokenizer, root: Path, dataset: str, cache_dir: Path,
         old.unlink()
     save_weights(cache, grids, "codes")
     return grids
+
+
+# Label-preserving distortions for `augment`: small enough that a 6 never turns into a 9.
+MAX_SHIFT_PX = 1.5
+MAX_ROTATION_DEG = 8.0
+MAX_SCALE_CHANGE = 0.08
+
+
+@torch.no_grad()
+def distort(images_uint8: torch.Tensor, generator: torch.Generator, share: float,
+            chunk: int = 10_000) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 [N,28,28] -> (uint8 [N,28,28], long [M] which): a random `share` of the digits
+    shifted, rotated and scaled a little (one affine warp each, bilinear), the others as they are.
+
+    Every random number is drawn for every image, so the result is a function of the
+    generator's seed alone (exact resume), whatever `share` selects.
+    """
+    n = len(images_uint8)
+    chosen = torch.rand(n, generator=generator) < share
+    angle = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(MAX_ROTATION_DEG)
+    scale = 1 + (torch.rand(n, generator=generator) * 2 - 1) * MAX_SCALE_CHANGE
+    shift = (torch.rand(n, 2, generator=generator) * 2 - 1) * (MAX_SHIFT_PX * 2 / 28)   # grid units: 28 px = 2
+    cos, sin = angle.cos() / scale, angle.sin() / scale
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1),
+                         torch.stack([sin, cos, shift[:, 1]], 1)], 1)                # (N, 2, 3)
+    out = images_uint8.clone()
+    which = chosen.nonzero().squeeze(1)
+    for i in range(0, len(which), chunk):   # bounded memory: the sampling grid is 2 floats a pixel
+        rows = which[i:i + chunk]
+        x = images_uint8[rows].unsqueeze(1).float()
+        grid = F.affine_grid(theta[rows], list(x.shape), align_corners=False)
+        warped = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        out[rows] = warped.squeeze(1).round().clamp(0, 255).to(torch.uint8)
+    return out, which
+
+
+def augmented_codes(tokenizer, images_uint8: torch.Tensor, codes: torch.Tensor, seed: int, epoch: int,
+                    share: float) -> torch.Tensor:
+    """The code grids of epoch `epoch`: `codes` (those of images_uint8) with the distorted
+    digits re-encoded by the frozen tokenizer (only those: encoding is the cost)."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    warped, which = distort(images_uint8, generator, share)
+    fresh = codes.clone()
+    fresh[which] = encode_all(tokenizer, warped[which]).to(codes.dtype)
+    return fresh

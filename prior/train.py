@@ -23,10 +23,10 @@ from common.tracking import make_accelerator
 from common.errors import run_main
 from common.training import Task, find_resume_point, fit
 from prior.config import PriorConfig
-from prior.data import load_code_grids
+from prior.data import augmented_codes, load_code_grids
 from prior.model import GPT, NULL_CLASS, NUM_CLASSES
 from tokenizer import load_tokenizer
-from tokenizer.data import data_root, ensure_dataset
+from tokenizer.data import data_root, ensure_dataset, load_split
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "prior.yaml"
 
@@ -55,7 +55,8 @@ def test_nll_bits(model: GPT, codes: torch.Tensor, labels: torch.Tensor, batch_s
     return total / count / math.log(2)
 
 
-def make_task(cfg: PriorConfig, tokenizer, grids: dict) -> Task:
+def make_task(cfg: PriorConfig, tokenizer, grids: dict, train_images: torch.Tensor | None = None) -> Task:
+    """train_images (uint8, the digits behind grids["train_codes"]) are needed with augment=true."""
     torch.manual_seed(cfg.seed)
     model = GPT(cfg.shape())
     test_codes, test_labels = grids["test_codes"].long(), grids["test_labels"]
@@ -104,8 +105,13 @@ def make_task(cfg: PriorConfig, tokenizer, grids: dict) -> Task:
         return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
 
+    def epoch_tensors(epoch: int):
+        codes = augmented_codes(tokenizer, train_images, grids["train_codes"], cfg.seed, epoch, cfg.augment_share)
+        return codes.long(), grids["train_labels"]
+
     return Task(stage="prior", model=model, train_tensors=(grids["train_codes"].long(), grids["train_labels"]),
-                loss_fn=loss_fn, evaluate=evaluate, make_optimizer=make_optimizer, report=report)
+                loss_fn=loss_fn, evaluate=evaluate, make_optimizer=make_optimizer, report=report,
+                epoch_tensors=epoch_tensors if cfg.augment else None)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -119,7 +125,8 @@ def main(argv: list[str] | None = None) -> dict:
         ensure_dataset(root, cfg.dataset)
         tokenizer.to(accelerator.device)
         grids = load_code_grids(tokenizer, root, cfg.dataset, Path(cfg.out_dir) / "codes", cfg.train_subset)
-    return fit(cfg, make_task(cfg, tokenizer, grids), accelerator)
+    train_images = load_split(root, cfg.dataset, train=True, subset=cfg.train_subset)[0] if cfg.augment else None
+    return fit(cfg, make_task(cfg, tokenizer, grids, train_images), accelerator)
 
 
 if __name__ == "__main__":

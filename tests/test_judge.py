@@ -1,4 +1,5 @@
 """The judge must rank real digits above broken ones, and its math must be right."""
+import pytest
 import torch
 
 from sampling.judge import frechet_distance, judge, precision_recall, train_classifier, classify
@@ -21,9 +22,15 @@ def test_precision_recall_sees_mode_dropping():
     assert precision > 0.9 and recall < 0.6
 
 
-def test_judge_orders_real_above_shuffled_pixels(mnist_root):
+@pytest.fixture(scope="module")
+def small_judge(mnist_root):
     model, accuracy = train_classifier(mnist_root, epochs=1, subset=12800)
     assert accuracy > 0.95
+    return model
+
+
+def test_judge_orders_real_above_shuffled_pixels(mnist_root, small_judge):
+    model = small_judge
     test_x, _ = load_split(mnist_root, "mnist", train=False)
     _, ref = classify(model, to_float(test_x))
     train_x, train_y = load_split(mnist_root, "mnist", train=True, subset=2000)
@@ -34,3 +41,15 @@ def test_judge_orders_real_above_shuffled_pixels(mnist_root):
     assert good["frechet"] < bad["frechet"] / 5
     assert good["confident"] > bad["confident"] and good["cond_acc"] > 0.95 > bad["cond_acc"]
     assert good["precision"] > bad["precision"] and good["recall"] > bad["recall"]
+
+
+def test_prior_augmentation_preserves_labels(mnist_root, small_judge):
+    """Every digit distorted (share 1): the judge still reads them as their labels."""
+    from prior.data import distort
+    images, labels = load_split(mnist_root, "mnist", train=False)
+    images, labels = images[:2000], labels[:2000]
+    warped, _ = distort(images, torch.Generator().manual_seed(0), share=1.0)
+    assert (warped != images).flatten(1).any(1).float().mean() > 0.99     # all of them changed
+    plain = judge(small_judge, to_float(images), classify(small_judge, to_float(images))[1], labels)
+    moved = judge(small_judge, to_float(warped), classify(small_judge, to_float(images))[1], labels)
+    assert moved["cond_acc"] > 0.95 and moved["cond_acc"] > plain["cond_acc"] - 0.02

@@ -133,9 +133,11 @@ def test_prior_refuses_mismatched_vocab_and_missing_tokenizer(tmp_path, tiny_tok
     assert result.stderr.strip().count("\n") == 0
 
 
-def test_prior_resume_is_bit_identical(tmp_path, tiny_tokenizer_run, mnist_root):
+@pytest.mark.parametrize("augment", [False, True])
+def test_prior_resume_is_bit_identical(tmp_path, tiny_tokenizer_run, mnist_root, augment):
     from prior.train import main
-    common = TINY_PRIOR + [f"tokenizer={tiny_tokenizer_run}", f"data_root={mnist_root}", "eval_every=8"]
+    common = TINY_PRIOR + [f"tokenizer={tiny_tokenizer_run}", f"data_root={mnist_root}", "eval_every=8",
+                           f"augment={str(augment).lower()}"]
     main(common + [f"out_dir={tmp_path}/a"])
     main(common + [f"out_dir={tmp_path}/b", "max_steps=5"])
     main(common + [f"out_dir={tmp_path}/b"])
@@ -189,6 +191,23 @@ def test_generate_cli_bad_flags_are_one_line(flags, message, tmp_path):
     result = run_cli(["sampling/generate.py", *flags, "--out", str(tmp_path / "o")])
     assert result.returncode == 2 and message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_augmented_grids_are_fresh_each_epoch_and_repeatable(tiny_tokenizer_run, mnist_root):
+    from prior.data import augmented_codes, distort, encode_all
+    from tokenizer import load_tokenizer
+    from tokenizer.data import load_split
+    tokenizer = load_tokenizer(tiny_tokenizer_run)
+    images = load_split(mnist_root, "mnist", train=True, subset=300)[0]
+    plain = encode_all(tokenizer, images)
+    epoch0, epoch1 = (augmented_codes(tokenizer, images, plain, seed=0, epoch=e, share=0.5) for e in (0, 1))
+    assert epoch0.shape == plain.shape == (300, 49) and epoch0.dtype == torch.int16
+    assert not torch.equal(epoch0, epoch1)                                     # fresh grids each epoch
+    assert torch.equal(epoch0, augmented_codes(tokenizer, images, plain, seed=0, epoch=0, share=0.5))  # resumable
+    changed = (epoch0 != plain).any(1).float().mean()
+    assert 0.3 < changed < 0.7, changed                                        # about half distorted
+    untouched, which = distort(images, torch.Generator().manual_seed(0), share=0.0)
+    assert torch.equal(untouched, images) and len(which) == 0
 
 
 def test_code_grid_cache_follows_the_weights_not_the_file(tmp_path, tiny_tokenizer_run, mnist_root, monkeypatch):

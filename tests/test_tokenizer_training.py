@@ -18,6 +18,8 @@ def test_config_layers_defaults_yaml_and_cli(tmp_path):
     yaml_file.write_text("codebook_size: 64\nlr: 0.01\n")
     cfg = load_config(TokenizerConfig, ["--config", str(yaml_file), "lr=3e-4", "ema=true"])
     assert (cfg.codebook_size, cfg.lr, cfg.ema, cfg.hidden_channels) == (64, 3e-4, True, 64)
+    fsq = load_config(TokenizerConfig, ["quantizer=fsq", "fsq_levels=[8,6,5]"])
+    assert fsq.fsq_levels == [8, 6, 5] and fsq.shape().num_codes == 240 and fsq.shape().code_dim == 3
 
 
 @pytest.mark.parametrize("arg, message", [
@@ -30,6 +32,10 @@ def test_config_layers_defaults_yaml_and_cli(tmp_path):
     ("ema=maybe", "expected bool"),
     ("resume=/no/such/dir", "resume='/no/such/dir'"),
     ("nonsense", "use key=value"),
+    ("quantizer=rvq", "expected one of vq, fsq"),
+    ("fsq_levels=8", "expected a list like [8, 5, 5, 5]"),
+    ("fsq_levels=[8,1]", "fsq_levels=[8, 1] must be a list of levels, each >= 2"),
+    ("fsq_levels=[8,a]", "fsq_levels='a': expected int"),
 ])
 def test_bad_config_is_one_clear_error(arg, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):

@@ -25,6 +25,8 @@ class TokenizerConfig(TrainConfig, VQVAEShape):
             (self.beta >= 0, "beta", "must be >= 0"),
             (0 < self.ema_decay < 1, "ema_decay", "must be in (0, 1)"),
             (self.dead_code_steps >= 0, "dead_code_steps", "must be >= 0 (0 = never restart)"),
+            (len(self.fsq_levels) >= 1 and all(n >= 2 for n in self.fsq_levels), "fsq_levels",
+             "must be a list of levels, each >= 2, like [8, 5, 5, 5]"),
         ]
         for ok, key, message in checks:
             if not ok:

@@ -15,8 +15,9 @@ calls are all-reduces that keep codebook statistics identical across processes.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import NamedTuple
+import math
+from dataclasses import dataclass, field
+from typing import Literal, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -28,6 +29,8 @@ from torch import nn
 @dataclass
 class VQVAEShape:
     """The sizes that define the network (a subset of TokenizerConfig)."""
+    quantizer: Literal["vq", "fsq"] = "vq"
+    fsq_levels: list[int] = field(default_factory=lambda: [8, 5, 5, 5])   # fsq: levels per channel
     codebook_size: int = 512
     embedding_dim: int = 16          # low-dim lookup: as good as 64 here and ~30% cheaper
     hidden_channels: int = 64
@@ -38,6 +41,16 @@ class VQVAEShape:
     kmeans_init: bool = True
     dead_code_steps: int = 50        # restart a code unused for this many training steps; 0 = never
     normalize_codes: bool = False    # L2-normalised lookup (cosine similarity)
+
+    @property
+    def code_dim(self) -> int:
+        """Channels of the latent grid: embedding_dim for vq, one per fsq level."""
+        return len(self.fsq_levels) if self.quantizer == "fsq" else self.embedding_dim
+
+    @property
+    def num_codes(self) -> int:
+        """K, the vocabulary the prior sees: codebook_size, or the product of fsq_levels."""
+        return math.prod(self.fsq_levels) if self.quantizer == "fsq" else self.codebook_size
 
 
 class QuantizerOutput(NamedTuple):
@@ -107,6 +120,14 @@ class VectorQuantizer(nn.Module):
         # passes over the (N, K) matrix (encoding the 70k images got 2x faster).
         return torch.addmm(codebook.pow(2).sum(1), flat, codebook.t(), alpha=-2).argmin(1)
 
+    def indices(self, flat: torch.Tensor) -> torch.Tensor:
+        """(N, D) encoder outputs -> (N,) code indices (inference)."""
+        return self.nearest(F.normalize(flat, dim=1) if self.shape.normalize_codes else flat)
+
+    def codes(self, indices: torch.Tensor) -> torch.Tensor:
+        """(...) code indices -> (..., D) code vectors."""
+        return F.embedding(indices, self.lookup_codebook())
+
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         height = z.shape[-2]
         # Distances in fp32 even under bf16 autocast: argmin over near-ties is fragile.
@@ -174,6 +195,59 @@ class VectorQuantizer(nn.Module):
         self.code_age.add_(1).masked_fill_(counts > 0, 0)
 
 
+class FiniteScalarQuantizer(nn.Module):
+    """FSQ (Mentzer et al. 2023): no codebook. Each of the len(levels) latent channels
+    is bounded by tanh and rounded to one of L_i evenly spaced values; a code is the
+    tuple of rounded values, its index the mixed-radix number they spell. Nothing to
+    learn, nothing to die: every one of prod(levels) codes is reachable by design.
+    """
+
+    def __init__(self, levels: list[int]):
+        super().__init__()
+        levels_t = torch.tensor(levels)
+        self.register_buffer("levels", levels_t, persistent=False)
+        # index = sum_i digit_i * basis_i, digit_i in [0, L_i): basis = (1, L_0, L_0 L_1, ...)
+        self.register_buffer("basis", torch.cumprod(torch.cat([torch.ones(1, dtype=torch.long),
+                                                                levels_t[:-1]]), 0), persistent=False)
+
+    def bound(self, flat: torch.Tensor) -> torch.Tensor:
+        """Squash each channel into (-L/2, L/2) so that rounding yields exactly L values.
+
+        For even L the range is shifted by half a step (the paper's offset), so that
+        round() gives -L/2 .. L/2 - 1; eps keeps tanh's asymptote from landing on .5.
+        """
+        levels = self.levels.to(flat.dtype)
+        half = (levels - 1) * (1 + 1e-3) / 2
+        offset = (self.levels % 2 == 0).to(flat.dtype) * 0.5
+        return torch.tanh(flat + torch.atanh(offset / half)) * half - offset
+
+    def _digits(self, flat: torch.Tensor) -> torch.Tensor:
+        return self.bound(flat).round().long() + self.levels // 2      # (N, d) in [0, L_i)
+
+    def indices(self, flat: torch.Tensor) -> torch.Tensor:
+        return (self._digits(flat.float()) * self.basis).sum(1)
+
+    def codes(self, indices: torch.Tensor) -> torch.Tensor:
+        digits = (indices.unsqueeze(-1) // self.basis) % self.levels
+        return (digits - self.levels // 2).float() / (self.levels // 2)     # in [-1, 1)
+
+    def forward(self, z: torch.Tensor) -> QuantizerOutput:
+        height = z.shape[-2]
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            flat = rearrange(z.float(), "b d h w -> (b h w) d")
+            bounded = self.bound(flat)
+            # Straight-through rounding: forward rounds, backward is the identity
+            # (through tanh's gradient, which keeps the encoder's outputs in range).
+            rounded = bounded + (bounded.round() - bounded).detach()
+            quantized = rounded / (self.levels // 2)
+            digits = bounded.detach().round().long() + self.levels // 2
+            indices = (digits * self.basis).sum(1)
+        zero = torch.zeros((), device=z.device)
+        quantized = rearrange(quantized, "(b h w) d -> b d h w", b=z.shape[0], h=height)
+        indices = rearrange(indices, "(b h w) -> b h w", b=z.shape[0], h=height)
+        return QuantizerOutput(quantized, indices, zero, zero, zero)
+
+
 class ResBlock(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
@@ -187,7 +261,7 @@ class ResBlock(nn.Module):
 class Encoder(nn.Module):
     def __init__(self, shape: VQVAEShape):
         super().__init__()
-        C, D = shape.hidden_channels, shape.embedding_dim
+        C, D = shape.hidden_channels, shape.code_dim
         self.net = nn.Sequential(
             nn.Conv2d(1, C, 4, stride=2, padding=1), nn.ReLU(),    # 28 -> 14
             nn.Conv2d(C, C, 4, stride=2, padding=1), nn.ReLU(),    # 14 -> 7
@@ -202,7 +276,7 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     def __init__(self, shape: VQVAEShape):
         super().__init__()
-        C, D = shape.hidden_channels, shape.embedding_dim
+        C, D = shape.hidden_channels, shape.code_dim
         self.net = nn.Sequential(
             nn.Conv2d(D, C, 3, padding=1),
             *[ResBlock(C) for _ in range(shape.res_blocks)],
@@ -231,7 +305,8 @@ class VQVAE(nn.Module):
         super().__init__()
         self.shape = shape
         self.encoder = Encoder(shape)
-        self.quantizer = VectorQuantizer(shape, seed=seed)
+        self.quantizer = (FiniteScalarQuantizer(shape.fsq_levels) if shape.quantizer == "fsq"
+                          else VectorQuantizer(shape, seed=seed))
         self.decoder = Decoder(shape)
         # NHWC convolutions: +11% training images/s and +40% encoding on a 2-core
         # AVX2 CPU (bench in the README); the (b h w) d view of z is then free.
@@ -246,7 +321,7 @@ class VQVAE(nn.Module):
 
     @property
     def codebook_size(self) -> int:
-        return self.shape.codebook_size
+        return self.shape.num_codes
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
@@ -260,9 +335,7 @@ class VQVAE(nn.Module):
                              "divide uint8 images by 255")
         z = self.encoder(images * 2 - 1)
         flat = rearrange(z.float(), "b d h w -> (b h w) d")
-        if self.shape.normalize_codes:
-            flat = F.normalize(flat, dim=1)
-        return rearrange(self.quantizer.nearest(flat), "(b h w) -> b h w", b=z.shape[0], h=z.shape[-2])
+        return rearrange(self.quantizer.indices(flat), "(b h w) -> b h w", b=z.shape[0], h=z.shape[-2])
 
     @torch.no_grad()
     def decode(self, indices: torch.Tensor) -> torch.Tensor:
@@ -276,6 +349,6 @@ class VQVAE(nn.Module):
             raise ValueError(f"decode got code indices in [{indices.min()}, {indices.max()}], "
                              f"outside this tokenizer's codebook [0, {K - 1}]")
         indices = indices.long()
-        codes = F.embedding(indices, self.quantizer.lookup_codebook())       # (B, 7, 7, D)
+        codes = self.quantizer.codes(indices)                                # (B, 7, 7, D)
         out = self.decoder(rearrange(codes, "b h w d -> b d h w"))
         return ((out.float() + 1) / 2).clamp(0, 1)
