@@ -42,6 +42,7 @@ class TrainConfig:
     resume: str = "auto"             # auto | never | PATH to a checkpoint dir
     tracker: Literal["none", "wandb"] = "none"
     eval_every: int = 0              # steps between evaluations; 0 = once per epoch
+    save_every: int = 0              # steps between checkpoints; 0 = once per epoch (and always at the end)
     keep_checkpoints: int = 2
 
     def validate(self) -> None:
@@ -55,6 +56,7 @@ class TrainConfig:
         _require(self.weight_decay >= 0, "weight_decay", "must be >= 0")
         _require(self.grad_clip >= 0, "grad_clip", "must be >= 0 (0 = off)")
         _require(self.eval_every >= 0, "eval_every", "must be >= 0 (0 = every epoch)")
+        _require(self.save_every >= 0, "save_every", "must be >= 0 (0 = every epoch)")
         _require(self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
         _require(self.out_dir != "", "out_dir", "must not be empty")
         if self.resume not in ("auto", "never") and not Path(self.resume).is_dir():

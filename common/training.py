@@ -3,7 +3,8 @@
 A stage hands `fit` a `Task` (model, optimizer factory, loss, evaluation, plots);
 `fit` owns everything else: device placement, DDP sharding, the learning-rate
 schedule, progress, NaN detection, metrics.jsonl, tracking, atomic checkpoints
-on every evaluation and on SIGINT/SIGTERM, and exact resume.
+every `save_every` steps (independent of evaluations), at the end and on
+SIGINT/SIGTERM, and exact resume.
 
 Exact resume holds because nothing random is left to chance: the data order of
 an epoch is a function of (seed, epoch), and the torch RNG state is saved with
@@ -30,7 +31,7 @@ from common.tracking import make_accelerator, start_tracking
 
 # Keys that may change between a run and its resumption; any other difference
 # means the checkpoint belongs to a different experiment.
-RESUMABLE_KEYS = {"epochs", "max_steps", "eval_every", "tracker", "resume", "keep_checkpoints",
+RESUMABLE_KEYS = {"epochs", "max_steps", "eval_every", "save_every", "tracker", "resume", "keep_checkpoints",
                   "out_dir", "data_root", "log_every"}
 LOG_EVERY = 25
 
@@ -141,6 +142,7 @@ def fit(cfg, task: Task, accelerator=None) -> dict:
         raise ConfigError(f"batch_size={cfg.batch_size} x {world} processes exceeds the {n_train} training images")
     total_steps = cfg.epochs * steps_per_epoch
     eval_every = cfg.eval_every or steps_per_epoch
+    save_every = cfg.save_every or steps_per_epoch
 
     step, history = 0, []
     if resume_from is not None:
@@ -245,11 +247,15 @@ def fit(cfg, task: Task, accelerator=None) -> dict:
                 history.append({"step": step, **clock(), **means})
                 progress.set_postfix(loss=f"{means['train_loss']:.4f}")
                 sums, n_logged = {}, 0
-            if step % eval_every == 0 or step == stop_at:
-                train_logs = {k: v for k, v in history[-1].items() if k.startswith("train_")} if history else {}
+            due_eval = step % eval_every == 0 or step == stop_at
+            due_save = step % save_every == 0 or step == stop_at
+            if due_eval or due_save:
                 pause_start = time.perf_counter()
-                metrics = evaluate(step, train_logs)
-                save(step)
+                if due_eval:
+                    train_logs = {k: v for k, v in history[-1].items() if k.startswith("train_")} if history else {}
+                    metrics = evaluate(step, train_logs)
+                if due_save:
+                    save(step)
                 paused += time.perf_counter() - pause_start
             if stop.received:
                 save(step)

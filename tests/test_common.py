@@ -94,9 +94,22 @@ def test_non_finite_loss_stops_with_its_step_and_keeps_the_good_checkpoint(tmp_p
         loss = m(batch[0].float()).pow(2).mean()
         return (loss * float("nan") if calls["n"] == 7 else loss), {}
 
-    cfg = TrainConfig(out_dir=str(tmp_path / "run"), epochs=3, batch_size=4, eval_every=5, warmup_steps=0)
+    cfg = TrainConfig(out_dir=str(tmp_path / "run"), epochs=3, batch_size=4, save_every=5, warmup_steps=0)
     task = Task(stage="toy", model=model, train_tensors=(torch.randn(16, 2),), loss_fn=loss_fn,
                 evaluate=lambda m: {})
     with pytest.raises(TrainingError, match="non-finite loss at step 6.*step_000000005"):
         fit(cfg, task)
     assert [p.name for p in list_checkpoints(tmp_path / "run" / "checkpoints")] == ["step_000000005"]
+
+
+@pytest.mark.parametrize("save_every, expected", [(3, [3, 6, 8]), (0, [4, 8])])   # 0: once per epoch
+def test_checkpoints_follow_save_every_not_evaluations(tmp_path, save_every, expected):
+    evaluated = []
+    cfg = TrainConfig(out_dir=str(tmp_path / "run"), epochs=2, batch_size=4, eval_every=100, save_every=save_every,
+                      warmup_steps=0, keep_checkpoints=10)
+    task = Task(stage="toy", model=nn.Linear(2, 1), train_tensors=(torch.randn(16, 2),),
+                loss_fn=lambda m, batch: (m(batch[0]).pow(2).mean(), {}),
+                evaluate=lambda m: evaluated.append(1) or {})
+    fit(cfg, task)
+    assert [int(p.name.split("_")[1]) for p in list_checkpoints(tmp_path / "run" / "checkpoints")] == expected
+    assert len(evaluated) == 1   # only at the end: eval_every=100 is past the 8 steps
