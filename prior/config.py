@@ -28,6 +28,7 @@ class PriorConfig(TrainConfig, PriorShape):
             (self.n_embd >= 8, "n_embd", "must be >= 8"),
             (0 <= self.dropout < 1, "dropout", "must be in [0, 1)"),
             (0 <= self.label_dropout < 1, "label_dropout", "must be in [0, 1)"),
+            (0 <= self.token_dropout < 1, "token_dropout", "must be in [0, 1)"),
             (0 <= self.augment_share <= 1, "augment_share", "must be in [0, 1]"),
         ]
         for ok, key, message in checks:

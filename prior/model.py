@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-SEQ_LEN = 49          # 7x7 codes
+GRID = 7
+SEQ_LEN = GRID * GRID  # 7x7 codes
 NUM_CLASSES = 10
 NULL_CLASS = NUM_CLASSES   # "no label": unconditional start token
 
@@ -33,6 +34,8 @@ class PriorShape:
     activation: Literal["gelu", "relu"] = "gelu"   # MLP nonlinearity; relu is ~15% faster on CPU
     class_conditional: bool = True
     label_dropout: float = 0.1   # share of labels replaced by NULL_CLASS in training
+    token_dropout: float = 0.0   # share of input codes replaced by a mask token in training
+    rowcol_pos: bool = False     # add row and column embeddings of the 7x7 cell being predicted
 
 
 class KVCache:
@@ -99,14 +102,21 @@ class GPT(nn.Module):
         super().__init__()
         assert shape.vocab_size >= 2, "vocab_size must be set (the tokenizer's codebook size)"
         self.shape = shape
-        self.tok_emb = nn.Embedding(shape.vocab_size, shape.n_embd)
+        # One extra input id, vocab_size, is the mask token of token_dropout (never predicted).
+        self.tok_emb = nn.Embedding(shape.vocab_size + (shape.token_dropout > 0), shape.n_embd)
         self.cond_emb = nn.Embedding(NUM_CLASSES + 1, shape.n_embd)   # digits + NULL_CLASS
         self.pos_emb = nn.Parameter(torch.zeros(1, SEQ_LEN, shape.n_embd))
+        if shape.rowcol_pos:   # input position p predicts the code at cell (p // 7, p % 7)
+            self.row_emb = nn.Parameter(torch.zeros(GRID, shape.n_embd))
+            self.col_emb = nn.Parameter(torch.zeros(GRID, shape.n_embd))
         self.blocks = nn.ModuleList([Block(shape) for _ in range(shape.n_layer)])
         self.ln_f = nn.LayerNorm(shape.n_embd)
         self.head = nn.Linear(shape.n_embd, shape.vocab_size, bias=False)
         self.apply(self._init)
         nn.init.normal_(self.pos_emb, std=0.02)
+        if shape.rowcol_pos:
+            nn.init.normal_(self.row_emb, std=0.02)
+            nn.init.normal_(self.col_emb, std=0.02)
 
     @staticmethod
     def _init(m):
@@ -123,11 +133,19 @@ class GPT(nn.Module):
         if codes is not None and codes.shape[1] > 0:
             parts.append(self.tok_emb(codes))                           # (B, t, C)
         x = torch.cat(parts, 1)
-        return x + self.pos_emb[:, start:start + x.shape[1]]
+        pos = self.pos_emb[:, start:start + x.shape[1]]
+        if self.shape.rowcol_pos:
+            cells = torch.arange(start, start + x.shape[1], device=x.device)
+            pos = pos + self.row_emb[cells // GRID] + self.col_emb[cells % GRID]
+        return x + pos
 
     def forward(self, codes: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None = None):
         """codes: (B, 49) long; labels: (B,) long in 0..10 -> (logits (B, 49, V), loss or None)."""
-        x = self._embed(labels, codes[:, :-1], start=0)                 # (B, 49, C)
+        inputs = codes[:, :-1]
+        if self.training and self.shape.token_dropout > 0:   # the model must fill in a hidden context code
+            hide = torch.rand(inputs.shape, device=inputs.device) < self.shape.token_dropout
+            inputs = inputs.masked_fill(hide, self.shape.vocab_size)
+        x = self._embed(labels, inputs, start=0)                        # (B, 49, C)
         for block in self.blocks:
             x = block(x)
         logits = self.head(self.ln_f(x))
@@ -153,8 +171,13 @@ class GPT(nn.Module):
     @torch.no_grad()
     def generate(self, labels: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None, cfg: float = 0.0, prefix: torch.Tensor | None = None,
-                 generator: torch.Generator | None = None, use_cache: bool = True) -> torch.Tensor:
-        """Sample (B, 49) codes. labels: (B,) in 0..10; prefix: (B, t) codes to keep."""
+                 generator: torch.Generator | None = None, use_cache: bool = True,
+                 cfg_schedule: str = "constant") -> torch.Tensor:
+        """Sample (B, 49) codes. labels: (B,) in 0..10; prefix: (B, t) codes to keep.
+
+        cfg_schedule: "constant" guides every token by cfg; "linear" ramps the scale
+        from 0 at the first code to 2 * cfg at the last (the same mean).
+        """
         B = labels.shape[0]
         device = labels.device
         tokens = prefix if prefix is not None else torch.empty(B, 0, dtype=torch.long, device=device)
@@ -166,10 +189,22 @@ class GPT(nn.Module):
             logits = self.next_logits(labels, torch.cat([tokens, tokens]) if guided else tokens, caches)
             if guided:
                 cond, uncond = logits.chunk(2)
-                logits = cond + cfg * (cond - uncond)
+                logits = cond + guidance_scale(cfg, cfg_schedule, tokens.shape[1]) * (cond - uncond)
             nxt = sample_logits(logits, temperature, top_k, top_p, generator)
             tokens = torch.cat([tokens, nxt[:, None]], 1)
         return tokens
+
+
+CFG_SCHEDULES = ("constant", "linear")
+
+
+def guidance_scale(cfg: float, schedule: str, position: int) -> float:
+    """The guidance scale for the code at `position` (0..48) under a schedule."""
+    if schedule == "constant":
+        return cfg
+    if schedule == "linear":
+        return cfg * 2 * position / (SEQ_LEN - 1)
+    raise ValueError(f"cfg_schedule={schedule!r}: expected one of {', '.join(CFG_SCHEDULES)}")
 
 
 def sample_logits(logits, temperature=1.0, top_k=None, top_p=None, generator=None) -> torch.Tensor:

@@ -99,9 +99,11 @@ def make_task(cfg: PriorConfig, tokenizer, grids: dict, train_images: torch.Tens
             save_curves(out_dir / "loss.png", curves, title="prior loss")
 
     def make_optimizer(m):
-        # Weight decay on matrices only (nanoGPT): not on biases, norms or embeddings' positions.
-        decay = [p for n, p in m.named_parameters() if p.dim() >= 2 and "pos_emb" not in n]
-        no_decay = [p for n, p in m.named_parameters() if p.dim() < 2 or "pos_emb" in n]
+        # Weight decay on matrices only (nanoGPT): not on biases, norms or position embeddings.
+        def decays(name, p):
+            return p.dim() >= 2 and not name.endswith(("pos_emb", "row_emb", "col_emb"))
+        decay = [p for n, p in m.named_parameters() if decays(n, p)]
+        no_decay = [p for n, p in m.named_parameters() if not decays(n, p)]
         return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
 

@@ -18,11 +18,14 @@ import torch
 
 from common.checkpoint import CheckpointError
 from common.grid import grid_to_sequence, sequence_to_grid
-from prior.model import NULL_CLASS, NUM_CLASSES
+from prior.model import CFG_SCHEDULES, NULL_CLASS, NUM_CLASSES
 
 
-def check_sampling_args(n: int, temperature: float, top_k, top_p, digit, batch_size: int) -> None:
+def check_sampling_args(n: int, temperature: float, top_k, top_p, digit, batch_size: int,
+                        cfg_schedule: str = "constant") -> None:
     """Raise ValueError (one line) before anything heavy is loaded."""
+    if cfg_schedule not in CFG_SCHEDULES:
+        raise ValueError(f"cfg_schedule={cfg_schedule!r}: expected one of {', '.join(CFG_SCHEDULES)}")
     if n <= 0:
         raise ValueError(f"n={n}: need at least one sample")
     if not temperature > 0:
@@ -72,9 +75,10 @@ def load_models(prior_dir="runs/prior", tokenizer_dir=None, device="cpu"):
 def generate(n: int = 64, digit=None, temperature: float = 1.0, top_k: int | None = None,
              top_p: float | None = None, cfg: float = 0.0, seed: int = 0, prior: str | Path = "runs/prior",
              tokenizer: str | Path | None = None, device: str = "cpu", batch_size: int = 2048,
-             keep: torch.Tensor | None = None, models=None) -> dict:
-    """Sample n images. keep: optional long [n,R,7] code rows to hold fixed (completion)."""
-    check_sampling_args(n, temperature, top_k, top_p, digit, batch_size)
+             keep: torch.Tensor | None = None, models=None, cfg_schedule: str = "constant") -> dict:
+    """Sample n images. keep: optional long [n,R,7] code rows to hold fixed (completion).
+    cfg_schedule: "constant" or "linear" (guidance rising from 0 to 2 * cfg along the sequence)."""
+    check_sampling_args(n, temperature, top_k, top_p, digit, batch_size, cfg_schedule)
     gpt, prior_cfg, tok = models or load_models(prior, tokenizer, device)
     if not prior_cfg.class_conditional:
         if digit not in (None, NULL_DIGIT):
@@ -90,7 +94,7 @@ def generate(n: int = 64, digit=None, temperature: float = 1.0, top_k: int | Non
         y = cond[start:start + batch_size].to(device)
         prefix = None if keep is None else grid_to_sequence(keep[start:start + batch_size]).to(device)
         tokens.append(gpt.generate(y, temperature, top_k, top_p, cfg if labels is not None else 0.0,
-                                   prefix=prefix, generator=gen))
+                                   prefix=prefix, generator=gen, cfg_schedule=cfg_schedule))
     grids = sequence_to_grid(torch.cat(tokens))
     images = torch.cat([tok.decode(grids[i:i + batch_size]) for i in range(0, n, batch_size)])
     return {"images": images.cpu(), "tokens": grids.cpu(), "labels": labels}

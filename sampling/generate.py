@@ -23,7 +23,7 @@ OUR_FILES = {"grid.png", "samples.npz"}
 
 
 DEFAULTS_FILE = Path(__file__).resolve().parent.parent / "configs" / "sampling.yaml"
-ALLOWED_DEFAULTS = {"n", "seed", "temperature", "top_k", "top_p", "digit", "cfg", "batch_size"}
+ALLOWED_DEFAULTS = {"n", "seed", "temperature", "top_k", "top_p", "digit", "cfg", "cfg_schedule", "batch_size"}
 
 
 def parse_digits(text: str):
@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a digit, a list like 1,4,7, 'all', 'none' (unconditional: a random digit each) "
                         "or 'null' (the prior's no-label token)")
     p.add_argument("--cfg", type=float, default=0.0, help="classifier-free guidance scale (with --digit)")
+    p.add_argument("--cfg-schedule", choices=["constant", "linear"], default="constant",
+                   help="guidance along the sequence: the same scale everywhere, or rising from 0 to 2x cfg")
     p.add_argument("--out", default="samples")
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-size", type=int, default=2048, help="samples generated at once")
@@ -135,7 +137,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     digit_given = any(a == "--digit" or a.startswith("--digit=") for a in argv)
     from sampling import check_sampling_args
-    check_sampling_args(args.n, args.temperature, args.top_k, args.top_p, args.digit, args.batch_size)
+    check_sampling_args(args.n, args.temperature, args.top_k, args.top_p, args.digit, args.batch_size,
+                        args.cfg_schedule)
     if not 0 <= args.keep_rows <= 7:
         raise ValueError(f"--keep-rows {args.keep_rows}: must be 0-7")
     out = Path(args.out)
@@ -160,7 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
     result = generate(n=args.n, digit=args.digit, temperature=args.temperature, top_k=args.top_k,
                       top_p=args.top_p, cfg=args.cfg, seed=args.seed, device=args.device,
-                      batch_size=args.batch_size, keep=keep, models=models)
+                      batch_size=args.batch_size, keep=keep, models=models, cfg_schedule=args.cfg_schedule)
     seconds = time.perf_counter() - started
 
     out.mkdir(parents=True, exist_ok=True)

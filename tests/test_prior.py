@@ -44,6 +44,39 @@ def test_dropout_acts_in_training_only_and_keeps_causality():
     torch.testing.assert_close(logits[:, :21], base[:, :21])
 
 
+@pytest.mark.parametrize("switch", [{"rowcol_pos": True}, {"token_dropout": 0.3}])
+def test_shape_switches_keep_the_prior_causal(switch):
+    model = tiny_gpt(**switch)
+    codes, labels = torch.randint(32, (2, 49)), torch.tensor([3, NULL_CLASS])
+    changed = codes.clone()
+    changed[:, 20] = (changed[:, 20] + 1) % 32
+    torch.testing.assert_close(model(changed, labels)[0][:, :21], model(codes, labels)[0][:, :21])
+    assert model.head.out_features == 32          # the mask token is an input only, never predicted
+
+
+def test_token_dropout_hides_inputs_in_training_only():
+    model = tiny_gpt(token_dropout=0.5)
+    codes, labels = torch.randint(32, (2, 49)), torch.tensor([3, 4])
+    torch.testing.assert_close(model(codes, labels)[0], model(codes, labels)[0])   # eval: nothing hidden
+    model.train()
+    assert not torch.allclose(model(codes, labels)[0], model(codes, labels)[0])
+
+
+def test_guidance_schedules():
+    from prior.model import guidance_scale
+    assert guidance_scale(0.5, "constant", 0) == guidance_scale(0.5, "constant", 48) == 0.5
+    assert guidance_scale(0.5, "linear", 0) == 0 and guidance_scale(0.5, "linear", 48) == 1.0
+    assert sum(guidance_scale(0.5, "linear", t) for t in range(49)) / 49 == pytest.approx(0.5)
+    model = tiny_gpt()
+    labels = torch.tensor([1, 2, 3, 4] * 8)
+    ramp = model.generate(labels, cfg=3.0, cfg_schedule="linear", generator=torch.Generator().manual_seed(5))
+    plain = model.generate(labels, cfg=0.0, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(ramp[:, 0], plain[:, 0])    # no guidance on the first code
+    cached = model.generate(labels, cfg=3.0, cfg_schedule="linear", generator=torch.Generator().manual_seed(5),
+                            use_cache=False)
+    assert torch.equal(ramp, cached) and not torch.equal(ramp, plain)
+
+
 def test_class_token_changes_predictions():
     model = tiny_gpt()
     codes = torch.randint(32, (1, 49))
@@ -186,6 +219,7 @@ def test_generate_cli_writes_files_and_refuses_foreign_out(tiny_prior_run, tmp_p
 @pytest.mark.parametrize("flags, message", [
     (["--n", "0"], "n=0"), (["--temperature", "0"], "temperature=0"), (["--digit", "12"], "digits must be 0-9"),
     (["--top-p", "1.5"], "top_p=1.5"), (["--prior", "/no/such/run"], "no trained prior"),
+    (["--cfg-schedule", "cubic"], "invalid choice: 'cubic'"),
 ])
 def test_generate_cli_bad_flags_are_one_line(flags, message, tmp_path):
     result = run_cli(["sampling/generate.py", *flags, "--out", str(tmp_path / "o")])
