@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
+import re
 import types
 import typing
 from dataclasses import dataclass, fields
@@ -26,24 +28,24 @@ class ConfigError(VQGenError, ValueError):
 @dataclass
 class TrainConfig:
     """Keys every training entry understands (DESIGN.md)."""
-    out_dir: str = "runs/run"
+    out_dir: str = "runs/run"          # the run folder: config, weights, checkpoints, metrics, plots
     data_root: str = ""              # "" -> $VQGEN_DATA or data/
-    dataset: Literal["mnist", "fashion"] = "mnist"
-    seed: int = 0
-    epochs: int = 1
+    dataset: Literal["mnist", "fashion"] = "mnist"   # fashion: Fashion-MNIST (Debian package dataset-fashion-mnist)
+    seed: int = 0                    # weights, data order and sampling all follow it
+    epochs: int = 1                  # passes over the training set (the schedule spans them all)
     max_steps: int = 0               # > 0: stop after this many optimizer steps (smoke runs)
     train_subset: int = 0            # > 0: use only the first N training images
     batch_size: int = 128            # per process; DDP multiplies it by the world size
-    lr: float = 1e-3
-    warmup_steps: int = 100
+    lr: float = 1e-3                 # peak learning rate, after warmup; cosine decay to lr * min_lr_ratio
+    warmup_steps: int = 100          # linear warmup from 0 to lr
     min_lr_ratio: float = 0.05       # cosine decay ends at lr * min_lr_ratio
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0        # decoupled weight decay (matrices only in the prior)
     grad_clip: float = 1.0           # max global grad norm; 0 disables clipping
     resume: str = "auto"             # auto | never | PATH to a checkpoint dir
-    tracker: Literal["none", "wandb"] = "none"
+    tracker: Literal["none", "wandb"] = "none"   # wandb: offline unless WANDB_MODE says otherwise
     eval_every: int = 0              # steps between evaluations; 0 = once per epoch
     save_every: int = 0              # steps between checkpoints; 0 = once per epoch (and always at the end)
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = 2        # newest checkpoints kept in out_dir/checkpoints
 
     def validate(self) -> None:
         _require(self.epochs >= 1, "epochs", "must be >= 1")
@@ -132,12 +134,51 @@ def parse_value(text: str) -> Any:
     return value
 
 
-def load_config(cls, argv: list[str], default_file: str | Path | None = None):
+def field_docs(cls) -> dict[str, str]:
+    """Each field's meaning: the comment on its line in the dataclass source (so help never drifts)."""
+    docs = {}
+    for klass in reversed(cls.__mro__):   # a subclass's comment wins over its base's
+        try:
+            source = inspect.getsource(klass)
+        except (OSError, TypeError):
+            continue
+        for match in re.finditer(r"^    (\w+)\s*:[^\n#]*#\s*(.+)$", source, re.M):
+            docs[match.group(1)] = match.group(2).strip()
+    return docs
+
+
+def config_help(cls, default_file: str | Path | None, usage: str) -> str:
+    """--help: usage, where defaults live, then every key with its type, default and meaning."""
+    cfg = cls()
+    if default_file and Path(default_file).is_file():
+        cfg = apply_overrides(cfg, read_yaml_mapping(Path(default_file)), str(default_file))
+    hints, docs = typing.get_type_hints(cls), field_docs(cls)
+    rows = []
+    for f in fields(cls):
+        kind = hints[f.name]
+        kind = ("|".join(map(str, typing.get_args(kind))) if typing.get_origin(kind) is Literal
+                else getattr(kind, "__name__", str(kind)) if typing.get_origin(kind) is None else str(kind))
+        rows.append((f.name, kind, repr(getattr(cfg, f.name)), docs.get(f.name, "")))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    source = f"{cls.__module__.replace('.', '/')}.py ({cls.__name__})"
+    if default_file:
+        source += f", overridden by {Path(default_file).relative_to(Path(default_file).parents[1])}"
+    lines = [usage.strip(), "", f"Key defaults: {source}, then --config FILE, then key=value.", "",
+             "keys (name, type, default, meaning):"]
+    lines += [f"  {n:{widths[0]}}  {k:{widths[1]}}  {d:{widths[2]}}  {m}" for n, k, d, m in rows]
+    return "\n".join(lines)
+
+
+def load_config(cls, argv: list[str], default_file: str | Path | None = None, usage: str = ""):
     """Build `cls` from its defaults, then a YAML file, then `key=value` arguments.
 
-    argv: `[--config FILE] [key=value ...]`. With no --config, `default_file` is
-    read when it exists. Raises ConfigError (one line) on any problem.
+    argv: `[--config FILE] [key=value ...]`, or `--help` (prints every key with its
+    default and meaning, then exits 0). With no --config, `default_file` is read
+    when it exists. Raises ConfigError (one line) on any problem.
     """
+    if "-h" in argv or "--help" in argv:
+        print(config_help(cls, default_file, usage))
+        raise SystemExit(0)
     config_file, pairs = None, []
     args = list(argv)
     while args:
@@ -152,7 +193,7 @@ def load_config(cls, argv: list[str], default_file: str | Path | None = None):
             key, value = arg.split("=", 1)
             pairs.append((key.strip(), parse_value(value)))
         else:
-            raise ConfigError(f"cannot parse argument {arg!r}: use key=value or --config FILE")
+            raise ConfigError(f"cannot parse argument {arg!r}: use key=value or --config FILE (see --help)")
 
     cfg = cls()
     path = Path(config_file) if config_file else (Path(default_file) if default_file else None)

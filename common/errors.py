@@ -20,7 +20,12 @@ def run_main(main: Callable[[list[str]], object], argv: list[str], also: tuple[t
 
 
 class OneLineArgumentParser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one line (usage stays in --help), exit 2 as usual."""
+    """argparse, but a bad flag is one line (usage stays in --help), exit 2 as usual;
+    --help shows every flag's default."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")

@@ -9,13 +9,13 @@ from prior.model import PriorShape
 
 @dataclass
 class PriorConfig(TrainConfig, PriorShape):
-    out_dir: str = "runs/prior"
+    out_dir: str = "runs/prior"           # the run folder
     tokenizer: str = "runs/tokenizer"     # run dir of the frozen stage-one model
-    epochs: int = 2
+    epochs: int = 2                       # passes over the 60k code grids
     batch_size: int = 128
-    lr: float = 2e-3
-    weight_decay: float = 0.01
-    warmup_steps: int = 100
+    lr: float = 2e-3                      # AdamW peak learning rate
+    weight_decay: float = 0.01            # on weight matrices and embeddings only
+    warmup_steps: int = 100               # linear warmup steps
     augment: bool = False          # each epoch: fresh code grids of slightly distorted training digits
     augment_share: float = 0.5     # share of the digits distorted in each augmented epoch
 

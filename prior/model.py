@@ -27,12 +27,12 @@ NULL_CLASS = NUM_CLASSES   # "no label": unconditional start token
 @dataclass
 class PriorShape:
     vocab_size: int = 0          # codebook size K; 0 = take it from the tokenizer
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    dropout: float = 0.0
+    n_layer: int = 4             # Transformer blocks
+    n_head: int = 4              # attention heads (must divide n_embd)
+    n_embd: int = 128            # width of the residual stream
+    dropout: float = 0.0         # residual dropout after attention and MLP, in training
     activation: Literal["gelu", "relu"] = "gelu"   # MLP nonlinearity; relu is ~15% faster on CPU
-    class_conditional: bool = True
+    class_conditional: bool = True   # start token = the digit (with label dropout) or always no-label
     label_dropout: float = 0.1   # share of labels replaced by NULL_CLASS in training
     token_dropout: float = 0.0   # share of input codes replaced by a mask token in training
     rowcol_pos: bool = False     # add row and column embeddings of the 7x7 cell being predicted

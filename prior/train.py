@@ -21,6 +21,7 @@ from common.grid import sequence_to_grid
 from common.plots import save_curves, save_image_grid
 from common.tracking import make_accelerator
 from common.errors import run_main
+from common.runs import run_lock
 from common.training import Task, find_resume_point, fit
 from prior.config import PriorConfig
 from prior.data import augmented_codes, load_code_grids
@@ -117,18 +118,19 @@ def make_task(cfg: PriorConfig, tokenizer, grids: dict, train_images: torch.Tens
 
 
 def main(argv: list[str] | None = None) -> dict:
-    cfg = load_config(PriorConfig, sys.argv[1:] if argv is None else argv, DEFAULT_CONFIG)
+    cfg = load_config(PriorConfig, sys.argv[1:] if argv is None else argv, DEFAULT_CONFIG, usage=__doc__)
     tokenizer = load_tokenizer(cfg.tokenizer)          # refuses a missing run in one line
     cfg = resolve_vocab(cfg, tokenizer.codebook_size)
-    find_resume_point(cfg, "prior")
-    accelerator = make_accelerator(cfg.tracker)
-    root = data_root(cfg.data_root)
-    with accelerator.main_process_first():
-        ensure_dataset(root, cfg.dataset)
-        tokenizer.to(accelerator.device)
-        grids = load_code_grids(tokenizer, root, cfg.dataset, Path(cfg.out_dir) / "codes", cfg.train_subset)
-    train_images = load_split(root, cfg.dataset, train=True, subset=cfg.train_subset)[0] if cfg.augment else None
-    return fit(cfg, make_task(cfg, tokenizer, grids, train_images), accelerator)
+    with run_lock(cfg.out_dir):               # one writer per run folder
+        find_resume_point(cfg, "prior")
+        accelerator = make_accelerator(cfg.tracker)
+        root = data_root(cfg.data_root)
+        with accelerator.main_process_first():
+            ensure_dataset(root, cfg.dataset)
+            tokenizer.to(accelerator.device)
+            grids = load_code_grids(tokenizer, root, cfg.dataset, Path(cfg.out_dir) / "codes", cfg.train_subset)
+        train_images = load_split(root, cfg.dataset, train=True, subset=cfg.train_subset)[0] if cfg.augment else None
+        return fit(cfg, make_task(cfg, tokenizer, grids, train_images), accelerator)
 
 
 if __name__ == "__main__":

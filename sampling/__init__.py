@@ -13,6 +13,7 @@ of examples whose label was dropped) is digit="null": measurably worse (README).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -58,8 +59,14 @@ def labels_for(n: int, digit, generator: torch.Generator | None = None) -> torch
     return torch.tensor([digits[i % len(digits)] for i in range(n)], dtype=torch.long)
 
 
-def load_models(prior_dir="runs/prior", tokenizer_dir=None, device="cpu"):
-    """(gpt, prior_cfg, tokenizer), checking that the two stages belong together."""
+class Models(NamedTuple):
+    gpt: torch.nn.Module      # the prior (eval mode)
+    prior_cfg: object         # its PriorConfig
+    tokenizer: torch.nn.Module
+
+
+def load_models(prior_dir="runs/prior", tokenizer_dir=None, device="cpu") -> Models:
+    """Models(gpt, prior_cfg, tokenizer), checking that the two stages belong together."""
     from prior import load_prior
     from tokenizer import load_tokenizer
     gpt, cfg = load_prior(prior_dir, device)
@@ -68,7 +75,7 @@ def load_models(prior_dir="runs/prior", tokenizer_dir=None, device="cpu"):
     if tokenizer.codebook_size != cfg.vocab_size:
         raise CheckpointError(f"prior {prior_dir} has vocab_size={cfg.vocab_size} but tokenizer {tokenizer_dir} "
                               f"has codebook_size={tokenizer.codebook_size}; pass the tokenizer it was trained on")
-    return gpt, cfg, tokenizer
+    return Models(gpt, cfg, tokenizer)
 
 
 @torch.no_grad()
@@ -100,4 +107,4 @@ def generate(n: int = 64, digit=None, temperature: float = 1.0, top_k: int | Non
     return {"images": images.cpu(), "tokens": grids.cpu(), "labels": labels}
 
 
-__all__ = ["generate", "load_models", "check_sampling_args", "labels_for", "NULL_DIGIT"]
+__all__ = ["generate", "load_models", "Models", "check_sampling_args", "labels_for", "NULL_DIGIT"]

@@ -43,29 +43,42 @@ def parse_digits(text: str):
     return digits[0] if len(digits) == 1 else digits
 
 
+class ConfiguredDigit:
+    """--digit's default: the value in configs/sampling.yaml, told apart from an explicit --digit."""
+
+    def __init__(self, value, text: str):
+        self.value, self.text = value, text
+
+    def __str__(self):
+        return f"{self.text} (from configs/sampling.yaml)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineArgumentParser(description="Sample digits from a trained prior + tokenizer.")
     p.add_argument("--n", type=int, default=64, help="number of samples")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0, help="same seed, same images")
+    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (< 1: safer digits)")
+    p.add_argument("--top-k", type=int, default=None, help="sample only among the k likeliest codes")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling: the likeliest codes covering p")
     p.add_argument("--digit", type=parse_digits, default=None,
                    help="a digit, a list like 1,4,7, 'all', 'none' (unconditional: a random digit each) "
                         "or 'null' (the prior's no-label token)")
     p.add_argument("--cfg", type=float, default=0.0, help="classifier-free guidance scale (with --digit)")
     p.add_argument("--cfg-schedule", choices=["constant", "linear"], default="constant",
                    help="guidance along the sequence: the same scale everywhere, or rising from 0 to 2x cfg")
-    p.add_argument("--out", default="samples")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default="samples", help="folder for grid.png and samples.npz")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--batch-size", type=int, default=2048, help="samples generated at once")
-    p.add_argument("--prior", default="runs/prior")
+    p.add_argument("--prior", default="runs/prior", help="run folder of a trained prior")
     p.add_argument("--tokenizer", default=None, help="default: the one the prior was trained on")
     p.add_argument("--complete", default=None, metavar="IMAGE_OR_NPZ",
                    help="complete real images: a 28x28 PNG or an .npz with 'images'")
     p.add_argument("--keep-rows", type=int, default=3, help="code rows (of 7) kept with --complete")
     p.add_argument("--overwrite", action="store_true", help="write into a --out that holds other files")
-    p.set_defaults(**load_defaults())
+    defaults = load_defaults()
+    if "digit" in defaults:
+        defaults["digit"] = ConfiguredDigit(parse_digits(str(defaults["digit"])), str(defaults["digit"]))
+    p.set_defaults(**defaults)
     return p
 
 
@@ -78,8 +91,6 @@ def load_defaults() -> dict:
     unknown = set(data) - ALLOWED_DEFAULTS
     if unknown:
         raise ValueError(f"{DEFAULTS_FILE}: unknown keys {sorted(unknown)}; allowed: {sorted(ALLOWED_DEFAULTS)}")
-    if "digit" in data:
-        data["digit"] = parse_digits(str(data["digit"]))
     return data
 
 
@@ -135,7 +146,9 @@ def save_npz(path: Path, **arrays) -> None:
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
-    digit_given = any(a == "--digit" or a.startswith("--digit=") for a in argv)
+    digit_given = not isinstance(args.digit, ConfiguredDigit)
+    if not digit_given:
+        args.digit = args.digit.value
     from sampling import check_sampling_args
     check_sampling_args(args.n, args.temperature, args.top_k, args.top_p, args.digit, args.batch_size,
                         args.cfg_schedule)
@@ -151,14 +164,14 @@ def main(argv: list[str] | None = None) -> dict:
     from sampling import NULL_DIGIT, generate, load_models
 
     models = load_models(args.prior, args.tokenizer, args.device)
-    if not digit_given and (args.complete or not models[1].class_conditional):
+    if not digit_given and (args.complete or not models.prior_cfg.class_conditional):
         # The configured default (a digit per row) needs labels. A completion's
         # kept rows already decide the digit, so it samples without one unless asked.
         args.digit, args.cfg = NULL_DIGIT, 0.0
     keep, originals = None, None
     if args.complete:
         originals = load_images(Path(args.complete))
-        grids = models[2].encode(originals.to(args.device)).cpu()
+        grids = models.tokenizer.encode(originals.to(args.device)).cpu()
         keep = grids[torch.arange(args.n) % len(grids), :args.keep_rows]
     started = time.perf_counter()
     result = generate(n=args.n, digit=args.digit, temperature=args.temperature, top_k=args.top_k,
@@ -177,6 +190,8 @@ def main(argv: list[str] | None = None) -> dict:
     if originals is not None:   # first row: the real images being completed
         shown = torch.cat([originals[:8].cpu(), images[:248]])
     nrow = 10 if isinstance(args.digit, list) and len(args.digit) == 10 else 8
+    if originals is None and len(shown) > nrow:   # whole rows only: a ragged last row breaks the columns
+        shown = shown[:len(shown) - len(shown) % nrow]
     save_png(out / "grid.png", shown, nrow=nrow)
     print(f"wrote {args.n} samples to {out}/samples.npz and {out}/grid.png "
           f"(generation {seconds:.2f} s, {args.n / seconds:.0f} images/s)")

@@ -10,6 +10,7 @@ from common.checkpoint import (CheckpointError, list_checkpoints, load_checkpoin
                                save_checkpoint, save_weights)
 from common.config import TrainConfig
 from common.training import Task, TrainingError, fit
+from conftest import run_cli
 
 
 def test_optimizer_state_round_trips_without_pickle(tmp_path):
@@ -113,3 +114,35 @@ def test_checkpoints_follow_save_every_not_evaluations(tmp_path, save_every, exp
     fit(cfg, task)
     assert [int(p.name.split("_")[1]) for p in list_checkpoints(tmp_path / "run" / "checkpoints")] == expected
     assert len(evaluated) == 1   # only at the end: eval_every=100 is past the 8 steps
+
+
+@pytest.mark.parametrize("script", ["tokenizer/train.py", "prior/train.py"])
+def test_training_help_lists_every_key_with_its_default_and_meaning(script):
+    from dataclasses import fields
+    from common.config import field_docs
+    from prior.config import PriorConfig
+    from tokenizer.config import TokenizerConfig
+    cls = TokenizerConfig if script.startswith("tokenizer") else PriorConfig
+    result = run_cli([script, "--help"])
+    assert result.returncode == 0 and result.stderr == ""
+    assert f"accelerate launch {script}" in result.stdout
+    docs = field_docs(cls)
+    for f in fields(cls):
+        line = next((l for l in result.stdout.splitlines() if l.split()[:1] == [f.name]), None)
+        assert line is not None, f.name
+        assert docs.get(f.name) and docs[f.name] in line, f"{f.name} has no meaning in its dataclass"
+
+
+@pytest.mark.parametrize("script, flags", [
+    ("sampling/generate.py", ["--n", "--seed", "--temperature", "--top-k", "--top-p", "--digit", "--cfg",
+                              "--cfg-schedule", "--out", "--device", "--batch-size", "--prior", "--tokenizer",
+                              "--complete", "--keep-rows"]),
+    ("sampling/evaluate.py", ["--tokenizer", "--json"]),
+])
+def test_sampling_help_shows_each_flag_with_its_default(script, flags):
+    result = run_cli([script, "--help"])
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    for flag in flags:
+        assert flag in text
+    assert text.count("(default:") >= len(flags)

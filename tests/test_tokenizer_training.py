@@ -1,12 +1,16 @@
-"""Stage one end to end on real MNIST at tiny sizes: config, smoke, round trip, resume, DDP."""
+"""Stage one end to end on real MNIST at tiny sizes: config, smoke, round trip, resume, DDP, locking."""
 import json
+import os
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from common.config import ConfigError, load_config
-from conftest import TINY_TOKENIZER, run_cli
+from conftest import REPO, TINY_TOKENIZER, run_cli
 from tokenizer import load_tokenizer
 from tokenizer.config import TokenizerConfig
 from tokenizer.data import load_split, to_float
@@ -112,3 +116,28 @@ def test_two_process_cpu_run_agrees_with_one(tmp_path, mnist_root):
     assert abs(ddp["test_psnr"] - single["test_psnr"]) < 1.5
     assert ddp["codebook_usage"] > 0.8 * single["codebook_usage"]
     assert "replicas agree" in result.stdout + result.stderr
+
+
+def test_one_writer_per_run_folder_and_a_killed_holder_never_blocks(tmp_path, mnist_root):
+    out = tmp_path / "run"
+    args = ["tokenizer/train.py", *TINY_TOKENIZER, "epochs=6", f"data_root={mnist_root}", f"out_dir={out}"]
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    first = subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not ((out / ".lock").is_file() and (out / ".lock").read_text().strip() == str(first.pid)):
+            assert first.poll() is None and time.monotonic() < deadline, "the first run never took its lock"
+            time.sleep(0.05)
+        second = run_cli(args)
+        assert first.poll() is None, "the first run ended too soon for this test"
+        assert second.returncode == 2 and "Traceback" not in second.stderr
+        assert second.stderr.strip().count("\n") == 0
+        assert f"{out} is in use by another training (pid {first.pid})" in second.stderr
+    finally:
+        first.kill()   # SIGKILL: no clean-up, the lock file and its pid stay behind
+        first.wait()
+    third = run_cli(args)   # a dead holder's lock never blocks: it resumes and finishes
+    assert third.returncode == 0, third.stderr[-2000:]
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == 6 * 64

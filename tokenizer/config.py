@@ -9,11 +9,11 @@ from tokenizer.model import VQVAEShape
 
 @dataclass
 class TokenizerConfig(TrainConfig, VQVAEShape):
-    out_dir: str = "runs/tokenizer"
-    epochs: int = 3
+    out_dir: str = "runs/tokenizer"  # the run folder
+    epochs: int = 3                  # passes over the 60k training digits
     batch_size: int = 64
-    lr: float = 2e-3
-    warmup_steps: int = 20
+    lr: float = 2e-3                 # Adam peak learning rate
+    warmup_steps: int = 20           # linear warmup steps
 
     def validate(self) -> None:
         super().validate()

@@ -29,18 +29,18 @@ from torch import nn
 @dataclass
 class VQVAEShape:
     """The sizes that define the network (a subset of TokenizerConfig)."""
-    quantizer: Literal["vq", "fsq"] = "vq"
+    quantizer: Literal["vq", "fsq"] = "vq"   # vq: learnt codebook (L2 lookup); fsq: finite scalar quantization
     fsq_levels: list[int] = field(default_factory=lambda: [8, 5, 5, 5])   # fsq: levels per channel
-    codebook_size: int = 512
-    embedding_dim: int = 16          # low-dim lookup: as good as 64 here and ~30% cheaper
-    hidden_channels: int = 64
-    res_blocks: int = 0
-    beta: float = 0.25
-    ema: bool = True                 # +0.6 dB over the gradient codebook in the same time
-    ema_decay: float = 0.99
-    kmeans_init: bool = True
-    dead_code_steps: int = 50        # restart a code unused for this many training steps; 0 = never
-    normalize_codes: bool = False    # L2-normalised lookup (cosine similarity)
+    codebook_size: int = 512         # vq: K, the number of codes
+    embedding_dim: int = 16          # vq: code vector size (16: the PSNR of 64 here, ~30% cheaper)
+    hidden_channels: int = 64        # width of the encoder and decoder convolutions
+    res_blocks: int = 0              # residual blocks at 7x7 in the encoder and in the decoder
+    beta: float = 0.25               # vq: weight of the commitment loss
+    ema: bool = True                 # vq: codes follow EMA cluster means (+0.6 dB over gradient updates)
+    ema_decay: float = 0.99          # vq with ema: decay of the running cluster statistics
+    kmeans_init: bool = True         # vq: codes start as k-means centres of the first batch
+    dead_code_steps: int = 50        # vq: restart a code unused for this many training steps; 0 = never
+    normalize_codes: bool = False    # vq: L2-normalised lookup (cosine similarity)
 
     @property
     def code_dim(self) -> int:

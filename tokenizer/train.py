@@ -19,6 +19,7 @@ from common.config import load_config
 from common.plots import save_bars, save_curves, save_image_grid
 from common.tracking import make_accelerator
 from common.errors import run_main
+from common.runs import run_lock
 from common.training import Task, find_resume_point, fit
 from tokenizer.config import TokenizerConfig
 from tokenizer.data import data_root, ensure_dataset, load_split, to_float
@@ -103,15 +104,16 @@ def make_task(cfg: TokenizerConfig, train_images: torch.Tensor, test_images: tor
 
 
 def main(argv: list[str] | None = None) -> dict:
-    cfg = load_config(TokenizerConfig, sys.argv[1:] if argv is None else argv, DEFAULT_CONFIG)
-    find_resume_point(cfg, "tokenizer")   # refuse a mismatched run dir before loading anything
-    accelerator = make_accelerator(cfg.tracker)
-    root = data_root(cfg.data_root)
-    with accelerator.main_process_first():
-        ensure_dataset(root, cfg.dataset)
-    train_images, _ = load_split(root, cfg.dataset, train=True, subset=cfg.train_subset)
-    test_images, _ = load_split(root, cfg.dataset, train=False)
-    return fit(cfg, make_task(cfg, train_images, test_images), accelerator)
+    cfg = load_config(TokenizerConfig, sys.argv[1:] if argv is None else argv, DEFAULT_CONFIG, usage=__doc__)
+    with run_lock(cfg.out_dir):               # one writer per run folder
+        find_resume_point(cfg, "tokenizer")   # refuse a mismatched run dir before loading anything
+        accelerator = make_accelerator(cfg.tracker)
+        root = data_root(cfg.data_root)
+        with accelerator.main_process_first():
+            ensure_dataset(root, cfg.dataset)
+        train_images, _ = load_split(root, cfg.dataset, train=True, subset=cfg.train_subset)
+        test_images, _ = load_split(root, cfg.dataset, train=False)
+        return fit(cfg, make_task(cfg, train_images, test_images), accelerator)
 
 
 if __name__ == "__main__":
