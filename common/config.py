@@ -43,7 +43,7 @@ class TrainConfig:
     grad_clip: float = 1.0           # max global grad norm; 0 disables clipping
     resume: str = "auto"             # auto | never | PATH to a checkpoint dir
     tracker: Literal["none", "wandb"] = "none"   # wandb: offline unless WANDB_MODE says otherwise
-    eval_every: int = 0              # steps between evaluations; 0 = once per epoch
+    eval_every: int = 0              # steps between evaluations (test metrics, plots); 0 = every epoch, -1 = at the end only
     save_every: int = 0              # steps between checkpoints; 0 = once per epoch (and always at the end)
     keep_checkpoints: int = 2        # newest checkpoints kept in out_dir/checkpoints
 
@@ -57,7 +57,7 @@ class TrainConfig:
         _require(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "must be in [0, 1]")
         _require(self.weight_decay >= 0, "weight_decay", "must be >= 0")
         _require(self.grad_clip >= 0, "grad_clip", "must be >= 0 (0 = off)")
-        _require(self.eval_every >= 0, "eval_every", "must be >= 0 (0 = every epoch)")
+        _require(self.eval_every >= -1, "eval_every", "must be >= 1 steps, 0 (every epoch) or -1 (at the end only)")
         _require(self.save_every >= 0, "save_every", "must be >= 0 (0 = every epoch)")
         _require(self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
         _require(self.out_dir != "", "out_dir", "must not be empty")

@@ -141,7 +141,9 @@ def fit(cfg, task: Task, accelerator=None) -> dict:
     if steps_per_epoch == 0:
         raise ConfigError(f"batch_size={cfg.batch_size} x {world} processes exceeds the {n_train} training images")
     total_steps = cfg.epochs * steps_per_epoch
-    eval_every = cfg.eval_every or steps_per_epoch
+    # An evaluation (full test set, plots) costs seconds, a checkpoint almost nothing:
+    # the two cadences are separate so a run can checkpoint often and evaluate rarely.
+    eval_every = {0: steps_per_epoch, -1: total_steps}.get(cfg.eval_every, cfg.eval_every)
     save_every = cfg.save_every or steps_per_epoch
 
     step, history = 0, []

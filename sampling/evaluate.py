@@ -1,4 +1,4 @@
-"""Judge samples against MNIST with the project's own classifier.
+"""Judge samples against MNIST (or Fashion-MNIST) with the project's own classifier.
 
     python sampling/evaluate.py samples/samples.npz [--tokenizer runs/tokenizer]
 
@@ -16,11 +16,20 @@ from pathlib import Path
 from common.errors import OneLineArgumentParser, run_main
 
 
+def tokenizer_dataset(run: Path) -> str:
+    """The dataset a tokenizer run was trained on (mnist when there is no run)."""
+    import yaml
+    config = run / "config.yaml"
+    return (yaml.safe_load(config.read_text()) or {}).get("dataset", "mnist") if config.is_file() else "mnist"
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = OneLineArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("samples", help="an .npz written by sampling/generate.py")
     p.add_argument("--tokenizer", default="runs/tokenizer", help="for the reconstruction reference")
     p.add_argument("--json", default=None, help="also write the table as JSON here")
+    p.add_argument("--dataset", choices=["mnist", "fashion"], default=None,
+                   help="what the samples imitate (default: the --tokenizer run's dataset, else mnist)")
     args = p.parse_args(argv)
     path = Path(args.samples)
     if not path.is_file():
@@ -39,14 +48,15 @@ def main(argv: list[str] | None = None) -> dict:
     if images.dim() != 3 or tuple(images.shape[1:]) != (28, 28) or images.dtype != torch.uint8:
         raise ValueError(f"{path}: 'images' must be uint8 [N,28,28], got {images.dtype} {tuple(images.shape)}")
 
+    dataset = args.dataset or tokenizer_dataset(Path(args.tokenizer))
     root = data_root()
-    model = load_classifier(root)
-    test_x, _ = load_split(root, "mnist", train=False)
+    model = load_classifier(root, dataset)
+    test_x, _ = load_split(root, dataset, train=False)
     test = to_float(test_x)
     _, test_feats = classify(model, test)
     n = len(images)
     rows = {"samples": judge(model, to_float(images), test_feats, labels)}
-    train_x, train_y = load_split(root, "mnist", train=True)
+    train_x, train_y = load_split(root, dataset, train=True)
     rows["real train (floor)"] = judge(model, to_float(train_x[:min(n, 10000)]), test_feats,
                                        train_y[:min(n, 10000)] if labels is not None else None)
     if (Path(args.tokenizer) / "model.safetensors").is_file():

@@ -1,4 +1,4 @@
-"""The project's own judge: a small MNIST classifier and the sample metrics built on it.
+"""The project's own judge: a small classifier (MNIST or Fashion-MNIST) and the sample metrics built on it.
 
 Metrics (DESIGN.md): Frechet distance between classifier features of samples
 and of the test set (as FID, Heusel et al. 2017, but in an MNIST classifier's
@@ -17,7 +17,8 @@ from torch import nn
 from common.checkpoint import CheckpointError, load_weights, save_weights
 from tokenizer.data import data_root, ensure_dataset, load_split, to_float
 
-CLASSIFIER_DIR = Path("runs/classifier")
+CLASSIFIER_DIRS = {"mnist": Path("runs/classifier"), "fashion": Path("runs/classifier-fashion")}
+MIN_ACCURACY = {"mnist": 0.99, "fashion": 0.90}   # a weaker judge would blur the figures
 
 
 class Classifier(nn.Module):
@@ -35,10 +36,11 @@ class Classifier(nn.Module):
         return self.head(feats), feats
 
 
-def train_classifier(root: Path, epochs: int = 3, seed: int = 0, subset: int = 0) -> tuple[Classifier, float]:
+def train_classifier(root: Path, epochs: int = 3, seed: int = 0, subset: int = 0,
+                     dataset: str = "mnist") -> tuple[Classifier, float]:
     """A few epochs of Adam with light shift augmentation; returns (model, test accuracy)."""
     torch.manual_seed(seed)
-    images, labels = load_split(root, "mnist", train=True, subset=subset)
+    images, labels = load_split(root, dataset, train=True, subset=subset)
     model = Classifier()
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     steps = epochs * (len(images) // 128)
@@ -58,25 +60,26 @@ def train_classifier(root: Path, epochs: int = 3, seed: int = 0, subset: int = 0
             opt.step()
             sched.step()
     model.eval()
-    test_x, test_y = load_split(root, "mnist", train=False)
+    test_x, test_y = load_split(root, dataset, train=False)
     accuracy = (classify(model, to_float(test_x))[0].argmax(1) == test_y).float().mean().item()
     return model, accuracy
 
 
-def load_classifier(root: Path | None = None, cache_dir: Path = CLASSIFIER_DIR) -> Classifier:
-    """The cached judge, trained on first use (about a minute on a 2-core CPU)."""
-    path = Path(cache_dir) / "model.safetensors"
+def load_classifier(root: Path | None = None, dataset: str = "mnist", cache_dir: Path | None = None) -> Classifier:
+    """The cached judge of `dataset`, trained on first use (about a minute on a 2-core CPU)."""
+    path = Path(cache_dir or CLASSIFIER_DIRS[dataset]) / "model.safetensors"
     model = Classifier()
     if path.is_file():
         model.load_state_dict(load_weights(path, "classifier"))
         return model.eval()
     root = root or data_root()
-    ensure_dataset(root, "mnist")
-    print(f"training the judge classifier (once; cached in {path}) ...", flush=True)
-    model, accuracy = train_classifier(root)
-    if accuracy < 0.99:
-        raise CheckpointError(f"judge classifier reached only {accuracy:.2%} test accuracy (< 99%)")
-    print(f"judge classifier: {accuracy:.2%} MNIST test accuracy", flush=True)
+    ensure_dataset(root, dataset)
+    print(f"training the {dataset} judge classifier (once; cached in {path}) ...", flush=True)
+    model, accuracy = train_classifier(root, dataset=dataset)
+    if accuracy < MIN_ACCURACY[dataset]:
+        raise CheckpointError(f"{dataset} judge classifier reached only {accuracy:.2%} test accuracy "
+                              f"(< {MIN_ACCURACY[dataset]:.0%})")
+    print(f"judge classifier: {accuracy:.2%} {dataset} test accuracy", flush=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_weights(path, model.state_dict(), "classifier")
     return model.eval()

@@ -53,3 +53,10 @@ def test_prior_augmentation_preserves_labels(mnist_root, small_judge):
     plain = judge(small_judge, to_float(images), classify(small_judge, to_float(images))[1], labels)
     moved = judge(small_judge, to_float(warped), classify(small_judge, to_float(images))[1], labels)
     assert moved["cond_acc"] > 0.95 and moved["cond_acc"] > plain["cond_acc"] - 0.02
+
+
+def test_evaluate_judges_with_the_tokenizers_dataset(tmp_path):
+    from sampling.evaluate import tokenizer_dataset
+    assert tokenizer_dataset(tmp_path / "none") == "mnist"
+    (tmp_path / "config.yaml").write_text("dataset: fashion\ncodebook_size: 64\n")
+    assert tokenizer_dataset(tmp_path) == "fashion"

@@ -1,0 +1,140 @@
+"""Design sweep judged by the samples: tokenizer and prior variants x guidance.
+
+    python bench/quality_sweep.py variants=default,augment scales=0.5,1.0 [schedules=constant,linear] [n=10000]
+    python bench/quality_sweep.py list          # the variants and their overrides
+
+Each variant is a tokenizer (the default config plus overrides) and a prior over
+it (the default config plus overrides); for each guidance scale and schedule, n
+unconditional samples (`--digit none`: each draws its digit) judged by
+sampling/evaluate.py against the test set and the tokenizer's reconstructions.
+Every step is the user's own command. Runs go to runs/bench/quality/; a training
+command resumes (or returns at once) when its run is already there; judged cells
+are kept in results.jsonl and skipped on a rerun. One table and the
+Frechet-vs-confident frontier plot (docs/quality_frontier.png) come last.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+OUT = REPO / "runs" / "bench" / "quality"
+BIN = Path(sys.executable).parent
+LARGE = ["--config", "configs/prior-large.yaml"]
+# name: (tokenizer overrides, prior overrides); tokenizers are shared by their overrides.
+VARIANTS = {
+    "default": ([], []),
+    "k32": (["codebook_size=32"], []),
+    "k128": (["codebook_size=128"], []),
+    "fsq-8555": (["quantizer=fsq", "fsq_levels=[8,5,5,5]"], []),
+    "fsq-8555-res": (["quantizer=fsq", "fsq_levels=[8,5,5,5]", "res_blocks=2"], []),
+    "augment": ([], ["augment=true"]),
+    "rowcol": ([], ["rowcol_pos=true"]),
+    "token-dropout": ([], ["token_dropout=0.1"]),
+    "large": ([], LARGE),
+    "large-augment": ([], [*LARGE, "augment=true"]),
+}
+
+
+def timed(*command) -> float:
+    start = time.perf_counter()
+    subprocess.run([str(c) for c in command], cwd=REPO, check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def last_metrics(run: Path) -> dict:
+    return json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+
+
+@functools.cache
+def trained(variant: str) -> tuple[Path, Path]:
+    """(tokenizer run, prior run) of a variant, trained by the users' commands when missing."""
+    tok_overrides, prior_overrides = VARIANTS[variant]
+    tokenizer = OUT / ("tokenizer-" + ("-".join(o.replace("=", "").replace(",", "") for o in tok_overrides)
+                                       .replace("[", "").replace("]", "") or "default"))
+    prior = OUT / f"prior-{variant}"
+    timed(BIN / "accelerate", "launch", "tokenizer/train.py", f"out_dir={tokenizer}", *tok_overrides)
+    # The resolved path, so a tokenizer folder linked here from another bench is the same run.
+    timed(BIN / "accelerate", "launch", "prior/train.py", *prior_overrides, f"out_dir={prior}",
+          f"tokenizer={tokenizer.resolve()}")
+    return tokenizer, prior
+
+
+def cell(variant: str, scale: float, schedule: str, n: int) -> dict:
+    tokenizer, prior = trained(variant)
+    tok, pri = last_metrics(tokenizer), last_metrics(prior)
+    samples = prior / f"samples-{scale}-{schedule}"
+    timed(BIN / "python", "sampling/generate.py", "--n", n, "--prior", prior, "--out", samples, "--overwrite",
+          "--digit", "none", "--cfg", scale, "--cfg-schedule", schedule)
+    timed(BIN / "python", "sampling/evaluate.py", samples / "samples.npz", "--tokenizer", tokenizer,
+          "--json", samples / "judged.json")
+    judged = json.loads((samples / "judged.json").read_text())
+    s = judged["samples"]
+    return {"variant": variant, "cfg": scale, "schedule": schedule,
+            "test_psnr": round(tok["test_psnr"], 2), "perplexity": round(tok["perplexity"], 1),
+            "tokenizer_train_s": tok["train_s"], "prior_train_s": pri["train_s"],
+            "bits_per_token": round(pri["test_nll_bits_per_token"], 3),
+            "bits_per_image": round(pri["test_nll_bits_per_image"], 1),
+            "frechet": round(s["frechet"], 2), "recon_frechet": round(judged["tokenizer recon"]["frechet"], 2),
+            "frechet_ratio": round(judged["frechet_ratio"], 2), "confident": round(s["confident"], 4),
+            "class_kl": round(s["class_kl"], 4), "cond_acc": round(s["cond_acc"], 4),
+            "precision": round(s["precision"], 3), "recall": round(s["recall"], 3)}
+
+
+def parse(argv: list[str]) -> dict:
+    opts = {"variants": "default", "scales": "0.5,1.0", "schedules": "constant", "n": "10000"}
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if key not in opts or not value:
+            raise SystemExit(f"unknown argument {arg!r}: use variants=a,b scales=0.5,1.0 "
+                             f"schedules=constant,linear n=10000 (or `list`)")
+        opts[key] = value
+    variants = opts["variants"].split(",")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
+    return {"variants": variants, "scales": [float(s) for s in opts["scales"].split(",")],
+            "schedules": opts["schedules"].split(","), "n": int(opts["n"])}
+
+
+def main(argv: list[str]) -> None:
+    if argv == ["list"]:
+        for name, (tok, prior) in VARIANTS.items():
+            print(f"{name:14s} tokenizer: {' '.join(tok) or '(default)'}; prior: {' '.join(prior) or '(default)'}")
+        return
+    opts = parse(argv)
+    OUT.mkdir(parents=True, exist_ok=True)
+    results_file = OUT / "results.jsonl"
+    done = [json.loads(l) for l in results_file.read_text().splitlines()] if results_file.is_file() else []
+    for variant in opts["variants"]:
+        for schedule in opts["schedules"]:
+            for scale in opts["scales"]:
+                if any((r["variant"], r["cfg"], r["schedule"]) == (variant, scale, schedule) for r in done):
+                    continue
+                result = cell(variant, scale, schedule, opts["n"])
+                print(json.dumps(result), flush=True)
+                with results_file.open("a") as f:
+                    f.write(json.dumps(result) + "\n")
+                done.append(result)
+    keys = ["variant", "cfg", "schedule", "test_psnr", "perplexity", "bits_per_token", "prior_train_s", "frechet",
+            "recon_frechet", "frechet_ratio", "confident", "class_kl", "cond_acc", "precision", "recall"]
+    print("| " + " | ".join(keys) + " |")
+    for r in sorted(done, key=lambda r: (list(VARIANTS).index(r["variant"]), r["schedule"], r["cfg"])):
+        print("| " + " | ".join(str(r[key]) for key in keys) + " |")
+    from common.plots import save_curves
+    curves = {}
+    for r in sorted(done, key=lambda r: r["cfg"]):
+        xs, ys = curves.setdefault(f"{r['variant']} ({r['schedule']})", ([], []))
+        xs.append(100 * r["confident"])
+        ys.append(r["frechet"])
+    save_curves(REPO / "docs" / "quality_frontier.png", curves, xlabel="confident (%), guidance rising along each line",
+                title="Frechet distance vs confidence, 10k unconditional samples (lower right is better)")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
