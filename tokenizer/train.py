@@ -42,7 +42,7 @@ def loss_fn(model, batch):
 
 
 @torch.no_grad()
-def evaluate_tokenizer(model: VQVAE, images_uint8: torch.Tensor, batch_size: int = 1000) -> dict:
+def evaluate_tokenizer(model: VQVAE, images_uint8: torch.Tensor, batch_size: int = 500) -> dict:
     """test_mse/test_psnr on [0,1] pixels, codebook_usage, perplexity, and the code histogram."""
     device = next(model.parameters()).device
     K = model.codebook_size
