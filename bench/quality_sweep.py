@@ -28,6 +28,7 @@ LARGE = ["--config", "configs/prior-large.yaml"]
 # name: (tokenizer overrides, prior overrides); tokenizers are shared by their overrides.
 VARIANTS = {
     "default": ([], []),
+    "tokenizer-1-epoch": (["epochs=1", "batch_size=32"], []),
     "k32": (["codebook_size=32"], []),
     "k128": (["codebook_size=128"], []),
     "fsq-8555": (["quantizer=fsq", "fsq_levels=[8,5,5,5]"], []),
