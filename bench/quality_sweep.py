@@ -134,7 +134,7 @@ def main(argv: list[str]) -> None:
         xs.append(100 * r["confident"])
         ys.append(r["frechet"])
     save_curves(REPO / "docs" / "quality_frontier.png", curves, xlabel="confident (%), guidance rising along each line",
-                title="Frechet distance vs confidence, 10k unconditional samples (lower right is better)")
+                title="Frechet distance (lower is better) vs confident")
 
 
 if __name__ == "__main__":
