@@ -18,9 +18,9 @@ from common.errors import OneLineArgumentParser, run_main
 
 def tokenizer_dataset(run: Path) -> str:
     """The dataset a tokenizer run was trained on (mnist when there is no run)."""
-    import yaml
+    from common.config import read_yaml_mapping
     config = run / "config.yaml"
-    return (yaml.safe_load(config.read_text()) or {}).get("dataset", "mnist") if config.is_file() else "mnist"
+    return read_yaml_mapping(config).get("dataset", "mnist") if config.is_file() else "mnist"
 
 
 def main(argv: list[str] | None = None) -> dict:

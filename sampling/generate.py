@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a digit, a list like 1,4,7, 'all', 'none' (unconditional: a random digit each) "
                         "or 'null' (the prior's no-label token)")
     p.add_argument("--cfg", type=float, default=0.0, help="classifier-free guidance scale (with --digit)")
+    # prior.model.CFG_SCHEDULES, spelled out: parsing flags must not import torch
     p.add_argument("--cfg-schedule", choices=["constant", "linear"], default="constant",
                    help="guidance along the sequence: the same scale everywhere, or rising from 0 to 2x cfg")
     p.add_argument("--out", default="samples", help="folder for grid.png and samples.npz")

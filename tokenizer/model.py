@@ -138,7 +138,7 @@ class VectorQuantizer(nn.Module):
             if self.training:
                 self._maintain_codebook(flat.detach())
             indices = self.nearest(flat)
-            codes = F.embedding(indices, self.lookup_codebook())
+            codes = self.codes(indices)
             if self.training:
                 counts = _all_reduce(torch.bincount(indices, minlength=self.shape.codebook_size).float())
                 if self.shape.ema:
@@ -221,11 +221,12 @@ class FiniteScalarQuantizer(nn.Module):
         offset = (self.levels % 2 == 0).to(flat.dtype) * 0.5
         return torch.tanh(flat + torch.atanh(offset / half)) * half - offset
 
-    def _digits(self, flat: torch.Tensor) -> torch.Tensor:
-        return self.bound(flat).round().long() + self.levels // 2      # (N, d) in [0, L_i)
+    def _index(self, steps: torch.Tensor) -> torch.Tensor:
+        """Rounded channels (N, d), integers in [-L/2, L/2), -> (N,) mixed-radix indices."""
+        return ((steps.long() + self.levels // 2) * self.basis).sum(1)
 
     def indices(self, flat: torch.Tensor) -> torch.Tensor:
-        return (self._digits(flat.float()) * self.basis).sum(1)
+        return self._index(self.bound(flat.float()).round())
 
     def codes(self, indices: torch.Tensor) -> torch.Tensor:
         digits = (indices.unsqueeze(-1) // self.basis) % self.levels
@@ -236,12 +237,11 @@ class FiniteScalarQuantizer(nn.Module):
         with torch.autocast(device_type=z.device.type, enabled=False):
             flat = rearrange(z.float(), "b d h w -> (b h w) d")
             bounded = self.bound(flat)
+            steps = bounded.detach().round()
             # Straight-through rounding: forward rounds, backward is the identity
             # (through tanh's gradient, which keeps the encoder's outputs in range).
-            rounded = bounded + (bounded.round() - bounded).detach()
-            quantized = rounded / (self.levels // 2)
-            digits = bounded.detach().round().long() + self.levels // 2
-            indices = (digits * self.basis).sum(1)
+            quantized = (bounded + (steps - bounded).detach()) / (self.levels // 2)
+            indices = self._index(steps)
         zero = torch.zeros((), device=z.device)
         quantized = rearrange(quantized, "(b h w) d -> b d h w", b=z.shape[0], h=height)
         indices = rearrange(indices, "(b h w) -> b h w", b=z.shape[0], h=height)
