@@ -1,11 +1,13 @@
 # make demo: set up, train both stages on the default configs, write 64 samples.
 # make test: set up, run the test suite. Both create .venv when missing.
+# make app: also install the app extra (gradio), then serve the browser demo on 127.0.0.1:7860.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+APP_STAMP := $(VENV)/.app-stamp
 
-.PHONY: demo test data bench clean-runs
+.PHONY: demo test app data bench clean-runs
 
 # pip byte-compiles at install on purpose: with PYTHONDONTWRITEBYTECODE set (as here)
 # --no-compile made every later import of torch recompile it (13 s instead of 2 s).
@@ -15,6 +17,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+$(APP_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[app]'
+	touch $(APP_STAMP)
+
 data: $(STAMP)
 	$(PY) -m tokenizer.data mnist
 
@@ -23,8 +29,11 @@ demo: data
 	$(VENV)/bin/accelerate launch prior/train.py
 	$(PY) sampling/generate.py --n 64
 
-test: data
+test: data $(APP_STAMP)
 	$(PY) -m pytest -q
+
+app: data $(APP_STAMP)
+	$(PY) sampling/app.py
 
 clean-runs:
 	rm -rf runs samples

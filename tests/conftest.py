@@ -12,6 +12,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 # Small enough for seconds on a 2-core CPU, real MNIST underneath.
 TINY_TOKENIZER = ["hidden_channels=16", "embedding_dim=8", "codebook_size=32", "train_subset=2048",
                   "batch_size=32", "epochs=2", "warmup_steps=10", "dead_code_steps=5", "lr=0.003"]
+TINY_PRIOR = ["n_layer=2", "n_head=2", "n_embd=32", "train_subset=512", "batch_size=64", "epochs=2",
+              "warmup_steps=2"]
 
 
 @pytest.fixture(scope="session")
@@ -29,6 +31,15 @@ def tiny_tokenizer_run(tmp_path_factory, mnist_root) -> Path:
     out = tmp_path_factory.mktemp("tok") / "run"
     main(TINY_TOKENIZER + [f"out_dir={out}", f"data_root={mnist_root}"])
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_prior_run(tmp_path_factory, tiny_tokenizer_run, mnist_root):
+    """(run dir, final metrics) of a tiny prior over the tiny tokenizer, shared by readers."""
+    from prior.train import main
+    out = tmp_path_factory.mktemp("prior") / "run"
+    metrics = main(TINY_PRIOR + [f"out_dir={out}", f"tokenizer={tiny_tokenizer_run}", f"data_root={mnist_root}"])
+    return out, metrics
 
 
 def run_cli(args: list[str], env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:

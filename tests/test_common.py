@@ -138,6 +138,7 @@ def test_training_help_lists_every_key_with_its_default_and_meaning(script):
                               "--cfg-schedule", "--out", "--device", "--batch-size", "--prior", "--tokenizer",
                               "--complete", "--keep-rows"]),
     ("sampling/evaluate.py", ["--tokenizer", "--json"]),
+    ("sampling/app.py", ["--prior", "--tokenizer", "--host", "--port"]),
 ])
 def test_sampling_help_shows_each_flag_with_its_default(script, flags):
     result = run_cli([script, "--help"])

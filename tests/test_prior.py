@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 from common.config import ConfigError
-from conftest import run_cli
+from conftest import TINY_PRIOR, run_cli
 from prior.model import GPT, NULL_CLASS, KVCache, PriorShape, sample_logits
 
 
@@ -136,18 +136,6 @@ def test_activation_key_and_runs_saved_before_it_stay_gelu():
     assert isinstance(tiny_gpt().blocks[0].mlp[1], torch.nn.GELU)   # a config.yaml without the key
     with pytest.raises(ConfigError, match="activation"):
         load_config(PriorConfig, ["activation=tanh"])
-
-
-TINY_PRIOR = ["n_layer=2", "n_head=2", "n_embd=32", "train_subset=512", "batch_size=64", "epochs=2",
-              "warmup_steps=2"]
-
-
-@pytest.fixture(scope="module")
-def tiny_prior_run(tmp_path_factory, tiny_tokenizer_run, mnist_root):
-    from prior.train import main
-    out = tmp_path_factory.mktemp("prior") / "run"
-    metrics = main(TINY_PRIOR + [f"out_dir={out}", f"tokenizer={tiny_tokenizer_run}", f"data_root={mnist_root}"])
-    return out, metrics
 
 
 def test_prior_trains_below_the_uniform_bound(tiny_prior_run):

@@ -1,0 +1,436 @@
+"""Play with vqgen in the browser: sample digits, finish a drawn one, look at its codes.
+
+    pip install -e '.[app]'          # once (or: make app, which also starts it)
+    python sampling/app.py [--prior runs/prior] [--tokenizer DIR] [--port 7860] [--host 127.0.0.1]
+
+Three tabs: Sample (the prior's digits, with the 7x7 codes of the one you pick),
+Complete (keep the first code rows of a drawing or a test digit, let the prior write
+the rest) and Tokenize (an image in, its codes and reconstruction out). The models
+are loaded once. Everything above build_app() is plain torch/numpy, so the tests and
+the other commands never import gradio; it is imported to build the page only.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from common.errors import OneLineArgumentParser, VQGenError, run_main
+from sampling import NULL_DIGIT, Models, check_sampling_args, generate, load_models
+
+GRID = 7                    # code rows and columns; each covers 4x4 pixels
+BOX, FIELD = 20, 28         # MNIST: the ink's bounding box scaled to 20x20, centred by mass in 28x28
+INK_CHOICES = ("auto", "white on black", "black on white")
+MAX_SAMPLES = 64
+SHOW_SCALE = 4              # pixels per MNIST pixel in the page
+
+
+class DemoError(VQGenError):
+    """A problem the page shows as a message: empty canvas, missing run, value out of range."""
+
+
+def to_mnist(image: np.ndarray, ink: str = "auto") -> torch.Tensor:
+    """A drawing or a photo (H,W), (H,W,3) or (H,W,4) uint8 -> float [1,28,28] in [0,1],
+    made the way MNIST's digits were: white ink on black, the ink's bounding box scaled
+    to fit 20x20 with its aspect kept, placed so its centre of mass is the field's centre.
+    Strokes on a transparent canvas are ink wherever there is paint, whatever the colour;
+    an opaque image is inverted when its ink is dark (ink="auto": a bright border)."""
+    if ink not in INK_CHOICES:
+        raise DemoError(f"ink={ink!r}: expected one of {', '.join(INK_CHOICES)}")
+    a = np.asarray(image, dtype=np.float32)
+    if a.ndim not in (2, 3) or min(a.shape[:2]) < 2:
+        raise DemoError(f"need an image, got an array of shape {a.shape}")
+    if a.ndim == 3 and a.shape[2] == 4 and a[..., 3].min() < 255:
+        gray = a[..., 3] / 255
+    else:
+        gray = (a[..., :3].mean(-1) if a.ndim == 3 else a) / 255
+        border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+        if ink == "black on white" or (ink == "auto" and np.median(border) > 0.5):
+            gray = 1 - gray
+    gray = np.clip(gray, 0, 1)
+    rows, cols = np.nonzero(gray > 0.1)
+    if len(rows) == 0:
+        raise DemoError("the canvas is empty: draw a digit (or pick a test digit) first")
+    crop = torch.from_numpy(np.ascontiguousarray(gray[rows.min():rows.max() + 1, cols.min():cols.max() + 1]))
+    scale = BOX / max(crop.shape)
+    size = (max(1, round(crop.shape[0] * scale)), max(1, round(crop.shape[1] * scale)))
+    small = F.interpolate(crop[None, None], size=size, mode="bilinear", antialias=True,
+                          align_corners=False)[0, 0].clamp(0, 1)
+    mass = small.sum()
+    centre_y = (small.sum(1) * torch.arange(size[0])).sum() / mass
+    centre_x = (small.sum(0) * torch.arange(size[1])).sum() / mass
+    # MNIST's test digits have their centre of mass at pixel (14.0, 14.0), measured so.
+    top = int(np.clip(round(FIELD / 2 - centre_y.item()), 0, FIELD - size[0]))
+    left = int(np.clip(round(FIELD / 2 - centre_x.item()), 0, FIELD - size[1]))
+    field = torch.zeros(1, FIELD, FIELD)
+    field[0, top:top + size[0], left:left + size[1]] = small
+    return field
+
+
+def to_uint8(images: torch.Tensor, scale: int = SHOW_SCALE) -> np.ndarray:
+    """float [N,1,28,28] in [0,1] -> uint8 [N,28*scale,28*scale], blown up without blur."""
+    pixels = (images[:, 0].clamp(0, 1) * 255).round().to(torch.uint8)
+    return pixels.repeat_interleave(scale, 1).repeat_interleave(scale, 2).numpy()
+
+
+def kept_part(image: torch.Tensor, keep_rows: int) -> np.ndarray:
+    """The input as RGB with the rows the prior will rewrite tinted blue: what it keeps, seen."""
+    gray = torch.from_numpy(to_uint8(image[None])[0]).float()
+    rgb = torch.stack([gray, gray, gray], -1)
+    cut = keep_rows * (FIELD // GRID) * SHOW_SCALE
+    rgb[cut:] = rgb[cut:] * 0.35 + torch.tensor([20.0, 40.0, 110.0])
+    return rgb.round().to(torch.uint8).numpy()
+
+
+def code_table(grid: torch.Tensor, codebook_size: int, kept_rows: int = 0) -> str:
+    """A 7x7 code grid as an HTML table (kept rows in bold), for the page."""
+    cells = "".join(
+        "<tr>" + "".join(f"<td{' class=kept' if r < kept_rows else ''}>{int(v)}</td>" for v in row) + "</tr>"
+        for r, row in enumerate(grid.tolist()))
+    return (f"<table class='codes'>{cells}</table>"
+            f"<p>{len(set(grid.flatten().tolist()))} different codes of {codebook_size} in this grid</p>")
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(10 * torch.log10(1 / F.mse_loss(a, b).clamp_min(1e-10)))
+
+
+def parse_digits(choices: list[str]) -> list[int] | None:
+    """Ticked boxes -> generate()'s digit: none ticked is unconditional (each sample draws its digit)."""
+    digits = sorted(int(c) for c in choices or [])
+    return digits or None
+
+
+@dataclass
+class Sampled:
+    images: torch.Tensor         # float [n,1,28,28]
+    tokens: torch.Tensor         # long [n,7,7]
+    labels: torch.Tensor | None  # long [n] or None
+    seconds: float               # server time of the generation and decoding
+
+
+class Demo:
+    """The page's work: models loaded once, then sample / complete / tokenize."""
+
+    def __init__(self, prior: str | Path = "runs/prior", tokenizer: str | Path | None = None,
+                 data_root: str | Path | None = None):
+        self.prior, self.tokenizer = str(prior), tokenizer
+        self.data_root = data_root
+        self.models: Models | None = None
+        self.error = ""
+        self._test_images: torch.Tensor | None = None
+        self.load()
+
+    def load(self) -> str:
+        """(Re)load the two runs; on failure keep the message for the page instead of raising."""
+        try:
+            self.models, self.error = load_models(self.prior, self.tokenizer), ""
+        except (VQGenError, OSError, ValueError) as err:
+            self.models, self.error = None, str(err)
+        return self.status()
+
+    def status(self) -> str:
+        if self.models is None:
+            return f"**Cannot load the models.** {self.error}"
+        cfg = self.models.prior_cfg
+        return (f"prior `{self.prior}` ({cfg.n_layer} layers, {'class-conditional' if cfg.class_conditional else 'unconditional'})"
+                f" over tokenizer `{self.tokenizer or cfg.tokenizer}` ({self.models.tokenizer.codebook_size} codes)")
+
+    def _models(self) -> Models:
+        if self.models is None:
+            raise DemoError(self.error)
+        return self.models
+
+    def test_digit(self, index: int) -> torch.Tensor:
+        """Test-set digit `index` of the tokenizer's dataset, float [1,28,28]."""
+        if self._test_images is None:
+            from sampling.evaluate import tokenizer_dataset
+            from tokenizer.data import DataError, data_root, ensure_dataset, load_split
+            root = data_root(str(self.data_root or ""))
+            dataset = tokenizer_dataset(Path(self.tokenizer or self._models().prior_cfg.tokenizer))
+            try:
+                ensure_dataset(root, dataset)
+            except DataError as err:
+                raise DemoError(str(err)) from None
+            self._test_images = load_split(root, dataset, train=False)[0]
+        if not 0 <= index < len(self._test_images):
+            raise DemoError(f"test digit {index}: pick an index from 0 to {len(self._test_images) - 1}")
+        return self._test_images[index][None].float() / 255
+
+    def sample(self, digits: list[int] | None, n: int, cfg: float = 0.0, temperature: float = 1.0,
+               top_k: int | None = None, top_p: float | None = None, seed: int = 0) -> Sampled:
+        """What `python sampling/generate.py --n N --digit D --cfg ... --seed S` draws, image for image."""
+        models = self._models()
+        if not 1 <= n <= MAX_SAMPLES:
+            raise DemoError(f"{n} samples: pick 1 to {MAX_SAMPLES}")
+        if digits and not models.prior_cfg.class_conditional:
+            raise DemoError("this prior was trained without labels: untick the digits")
+        if cfg and not models.prior_cfg.class_conditional:
+            raise DemoError("guidance needs a class-conditional prior: set it to 0")
+        self._check(n, temperature, top_k, top_p, digits)
+        digit = digits if digits is None or len(digits) > 1 else digits[0]
+        if not models.prior_cfg.class_conditional:
+            digit = NULL_DIGIT
+        started = time.perf_counter()
+        out = generate(n=n, digit=digit, temperature=temperature, top_k=top_k, top_p=top_p, cfg=cfg,
+                       seed=seed, models=models)
+        return Sampled(out["images"], out["tokens"], out["labels"], time.perf_counter() - started)
+
+    def complete(self, image: torch.Tensor, keep_rows: int, n: int = 8, temperature: float = 1.0,
+                 seed: int = 0) -> Sampled:
+        """n completions of image [1,28,28] from its first keep_rows code rows, like
+        `generate.py --complete FILE --keep-rows R` (no digit: the kept rows decide it)."""
+        models = self._models()
+        if not 0 <= keep_rows <= GRID:
+            raise DemoError(f"keep {keep_rows} rows: pick 0 to {GRID}")
+        if not 1 <= n <= MAX_SAMPLES:
+            raise DemoError(f"{n} completions: pick 1 to {MAX_SAMPLES}")
+        self._check(n, temperature, None, None, None)
+        started = time.perf_counter()
+        grid = models.tokenizer.encode(image[None])
+        out = generate(n=n, digit=NULL_DIGIT, temperature=temperature, seed=seed, models=models,
+                       keep=grid[:, :keep_rows].expand(n, -1, -1))
+        return Sampled(out["images"], out["tokens"], None, time.perf_counter() - started)
+
+    def tokenize(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """image [1,28,28] -> (its 7x7 codes, its reconstruction [1,28,28], PSNR in dB)."""
+        tok = self._models().tokenizer
+        with torch.no_grad():
+            grid = tok.encode(image[None])
+            recon = tok.decode(grid)[0]
+        return grid[0], recon, psnr(recon, image)
+
+    @staticmethod
+    def _check(n, temperature, top_k, top_p, digits) -> None:
+        try:
+            check_sampling_args(n, temperature, top_k, top_p, digits, batch_size=1)
+        except ValueError as err:
+            raise DemoError(str(err)) from None
+
+
+# ---------------------------------------------------------------- the page (gradio)
+
+CSS = """
+table.codes { border-collapse: collapse; font-family: monospace; }
+table.codes td { border: 1px solid #888; padding: 2px 6px; text-align: right; }
+table.codes td.kept { font-weight: bold; background: #243a6e; color: white; }
+"""
+
+
+def build_app(demo: Demo):
+    import gradio as gr
+
+    def failing(fn):
+        """Our errors become a readable message in the page, never a stack trace."""
+        def wrapped(*args):
+            try:
+                return fn(*args)
+            except DemoError as err:
+                raise gr.Error(str(err), print_exception=False) from None
+        return wrapped
+
+    def none_if(value, off):
+        return None if value is None or value == off else value
+
+    def input_image(source, drawing, index, ink):
+        if source == "test digit":
+            return demo.test_digit(int(index))
+        if drawing is None or drawing.get("composite") is None:
+            raise DemoError("the canvas is empty: draw a digit (or pick a test digit) first")
+        return to_mnist(drawing["composite"], ink)
+
+    def on_sample(digits, n, cfg, temperature, top_k, top_p, seed):
+        s = demo.sample(parse_digits(digits), int(n), float(cfg), float(temperature),
+                        none_if(int(top_k), 0), none_if(float(top_p), 1.0), int(seed))
+        captions = [f"{int(c)}" for c in s.labels] if s.labels is not None else [""] * len(s.images)
+        gallery = list(zip(to_uint8(s.images), captions))
+        size = demo._models().tokenizer.codebook_size
+        return (gallery, s.tokens, code_table(s.tokens[0], size),
+                f"{len(s.images)} samples in {s.seconds:.2f} s of server time. Click one to see its codes.")
+
+    def on_select(tokens, event: gr.SelectData):
+        if tokens is None:
+            raise DemoError("sample first")
+        return code_table(tokens[event.index], demo._models().tokenizer.codebook_size)
+
+    def on_complete(source, drawing, index, ink, keep_rows, n, temperature, seed):
+        image = input_image(source, drawing, index, ink)
+        grid, recon, _ = demo.tokenize(image)
+        s = demo.complete(image, int(keep_rows), int(n), float(temperature), int(seed))
+        return (kept_part(image, int(keep_rows)), to_uint8(recon[None])[0], list(to_uint8(s.images)),
+                code_table(grid, demo._models().tokenizer.codebook_size, int(keep_rows)),
+                f"{len(s.images)} completions in {s.seconds:.2f} s of server time.")
+
+    def on_tokenize(source, drawing, index, ink):
+        image = input_image(source, drawing, index, ink)
+        grid, recon, db = demo.tokenize(image)
+        return (to_uint8(image[None])[0], to_uint8(recon[None])[0],
+                code_table(grid, demo._models().tokenizer.codebook_size), f"reconstruction PSNR {db:.1f} dB")
+
+    def on_load(prior, tokenizer):
+        demo.prior, demo.tokenizer = prior.strip(), tokenizer.strip() or None
+        return demo.load()
+
+    def digit_input(tab: str):
+        """The Complete and Tokenize tabs take a drawing or a test digit."""
+        with gr.Column():
+            source = gr.Radio(["drawing", "test digit"], value="drawing", label="input", elem_id=f"{tab}-source")
+            drawing = gr.Sketchpad(label="draw a digit", canvas_size=(280, 280), fixed_canvas=True, elem_id=f"{tab}-drawing",
+                                   image_mode="RGBA", sources=["upload"], layers=False,
+                                   brush=gr.Brush(default_size=22, colors=["#ffffff", "#000000"],
+                                                  color_mode="fixed"),
+                                   value=blank_canvas())
+            ink = gr.Radio(list(INK_CHOICES), value="auto", label="ink (auto: a bright border means dark ink)")
+            index = gr.Number(value=0, precision=0, minimum=0, label="test digit #", elem_id=f"{tab}-index")
+        return source, drawing, index, ink
+
+    with gr.Blocks(title="vqgen", analytics_enabled=False) as page:
+        gr.Markdown("# vqgen\nA VQ-VAE tokenizer turns a digit into 7x7 codes; a small Transformer writes "
+                    "codes row by row; the tokenizer draws them.")
+        status = gr.Markdown(demo.status(), elem_id="status")
+        with gr.Accordion("run folders", open=demo.models is None):
+            with gr.Row():
+                prior_dir = gr.Textbox(demo.prior, label="prior run")
+                tokenizer_dir = gr.Textbox(demo.tokenizer or "", label="tokenizer run (empty: the prior's own)")
+                load = gr.Button("load")
+        load.click(on_load, [prior_dir, tokenizer_dir], status)
+
+        with gr.Tab("Sample"):
+            with gr.Row():
+                with gr.Column(scale=1):
+                    digits = gr.CheckboxGroup([str(d) for d in range(10)], label="digits (none ticked: any digit)")
+                    n = gr.Slider(1, MAX_SAMPLES, value=16, step=1, label="samples", elem_id="sample-n")
+                    cfg = gr.Slider(0, 3, value=1.0, step=0.1, label="guidance (0: off)")
+                    temperature = gr.Slider(0.1, 2.0, value=1.0, step=0.05, label="temperature")
+                    top_k = gr.Slider(0, 512, value=0, step=1, label="top-k (0: off)")
+                    top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="top-p (1: off)")
+                    seed = gr.Number(value=0, precision=0, label="seed (same seed, same digits as generate.py)")
+                    go = gr.Button("sample", variant="primary", elem_id="sample-button")
+                with gr.Column(scale=2):
+                    gallery = gr.Gallery(label="samples", columns=8, format="png", elem_id="samples")
+                    sample_info = gr.Markdown(elem_id="sample-info")
+                    codes = gr.HTML(label="codes of the chosen sample", elem_id="sample-codes")
+            tokens = gr.State()
+            go.click(failing(on_sample), [digits, n, cfg, temperature, top_k, top_p, seed],
+                     [gallery, tokens, codes, sample_info])
+            gallery.select(failing(on_select), tokens, codes)
+
+        with gr.Tab("Complete"):
+            with gr.Row():
+                source, drawing, index, ink = digit_input("complete")
+                with gr.Column():
+                    keep_rows = gr.Slider(0, GRID, value=3, step=1, label="code rows to keep (of 7)")
+                    n_complete = gr.Slider(1, MAX_SAMPLES, value=8, step=1, label="completions")
+                    temperature_c = gr.Slider(0.1, 2.0, value=1.0, step=0.05, label="temperature")
+                    seed_c = gr.Number(value=0, precision=0, label="seed")
+                    go_c = gr.Button("complete", variant="primary", elem_id="complete-button")
+            with gr.Row():
+                kept = gr.Image(label="kept (blue: rewritten)", format="png")
+                recon_c = gr.Image(label="the tokenizer's reconstruction", format="png")
+                codes_c = gr.HTML()
+            completions = gr.Gallery(label="completions", columns=8, format="png", elem_id="completions")
+            complete_info = gr.Markdown(elem_id="complete-info")
+            go_c.click(failing(on_complete), [source, drawing, index, ink, keep_rows, n_complete, temperature_c, seed_c],
+                       [kept, recon_c, completions, codes_c, complete_info])
+
+        with gr.Tab("Tokenize"):
+            with gr.Row():
+                source_t, drawing_t, index_t, ink_t = digit_input("tokenize")
+                go_t = gr.Button("tokenize", variant="primary", elem_id="tokenize-button")
+            with gr.Row():
+                seen = gr.Image(label="the tokenizer's input (28x28)", format="png")
+                recon_t = gr.Image(label="reconstruction", format="png")
+                codes_t = gr.HTML(elem_id="tokenize-codes")
+            tokenize_info = gr.Markdown(elem_id="tokenize-info")
+            go_t.click(failing(on_tokenize), [source_t, drawing_t, index_t, ink_t],
+                       [seen, recon_t, codes_t, tokenize_info])
+    return page
+
+
+def blank_canvas() -> dict:
+    """An opaque black canvas: white strokes on it look like MNIST before any processing."""
+    black = np.zeros((280, 280, 4), np.uint8)
+    black[..., 3] = 255
+    return {"background": black, "layers": [], "composite": black}
+
+
+@contextlib.contextmanager
+def served(args: list[str], port: int, timeout: float = 120.0, env: dict | None = None):
+    """This app in a child process on 127.0.0.1:port for the length of a with-block
+    (the browser test and the bench use it); yields its URL once the page answers."""
+    import urllib.request
+    command = [sys.executable, str(Path(__file__).resolve()), "--port", str(port), *args]
+    log = tempfile.TemporaryFile("w+")   # not a pipe: a chatty child must never block on a full one
+    child = subprocess.Popen(command, cwd=Path(__file__).resolve().parent.parent, env={**os.environ, **(env or {})},
+                             stdout=log, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}/"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if child.poll() is not None:
+                log.seek(0)
+                raise RuntimeError(f"the app exited ({child.returncode}): {log.read()[-2000:]}")
+            try:
+                opener.open(url, timeout=2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the app did not answer at {url} within {timeout:.0f} s") from None
+                time.sleep(0.5)
+        yield url
+    finally:
+        child.terminate()
+        try:
+            child.wait(10)
+        except subprocess.TimeoutExpired:
+            child.kill()
+        log.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineArgumentParser(description="vqgen in the browser: sample, complete, tokenize.")
+    p.add_argument("--prior", default="runs/prior", help="run folder of a trained prior")
+    p.add_argument("--tokenizer", default=None, help="default: the one the prior was trained on")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=7860, help="port to listen on")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if not 0 < args.port < 65536:
+        raise ValueError(f"--port {args.port}: must be 1-65535")
+    # Offline by design: no usage statistics, and the local health check must not go through a proxy.
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    os.environ["NO_PROXY"] = ",".join(filter(None, [os.environ.get("NO_PROXY"), "127.0.0.1", "localhost", args.host]))
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise ValueError("the browser demo needs gradio: pip install -e '.[app]' (or run `make app`)") from None
+    demo = Demo(args.prior, args.tokenizer)
+    if demo.models is None:
+        print(f"warning: {demo.error} (the page shows this until the run exists)", file=sys.stderr)
+    build_app(demo).launch(server_name=args.host, server_port=args.port, css=CSS, footer_links=[],
+                           show_error=False)
+
+
+if __name__ == "__main__":
+    run_main(main, sys.argv[1:], also=(ValueError, OSError))

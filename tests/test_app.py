@@ -1,0 +1,116 @@
+"""The browser demo's work, without a browser or gradio: MNIST-style preprocessing of
+drawings, sampling that matches generate.py, completion that keeps its rows, errors."""
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import run_cli
+from sampling.app import Demo, DemoError, to_mnist
+
+
+@pytest.fixture(scope="module")
+def test_digits(mnist_root):
+    from tokenizer.data import load_split
+    return load_split(mnist_root, "mnist", train=False)[0][:20]
+
+
+def centre_of_mass(image: torch.Tensor) -> tuple[float, float]:
+    rows = torch.arange(28, dtype=torch.float32)
+    return (float((image.sum(1) * rows).sum() / image.sum()), float((image.sum(0) * rows).sum() / image.sum()))
+
+
+def upscaled(digit: torch.Tensor, factor: int = 10) -> np.ndarray:
+    return digit.repeat_interleave(factor, 0).repeat_interleave(factor, 1).numpy()
+
+
+def test_a_drawing_is_made_like_an_mnist_digit(test_digits):
+    for digit in test_digits:
+        real = digit.float() / 255
+        big = upscaled(digit)
+        made = to_mnist(big)[0]
+        # A real digit drawn 10x larger comes back at its own size and place.
+        assert np.corrcoef(made.flatten(), real.flatten())[0, 1] > 0.9
+        cy, cx = centre_of_mass(made)
+        assert abs(cy - 14) <= 0.6 and abs(cx - 14) <= 0.6
+        ink_rows, ink_cols = np.nonzero(made.numpy() > 0.1)
+        assert max(np.ptp(ink_rows), np.ptp(ink_cols)) + 1 <= 20
+        # Dark ink on paper (auto-detected or said), RGB, or paint on a transparent canvas: the same digit.
+        paper = 255 - big
+        assert torch.allclose(to_mnist(paper), made, atol=1e-5)
+        assert torch.allclose(to_mnist(paper, "black on white"), made, atol=1e-5)
+        assert torch.allclose(to_mnist(np.stack([paper] * 3, -1)), made, atol=1e-5)
+        transparent = np.zeros((*big.shape, 4), np.uint8)
+        transparent[..., 3] = big
+        assert torch.allclose(to_mnist(transparent), made, atol=1e-5)
+
+
+def test_a_small_drawing_off_centre_is_scaled_and_centred():
+    canvas = np.zeros((280, 280), np.uint8)
+    canvas[10:40, 200:215] = 255   # a short bar in the top-right corner
+    made = to_mnist(canvas)[0]
+    ink_rows, _ = np.nonzero(made.numpy() > 0.5)
+    assert np.ptp(ink_rows) + 1 >= 19   # scaled so its long side is 20 pixels
+    cy, cx = centre_of_mass(made)
+    assert abs(cy - 14) <= 0.6 and abs(cx - 14) <= 0.6
+
+
+@pytest.mark.parametrize("image", [np.zeros((280, 280, 4), np.uint8), np.full((280, 280), 255, np.uint8)])
+def test_an_empty_canvas_is_a_message(image):
+    with pytest.raises(DemoError, match="canvas is empty"):
+        to_mnist(image)
+
+
+def test_sampling_in_the_page_draws_what_generate_py_draws(tiny_prior_run, tmp_path):
+    prior, _ = tiny_prior_run
+    demo = Demo(prior)
+    sampled = demo.sample([3, 5], n=16, cfg=1.0, temperature=0.9, top_k=20, seed=7)
+    result = run_cli(["sampling/generate.py", "--prior", str(prior), "--out", str(tmp_path / "s"), "--n", "16",
+                      "--digit", "3,5", "--cfg", "1.0", "--temperature", "0.9", "--top-k", "20", "--seed", "7"])
+    assert result.returncode == 0, result.stderr
+    with np.load(tmp_path / "s" / "samples.npz") as cli:
+        assert np.array_equal(cli["tokens"], sampled.tokens.numpy())
+        assert np.array_equal(cli["images"], (sampled.images[:, 0] * 255).round().to(torch.uint8).numpy())
+        assert cli["labels"].tolist() == sampled.labels.tolist() == [3, 5] * 8
+    unconditional = demo.sample(None, n=4, seed=1)
+    assert unconditional.images.shape == (4, 1, 28, 28) and unconditional.seconds > 0
+    assert len(set(demo.sample(None, n=30, seed=1).labels.tolist())) > 1   # each draws its digit
+
+
+def test_completion_keeps_the_chosen_code_rows(tiny_prior_run, test_digits):
+    demo = Demo(tiny_prior_run[0])
+    image = test_digits[0][None].float() / 255
+    grid, recon, db = demo.tokenize(image)
+    assert grid.shape == (7, 7) and recon.shape == (1, 28, 28) and db > 5
+    for rows in (0, 3, 7):
+        done = demo.complete(image, keep_rows=rows, n=8, seed=2)
+        assert done.images.shape == (8, 1, 28, 28)
+        assert torch.equal(done.tokens[:, :rows], grid[:rows].expand(8, -1, -1))
+    free = demo.complete(image, keep_rows=1, n=8, seed=2).tokens[:, 1:]
+    assert len({tuple(t.flatten().tolist()) for t in free}) > 1   # the rest is sampled, not copied
+
+
+def test_the_page_explains_bad_input(tiny_prior_run, tmp_path, mnist_root):
+    missing = Demo(tmp_path / "nothing")
+    assert missing.models is None and "accelerate launch prior/train.py" in missing.status()
+    with pytest.raises(DemoError, match="accelerate launch prior/train.py"):
+        missing.sample(None, n=4)
+    demo = Demo(tiny_prior_run[0], data_root=mnist_root)
+    for call, message in [(lambda: demo.sample(None, n=0), "pick 1 to 64"),
+                          (lambda: demo.sample(None, n=4, temperature=0), "temperature=0"),
+                          (lambda: demo.sample(None, n=4, top_p=1.5), "top_p=1.5"),
+                          (lambda: demo.complete(torch.zeros(1, 28, 28), keep_rows=8), "pick 0 to 7"),
+                          (lambda: demo.test_digit(10_000), "0 to 9999")]:
+        with pytest.raises(DemoError, match=message):
+            call()
+    assert torch.equal(demo.test_digit(5)[0], load_test_digit(mnist_root, 5))
+
+
+def load_test_digit(root, index):
+    from tokenizer.data import load_split
+    return load_split(root, "mnist", train=False)[0][index].float() / 255
+
+
+def test_the_demo_logic_does_not_import_gradio():
+    result = run_cli(["-c", "import sys, sampling.app; assert 'gradio' not in sys.modules, 'gradio imported'"])
+    assert result.returncode == 0, result.stderr

@@ -1,0 +1,84 @@
+"""The browser demo in a real headless Chromium: sample, draw and complete, tokenize, errors.
+
+Needs the `app` extra (gradio), playwright and a Chromium (Debian: apt-get install chromium;
+.ci/run installs it). Without them the tests skip and say what is missing; where .ci/run
+did install a browser (VQGEN_REQUIRE_BROWSER=1) a missing piece is a failure instead.
+Only the app's child process imports gradio, never this one.
+"""
+import importlib.util
+import os
+import shutil
+
+import pytest
+
+from sampling.app import free_port, served
+
+CHROMIUM = os.environ.get("VQGEN_CHROMIUM") or next(
+    (path for name in ("chromium", "chromium-browser", "google-chrome") if (path := shutil.which(name))), None)
+MISSING = [what for what, ok in [("gradio (pip install -e '.[app]')", importlib.util.find_spec("gradio")),
+                                 ("playwright (pip install -e '.[dev]')", importlib.util.find_spec("playwright")),
+                                 ("a Chromium (apt-get install chromium)", CHROMIUM)] if not ok]
+if MISSING:
+    if os.environ.get("VQGEN_REQUIRE_BROWSER") == "1":
+        raise RuntimeError(f"browser test required but missing: {', '.join(MISSING)}")
+    pytest.skip(f"no browser test here: missing {', '.join(MISSING)}", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def page(tiny_prior_run, mnist_root):
+    from playwright.sync_api import sync_playwright
+    prior, _ = tiny_prior_run
+    with served(["--prior", str(prior)], free_port(), env={"VQGEN_DATA": str(mnist_root)}) as url, \
+            sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        tab = browser.new_page(viewport={"width": 1400, "height": 1000})
+        tab.set_default_timeout(30_000)
+        tab.goto(url)
+        yield tab
+        browser.close()
+
+
+def draw(page, canvas_id: str, points: list[tuple[float, float]]) -> None:
+    """One stroke through points given as fractions of the canvas."""
+    canvas = page.locator(f"#{canvas_id} canvas").last
+    box = canvas.bounding_box()
+    at = [(box["x"] + box["width"] * x, box["y"] + box["height"] * y) for x, y in points]
+    page.mouse.move(*at[0])
+    page.mouse.down()
+    for x, y in at[1:]:
+        page.mouse.move(x, y, steps=12)
+    page.mouse.up()
+
+
+def test_sampling_shows_the_asked_number_of_digits(page):
+    page.get_by_role("tab", name="Sample").click()
+    n = page.locator("#sample-n input[type=number]")
+    n.fill("12")
+    n.press("Enter")
+    page.click("#sample-button")
+    page.wait_for_selector("#sample-info >> text=12 samples in")
+    assert page.locator("#samples img").count() == 12
+    assert page.locator("#sample-codes td").count() == 49
+
+
+def test_an_empty_canvas_gives_a_message_not_a_trace(page):
+    page.get_by_role("tab", name="Complete").click()
+    page.click("#complete-button")
+    page.wait_for_selector("text=the canvas is empty")
+    assert "Traceback" not in page.content()
+
+
+def test_a_drawn_stroke_is_completed(page):
+    page.get_by_role("tab", name="Complete").click()
+    draw(page, "complete-drawing", [(0.3, 0.25), (0.7, 0.25), (0.45, 0.8)])   # a 7
+    page.click("#complete-button")
+    page.wait_for_selector("#complete-info >> text=8 completions in")
+    assert page.locator("#completions img").count() == 8
+
+
+def test_a_test_digit_is_tokenized(page):
+    page.get_by_role("tab", name="Tokenize").click()
+    page.locator("#tokenize-source").get_by_text("test digit").click()
+    page.click("#tokenize-button")
+    page.wait_for_selector("#tokenize-info >> text=reconstruction PSNR")
+    assert page.locator("#tokenize-codes td").count() == 49
