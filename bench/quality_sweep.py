@@ -38,6 +38,8 @@ VARIANTS = {
     "token-dropout": ([], ["token_dropout=0.1"]),
     "large": ([], LARGE),
     "large-augment": ([], [*LARGE, "augment=true"]),
+    "shift": ([], ["augment=true", "augment_mode=shift"]),
+    "large-shift": ([], [*LARGE, "augment=true", "augment_mode=shift"]),
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from common.config import ConfigError, TrainConfig
+from prior.data import AUGMENT_MODES
 from prior.model import PriorShape
 
 
@@ -18,6 +19,7 @@ class PriorConfig(TrainConfig, PriorShape):
     warmup_steps: int = 100               # linear warmup steps
     augment: bool = False          # each epoch: fresh code grids of slightly distorted training digits
     augment_share: float = 0.5     # share of the digits distorted in each augmented epoch
+    augment_mode: str = "warp"     # warp: small shift, rotation and scale (bilinear); shift: 1-pixel moves, exact
 
     def validate(self) -> None:
         super().validate()
@@ -30,6 +32,7 @@ class PriorConfig(TrainConfig, PriorShape):
             (0 <= self.label_dropout < 1, "label_dropout", "must be in [0, 1)"),
             (0 <= self.token_dropout < 1, "token_dropout", "must be in [0, 1)"),
             (0 <= self.augment_share <= 1, "augment_share", "must be in [0, 1]"),
+            (self.augment_mode in AUGMENT_MODES, "augment_mode", f"must be one of {', '.join(AUGMENT_MODES)}"),
         ]
         for ok, key, message in checks:
             if not ok:

@@ -56,17 +56,26 @@ MAX_ROTATION_DEG = 8.0
 MAX_SCALE_CHANGE = 0.08
 
 
+AUGMENT_MODES = ("warp", "shift")
+# shift: the 8 one-pixel moves. The tokenizer sees 4x4 patches, so a 1-px move gives a
+# digit new codes without resampling it (no blur) or moving it off MNIST's centring much.
+ONE_PIXEL_MOVES = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
+
+
 @torch.no_grad()
-def distort(images_uint8: torch.Tensor, generator: torch.Generator, share: float,
+def distort(images_uint8: torch.Tensor, generator: torch.Generator, share: float, mode: str = "warp",
             chunk: int = 10_000) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 [N,28,28] -> (uint8 [N,28,28], long [M] which): a random `share` of the digits
-    shifted, rotated and scaled a little (one affine warp each, bilinear), the others as they are.
+    shifted, rotated and scaled a little (mode "warp": one affine warp each, bilinear) or
+    moved by one whole pixel (mode "shift": exact), the others as they are.
 
     Every random number is drawn for every image, so the result is a function of the
     generator's seed alone (exact resume), whatever `share` selects.
     """
     n = len(images_uint8)
     chosen = torch.rand(n, generator=generator) < share
+    if mode == "shift":
+        return _moved(images_uint8, chosen, torch.randint(len(ONE_PIXEL_MOVES), (n,), generator=generator))
     angle = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(MAX_ROTATION_DEG)
     scale = 1 + (torch.rand(n, generator=generator) * 2 - 1) * MAX_SCALE_CHANGE
     shift = (torch.rand(n, 2, generator=generator) * 2 - 1) * (MAX_SHIFT_PX * 2 / 28)   # grid units: 28 px = 2
@@ -84,12 +93,22 @@ def distort(images_uint8: torch.Tensor, generator: torch.Generator, share: float
     return out, which
 
 
+def _moved(images_uint8: torch.Tensor, chosen: torch.Tensor, move: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chosen images moved by ONE_PIXEL_MOVES[move], the edge they leave filled with black."""
+    padded = F.pad(images_uint8, (1, 1, 1, 1))
+    out = images_uint8.clone()
+    for k, (dy, dx) in enumerate(ONE_PIXEL_MOVES):
+        rows = (chosen & (move == k)).nonzero().squeeze(1)
+        out[rows] = padded[rows, 1 - dy:29 - dy, 1 - dx:29 - dx]
+    return out, chosen.nonzero().squeeze(1)
+
+
 def augmented_codes(tokenizer, images_uint8: torch.Tensor, codes: torch.Tensor, seed: int, epoch: int,
-                    share: float) -> torch.Tensor:
+                    share: float, mode: str = "warp") -> torch.Tensor:
     """The code grids of epoch `epoch`: `codes` (those of images_uint8) with the distorted
     digits re-encoded by the frozen tokenizer (only those: encoding is the cost)."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    warped, which = distort(images_uint8, generator, share)
+    warped, which = distort(images_uint8, generator, share, mode)
     fresh = codes.clone()
     fresh[which] = encode_all(tokenizer, warped[which]).to(codes.dtype)
     return fresh

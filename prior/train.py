@@ -111,7 +111,8 @@ def make_task(cfg: PriorConfig, tokenizer, grids: dict, train_images: torch.Tens
                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
 
     def epoch_tensors(epoch: int):
-        codes = augmented_codes(tokenizer, train_images, grids["train_codes"], cfg.seed, epoch, cfg.augment_share)
+        codes = augmented_codes(tokenizer, train_images, grids["train_codes"], cfg.seed, epoch,
+                                cfg.augment_share, cfg.augment_mode)
         return codes.long(), grids["train_labels"]
 
     return Task(stage="prior", model=model, train_tensors=(grids["train_codes"].long(), grids["train_labels"]),

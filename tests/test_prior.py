@@ -215,21 +215,39 @@ def test_generate_cli_bad_flags_are_one_line(flags, message, tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_augmented_grids_are_fresh_each_epoch_and_repeatable(tiny_tokenizer_run, mnist_root):
+@pytest.mark.parametrize("mode", ["warp", "shift"])
+def test_augmented_grids_are_fresh_each_epoch_and_repeatable(tiny_tokenizer_run, mnist_root, mode):
     from prior.data import augmented_codes, distort, encode_all
     from tokenizer import load_tokenizer
     from tokenizer.data import load_split
     tokenizer = load_tokenizer(tiny_tokenizer_run)
     images = load_split(mnist_root, "mnist", train=True, subset=300)[0]
     plain = encode_all(tokenizer, images)
-    epoch0, epoch1 = (augmented_codes(tokenizer, images, plain, seed=0, epoch=e, share=0.5) for e in (0, 1))
+    epoch0, epoch1 = (augmented_codes(tokenizer, images, plain, 0, e, share=0.5, mode=mode) for e in (0, 1))
     assert epoch0.shape == plain.shape == (300, 49) and epoch0.dtype == torch.int16
     assert not torch.equal(epoch0, epoch1)                                     # fresh grids each epoch
-    assert torch.equal(epoch0, augmented_codes(tokenizer, images, plain, seed=0, epoch=0, share=0.5))  # resumable
+    assert torch.equal(epoch0, augmented_codes(tokenizer, images, plain, 0, 0, share=0.5, mode=mode))  # resumable
     changed = (epoch0 != plain).any(1).float().mean()
     assert 0.3 < changed < 0.7, changed                                        # about half distorted
     untouched, which = distort(images, torch.Generator().manual_seed(0), share=0.0)
     assert torch.equal(untouched, images) and len(which) == 0
+
+
+def test_shift_moves_each_chosen_digit_by_one_whole_pixel(mnist_root):
+    from prior.data import distort
+    from tokenizer.data import load_split
+    images = load_split(mnist_root, "mnist", train=True, subset=200)[0]
+    moved, which = distort(images, torch.Generator().manual_seed(1), share=0.5, mode="shift")
+    assert 60 < len(which) < 140
+    padded = torch.nn.functional.pad(images, (1, 1, 1, 1))
+    for i in range(len(images)):
+        if i not in which:
+            assert torch.equal(moved[i], images[i])
+            continue
+        # Exactly one of the 8 one-pixel moves, no resampling: the same pixel values, shifted.
+        matches = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)
+                   and torch.equal(moved[i], padded[i, 1 - dy:29 - dy, 1 - dx:29 - dx])]
+        assert len(matches) >= 1 and moved[i].sum() <= images[i].sum()
 
 
 def test_code_grid_cache_follows_the_weights_not_the_file(tmp_path, tiny_tokenizer_run, mnist_root, monkeypatch):
