@@ -318,7 +318,7 @@ def build_app(demo: Demo):
                     seed = gr.Number(value=0, precision=0, label="seed (same seed, same digits as generate.py)")
                     go = gr.Button("sample", variant="primary", elem_id="sample-button")
                 with gr.Column(scale=2):
-                    gallery = gr.Gallery(label="samples", columns=8, format="png", elem_id="samples")
+                    gallery = gr.Gallery(label="samples", columns=8, height="auto", format="png", elem_id="samples")
                     sample_info = gr.Markdown(elem_id="sample-info")
                     codes = gr.HTML(label="codes of the chosen sample", elem_id="sample-codes")
             tokens = gr.State()
@@ -339,7 +339,7 @@ def build_app(demo: Demo):
                 kept = gr.Image(label="kept (blue: rewritten)", format="png")
                 recon_c = gr.Image(label="the tokenizer's reconstruction", format="png")
                 codes_c = gr.HTML()
-            completions = gr.Gallery(label="completions", columns=8, format="png", elem_id="completions")
+            completions = gr.Gallery(label="completions", columns=8, height="auto", format="png", elem_id="completions")
             complete_info = gr.Markdown(elem_id="complete-info")
             go_c.click(failing(on_complete), [source, drawing, index, ink, keep_rows, n_complete, temperature_c, seed_c],
                        [kept, recon_c, completions, codes_c, complete_info])
