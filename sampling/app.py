@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import socket
 import subprocess
@@ -233,6 +234,7 @@ def build_app(demo: Demo):
 
     def failing(fn):
         """Our errors become a readable message in the page, never a stack trace."""
+        @functools.wraps(fn)   # gradio reads the signature to pass event data
         def wrapped(*args):
             try:
                 return fn(*args)
@@ -243,16 +245,21 @@ def build_app(demo: Demo):
     def none_if(value, off):
         return None if value is None or value == off else value
 
+    def whole(value, what: str) -> int:
+        if value is None:
+            raise DemoError(f"{what}: enter a whole number")
+        return int(value)
+
     def input_image(source, drawing, index, ink):
         if source == "test digit":
-            return demo.test_digit(int(index))
+            return demo.test_digit(whole(index, "test digit #"))
         if drawing is None or drawing.get("composite") is None:
             raise DemoError("the canvas is empty: draw a digit (or pick a test digit) first")
         return to_mnist(drawing["composite"], ink)
 
     def on_sample(digits, n, cfg, temperature, top_k, top_p, seed):
         s = demo.sample(parse_digits(digits), int(n), float(cfg), float(temperature),
-                        none_if(int(top_k), 0), none_if(float(top_p), 1.0), int(seed))
+                        none_if(int(top_k), 0), none_if(float(top_p), 1.0), whole(seed, "seed"))
         captions = [f"{int(c)}" for c in s.labels] if s.labels is not None else [""] * len(s.images)
         gallery = list(zip(to_uint8(s.images), captions))
         size = demo._models().tokenizer.codebook_size
@@ -267,7 +274,7 @@ def build_app(demo: Demo):
     def on_complete(source, drawing, index, ink, keep_rows, n, temperature, seed):
         image = input_image(source, drawing, index, ink)
         grid, recon, _ = demo.tokenize(image)
-        s = demo.complete(image, int(keep_rows), int(n), float(temperature), int(seed))
+        s = demo.complete(image, int(keep_rows), int(n), float(temperature), whole(seed, "seed"))
         return (kept_part(image, int(keep_rows)), to_uint8(recon[None])[0], list(to_uint8(s.images)),
                 code_table(grid, demo._models().tokenizer.codebook_size, int(keep_rows)),
                 f"{len(s.images)} completions in {s.seconds:.2f} s of server time.")
@@ -283,16 +290,17 @@ def build_app(demo: Demo):
         return demo.load()
 
     def digit_input(tab: str):
-        """The Complete and Tokenize tabs take a drawing or a test digit."""
+        """The Complete and Tokenize tabs take a drawing (or an uploaded picture) or a test digit."""
         with gr.Column():
             source = gr.Radio(["drawing", "test digit"], value="drawing", label="input", elem_id=f"{tab}-source")
-            drawing = gr.Sketchpad(label="draw a digit", canvas_size=(280, 280), fixed_canvas=True, elem_id=f"{tab}-drawing",
-                                   image_mode="RGBA", sources=["upload"], layers=False,
-                                   brush=gr.Brush(default_size=22, colors=["#ffffff", "#000000"],
-                                                  color_mode="fixed"),
-                                   value=blank_canvas())
-            ink = gr.Radio(list(INK_CHOICES), value="auto", label="ink (auto: a bright border means dark ink)")
+            drawing = gr.Sketchpad(label="draw a digit (or upload a picture)", canvas_size=(280, 280),
+                                   fixed_canvas=True, elem_id=f"{tab}-drawing", image_mode="RGBA",
+                                   sources=["upload"], layers=False, value=blank_canvas("white on black"),
+                                   brush=pen("white on black"))
+            ink = gr.Radio(list(INK_CHOICES), value="auto", elem_id=f"{tab}-ink",
+                           label="ink (a new canvas in that style; auto: a bright border means dark ink)")
             index = gr.Number(value=0, precision=0, minimum=0, label="test digit #", elem_id=f"{tab}-index")
+        ink.change(lambda style: gr.Sketchpad(value=blank_canvas(style), brush=pen(style)), ink, drawing)
         return source, drawing, index, ink
 
     with gr.Blocks(title="vqgen", analytics_enabled=False) as page:
@@ -303,7 +311,7 @@ def build_app(demo: Demo):
             with gr.Row():
                 prior_dir = gr.Textbox(demo.prior, label="prior run")
                 tokenizer_dir = gr.Textbox(demo.tokenizer or "", label="tokenizer run (empty: the prior's own)")
-                load = gr.Button("load")
+                load = gr.Button("load", elem_id="load-button")
         load.click(on_load, [prior_dir, tokenizer_dir], status)
 
         with gr.Tab("Sample"):
@@ -358,11 +366,17 @@ def build_app(demo: Demo):
     return page
 
 
-def blank_canvas() -> dict:
-    """An opaque black canvas: white strokes on it look like MNIST before any processing."""
-    black = np.zeros((280, 280, 4), np.uint8)
-    black[..., 3] = 255
-    return {"background": black, "layers": [], "composite": black}
+def blank_canvas(ink: str) -> dict:
+    """An opaque canvas for that ink: black for white ink (MNIST's look), white for black ink."""
+    paper = np.full((280, 280, 4), 255 if ink == "black on white" else 0, np.uint8)
+    paper[..., 3] = 255
+    return {"background": paper, "layers": [], "composite": paper}
+
+
+def pen(ink: str):
+    import gradio as gr
+    colours = ["#000000", "#ffffff"] if ink == "black on white" else ["#ffffff", "#000000"]
+    return gr.Brush(default_size=22, colors=colours, default_color=colours[0], color_mode="fixed")
 
 
 @contextlib.contextmanager

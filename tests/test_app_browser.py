@@ -59,6 +59,10 @@ def test_sampling_shows_the_asked_number_of_digits(page):
     page.wait_for_selector("#sample-info >> text=12 samples in")
     assert page.locator("#samples img").count() == 12
     assert page.locator("#sample-codes td").count() == 49
+    first = page.inner_text("#sample-codes")
+    page.locator("#samples img").nth(5).click()   # choosing a sample shows its own codes
+    page.wait_for_function(f"document.querySelector('#sample-codes').innerText != {first!r}")
+    assert page.locator("#sample-codes td").count() == 49
 
 
 def test_an_empty_canvas_gives_a_message_not_a_trace(page):
@@ -82,3 +86,28 @@ def test_a_test_digit_is_tokenized(page):
     page.click("#tokenize-button")
     page.wait_for_selector("#tokenize-info >> text=reconstruction PSNR")
     assert page.locator("#tokenize-codes td").count() == 49
+
+
+def test_black_ink_on_a_white_canvas_is_read_as_a_digit(page):
+    page.get_by_role("tab", name="Tokenize").click()
+    page.locator("#tokenize-source").get_by_text("drawing").click()
+    page.locator("#tokenize-ink").get_by_text("black on white").click()
+    page.wait_for_timeout(500)   # the canvas turns white
+    draw(page, "tokenize-drawing", [(0.5, 0.2), (0.5, 0.8)])   # a 1
+    page.click("#tokenize-button")
+    page.wait_for_selector("#tokenize-info >> text=reconstruction PSNR")
+    assert page.locator("#tokenize-codes td").count() == 49
+
+
+def test_a_missing_run_folder_names_the_command_that_trains_it(page, tiny_prior_run):
+    page.get_by_text("run folders").click()
+    prior = page.get_by_label("prior run")
+    prior.fill("/no/such/run")
+    page.click("#load-button")
+    page.wait_for_selector("#status >> text=accelerate launch prior/train.py")
+    page.get_by_role("tab", name="Sample").click()
+    page.click("#sample-button")
+    page.wait_for_selector("text=no trained prior here")
+    prior.fill(str(tiny_prior_run[0]))
+    page.click("#load-button")
+    page.wait_for_selector("#status >> text=class-conditional")
