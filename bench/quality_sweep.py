@@ -40,6 +40,8 @@ VARIANTS = {
     "large-augment": ([], [*LARGE, "augment=true"]),
     "shift": ([], ["augment=true", "augment_mode=shift"]),
     "large-shift": ([], [*LARGE, "augment=true", "augment_mode=shift"]),
+    "augment-token": ([], ["augment=true", "augment_token=true"]),
+    "large-augment-token": ([], [*LARGE, "augment=true", "augment_token=true"]),
 }
 
 

@@ -33,6 +33,7 @@ class PriorConfig(TrainConfig, PriorShape):
             (0 <= self.token_dropout < 1, "token_dropout", "must be in [0, 1)"),
             (0 <= self.augment_share <= 1, "augment_share", "must be in [0, 1]"),
             (self.augment_mode in AUGMENT_MODES, "augment_mode", f"must be one of {', '.join(AUGMENT_MODES)}"),
+            (self.augment or not self.augment_token, "augment_token", "needs augment=true"),
         ]
         for ok, key, message in checks:
             if not ok:

@@ -104,11 +104,12 @@ def _moved(images_uint8: torch.Tensor, chosen: torch.Tensor, move: torch.Tensor)
 
 
 def augmented_codes(tokenizer, images_uint8: torch.Tensor, codes: torch.Tensor, seed: int, epoch: int,
-                    share: float, mode: str = "warp") -> torch.Tensor:
-    """The code grids of epoch `epoch`: `codes` (those of images_uint8) with the distorted
-    digits re-encoded by the frozen tokenizer (only those: encoding is the cost)."""
+                    share: float, mode: str = "warp") -> tuple[torch.Tensor, torch.Tensor]:
+    """(the code grids of epoch `epoch`, long [M] which are distorted): `codes` (those of
+    images_uint8) with the distorted digits re-encoded by the frozen tokenizer (only
+    those: encoding is the cost)."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     warped, which = distort(images_uint8, generator, share, mode)
     fresh = codes.clone()
     fresh[which] = encode_all(tokenizer, warped[which]).to(codes.dtype)
-    return fresh
+    return fresh, which

@@ -22,6 +22,9 @@ GRID = 7
 SEQ_LEN = GRID * GRID  # 7x7 codes
 NUM_CLASSES = 10
 NULL_CLASS = NUM_CLASSES   # "no label": unconditional start token
+# With augment_token, a distorted training digit starts with its own token, its class
+# token + DISTORTED (NULL_CLASS + DISTORTED for no label). Sampling uses the clean ones.
+DISTORTED = NUM_CLASSES + 1
 
 
 @dataclass
@@ -36,6 +39,7 @@ class PriorShape:
     label_dropout: float = 0.1   # share of labels replaced by NULL_CLASS in training
     token_dropout: float = 0.0   # share of input codes replaced by a mask token in training
     rowcol_pos: bool = False     # add row and column embeddings of the 7x7 cell being predicted
+    augment_token: bool = False  # augment: distorted digits get their own start tokens, so samples stay clean
 
 
 class KVCache:
@@ -104,7 +108,8 @@ class GPT(nn.Module):
         self.shape = shape
         # One extra input id, vocab_size, is the mask token of token_dropout (never predicted).
         self.tok_emb = nn.Embedding(shape.vocab_size + (shape.token_dropout > 0), shape.n_embd)
-        self.cond_emb = nn.Embedding(NUM_CLASSES + 1, shape.n_embd)   # digits + NULL_CLASS
+        # digits + NULL_CLASS, and again for distorted digits with augment_token
+        self.cond_emb = nn.Embedding(DISTORTED * (2 if shape.augment_token else 1), shape.n_embd)
         self.pos_emb = nn.Parameter(torch.zeros(1, SEQ_LEN, shape.n_embd))
         if shape.rowcol_pos:   # input position p predicts the code at cell (p // 7, p % 7)
             self.row_emb = nn.Parameter(torch.zeros(GRID, shape.n_embd))
@@ -140,7 +145,8 @@ class GPT(nn.Module):
         return x + pos
 
     def forward(self, codes: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None = None):
-        """codes: (B, 49) long; labels: (B,) long in 0..10 -> (logits (B, 49, V), loss or None)."""
+        """codes: (B, 49) long; labels: (B,) long in 0..10 (0..21 with augment_token)
+        -> (logits (B, 49, V), loss or None)."""
         inputs = codes[:, :-1]
         if self.training and self.shape.token_dropout > 0:   # the model must fill in a hidden context code
             hide = torch.rand(inputs.shape, device=inputs.device) < self.shape.token_dropout

@@ -25,7 +25,7 @@ from common.runs import run_lock
 from common.training import Task, find_resume_point, fit
 from prior.config import PriorConfig
 from prior.data import augmented_codes, load_code_grids
-from prior.model import GPT, NULL_CLASS, NUM_CLASSES
+from prior.model import DISTORTED, GPT, NULL_CLASS, NUM_CLASSES
 from tokenizer import load_tokenizer
 from tokenizer.data import data_root, ensure_dataset, load_split
 
@@ -66,11 +66,12 @@ def make_task(cfg: PriorConfig, tokenizer, grids: dict, train_images: torch.Tens
 
     def loss_fn(m, batch):
         codes, labels = batch
+        null = torch.where(labels >= DISTORTED, NULL_CLASS + DISTORTED, NULL_CLASS)   # a distorted digit stays so
         if cfg.class_conditional:   # label dropout teaches the same model the unconditional task
             drop = torch.rand(labels.shape, device=labels.device) < cfg.label_dropout
-            labels = labels.masked_fill(drop, NULL_CLASS)
+            labels = torch.where(drop, null, labels)
         else:
-            labels = torch.full_like(labels, NULL_CLASS)
+            labels = null
         _, loss = m(codes, labels, targets=codes)
         return loss, {}
 
@@ -111,9 +112,12 @@ def make_task(cfg: PriorConfig, tokenizer, grids: dict, train_images: torch.Tens
                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
 
     def epoch_tensors(epoch: int):
-        codes = augmented_codes(tokenizer, train_images, grids["train_codes"], cfg.seed, epoch,
-                                cfg.augment_share, cfg.augment_mode)
-        return codes.long(), grids["train_labels"]
+        codes, which = augmented_codes(tokenizer, train_images, grids["train_codes"], cfg.seed, epoch,
+                                       cfg.augment_share, cfg.augment_mode)
+        labels = grids["train_labels"].clone()
+        if cfg.augment_token:
+            labels[which] += DISTORTED
+        return codes.long(), labels
 
     return Task(stage="prior", model=model, train_tensors=(grids["train_codes"].long(), grids["train_labels"]),
                 loss_fn=loss_fn, evaluate=evaluate, make_optimizer=make_optimizer, report=report,

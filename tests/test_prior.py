@@ -154,11 +154,10 @@ def test_prior_refuses_mismatched_vocab_and_missing_tokenizer(tmp_path, tiny_tok
     assert result.stderr.strip().count("\n") == 0
 
 
-@pytest.mark.parametrize("augment", [False, True])
+@pytest.mark.parametrize("augment", [[], ["augment=true"], ["augment=true", "augment_token=true"]])
 def test_prior_resume_is_bit_identical(tmp_path, tiny_tokenizer_run, mnist_root, augment):
     from prior.train import main
-    common = TINY_PRIOR + [f"tokenizer={tiny_tokenizer_run}", f"data_root={mnist_root}", "eval_every=8",
-                           f"augment={str(augment).lower()}"]
+    common = TINY_PRIOR + [f"tokenizer={tiny_tokenizer_run}", f"data_root={mnist_root}", "eval_every=8", *augment]
     main(common + [f"out_dir={tmp_path}/a"])
     main(common + [f"out_dir={tmp_path}/b", "max_steps=5"])
     main(common + [f"out_dir={tmp_path}/b"])
@@ -223,14 +222,46 @@ def test_augmented_grids_are_fresh_each_epoch_and_repeatable(tiny_tokenizer_run,
     tokenizer = load_tokenizer(tiny_tokenizer_run)
     images = load_split(mnist_root, "mnist", train=True, subset=300)[0]
     plain = encode_all(tokenizer, images)
-    epoch0, epoch1 = (augmented_codes(tokenizer, images, plain, 0, e, share=0.5, mode=mode) for e in (0, 1))
+    (epoch0, which0), (epoch1, _) = (augmented_codes(tokenizer, images, plain, 0, e, share=0.5, mode=mode)
+                                     for e in (0, 1))
     assert epoch0.shape == plain.shape == (300, 49) and epoch0.dtype == torch.int16
     assert not torch.equal(epoch0, epoch1)                                     # fresh grids each epoch
-    assert torch.equal(epoch0, augmented_codes(tokenizer, images, plain, 0, 0, share=0.5, mode=mode))  # resumable
+    assert torch.equal(epoch0, augmented_codes(tokenizer, images, plain, 0, 0, share=0.5, mode=mode)[0])  # resumable
+    unchanged = torch.ones(300, dtype=torch.bool)
+    unchanged[which0] = False
+    assert torch.equal(epoch0[unchanged], plain[unchanged])                    # only the distorted re-encoded
     changed = (epoch0 != plain).any(1).float().mean()
     assert 0.3 < changed < 0.7, changed                                        # about half distorted
     untouched, which = distort(images, torch.Generator().manual_seed(0), share=0.0)
     assert torch.equal(untouched, images) and len(which) == 0
+
+
+def test_augment_token_marks_the_distorted_digits_and_keeps_them_marked(tiny_tokenizer_run, mnist_root, tmp_path):
+    from prior.config import PriorConfig
+    from prior.data import augmented_codes, load_code_grids
+    from prior.model import DISTORTED
+    from prior.train import make_task
+    from tokenizer import load_tokenizer
+    from tokenizer.data import load_split
+    tokenizer = load_tokenizer(tiny_tokenizer_run)
+    images, labels = load_split(mnist_root, "mnist", train=True, subset=512)
+    cfg = PriorConfig(vocab_size=32, n_layer=1, n_head=2, n_embd=16, train_subset=512, augment=True,
+                      augment_token=True, label_dropout=0.5)
+    grids = load_code_grids(tokenizer, mnist_root, "mnist", tmp_path, 512)
+    task = make_task(cfg, tokenizer, grids, images)
+    codes, marked = task.epoch_tensors(3)
+    _, which = augmented_codes(tokenizer, images, grids["train_codes"], cfg.seed, 3, cfg.augment_share)
+    assert torch.equal((marked >= DISTORTED).nonzero().squeeze(1), which)      # exactly the distorted ones
+    assert torch.equal(marked % DISTORTED, labels)                             # with their own digit
+    assert task.model.cond_emb.num_embeddings == 2 * DISTORTED
+    # Label dropout turns a distorted digit into the distorted no-label token, never the clean one.
+    seen = []
+    task.model.forward = lambda c, y, targets=None: (seen.append(y), (None, torch.zeros(())))[1]
+    task.loss_fn(task.model, (codes[:256], marked[:256]))
+    dropped = seen[0] != marked[:256]
+    assert dropped.any() and torch.equal(seen[0][dropped] >= DISTORTED, marked[:256][dropped] >= DISTORTED)
+    with pytest.raises(ConfigError, match="augment_token"):
+        PriorConfig(augment_token=True).validate()
 
 
 def test_shift_moves_each_chosen_digit_by_one_whole_pixel(mnist_root):
