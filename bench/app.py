@@ -41,7 +41,8 @@ def in_browser(prior: str, screenshot: Path) -> dict[str, float]:
         raise SystemExit("error: no Chromium; apt-get install chromium")
     seconds = {}
     with served(["--prior", prior], free_port()) as url, sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        browser = playwright.chromium.launch(executable_path=chromium,
+                                             args=["--no-sandbox", "--disable-dev-shm-usage"])
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
         page.set_default_timeout(60_000)
         page.goto(url)

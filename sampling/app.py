@@ -9,7 +9,6 @@ the rest) and Tokenize (an image in, its codes and reconstruction out). The mode
 are loaded once. Everything above build_app() is plain torch/numpy, so the tests and
 the other commands never import gradio; it is imported to build the page only.
 """
-from __future__ import annotations
 
 import argparse
 import contextlib
@@ -145,7 +144,8 @@ class Demo:
         if self.models is None:
             return f"**Cannot load the models.** {self.error}"
         cfg = self.models.prior_cfg
-        return (f"prior `{self.prior}` ({cfg.n_layer} layers, {'class-conditional' if cfg.class_conditional else 'unconditional'})"
+        kind = "class-conditional" if cfg.class_conditional else "unconditional"
+        return (f"prior `{self.prior}` ({cfg.n_layer} layers, {kind})"
                 f" over tokenizer `{self.tokenizer or cfg.tokenizer}` ({self.models.tokenizer.codebook_size} codes)")
 
     def _models(self) -> Models:
@@ -199,7 +199,8 @@ class Demo:
             raise DemoError(f"{n} completions: pick 1 to {MAX_SAMPLES}")
         self._check(n, temperature, None, None, None)
         started = time.perf_counter()
-        grid = models.tokenizer.encode(image[None])
+        with torch.no_grad():
+            grid = models.tokenizer.encode(image[None])
         out = generate(n=n, digit=NULL_DIGIT, temperature=temperature, seed=seed, models=models,
                        keep=grid[:, :keep_rows].expand(n, -1, -1))
         return Sampled(out["images"], out["tokens"], None, time.perf_counter() - started)
@@ -349,7 +350,8 @@ def build_app(demo: Demo):
                 codes_c = gr.HTML()
             completions = gr.Gallery(label="completions", columns=8, height="auto", format="png", elem_id="completions")
             complete_info = gr.Markdown(elem_id="complete-info")
-            go_c.click(failing(on_complete), [source, drawing, index, ink, keep_rows, n_complete, temperature_c, seed_c],
+            go_c.click(failing(on_complete),
+                       [source, drawing, index, ink, keep_rows, n_complete, temperature_c, seed_c],
                        [kept, recon_c, completions, codes_c, complete_info])
 
         with gr.Tab("Tokenize"):
