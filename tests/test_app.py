@@ -114,3 +114,8 @@ def load_test_digit(root, index):
 def test_the_demo_logic_does_not_import_gradio():
     result = run_cli(["-c", "import sys, sampling.app; assert 'gradio' not in sys.modules, 'gradio imported'"])
     assert result.returncode == 0, result.stderr
+
+
+def test_a_bad_port_is_one_line_before_anything_loads():
+    result = run_cli(["sampling/app.py", "--port", "70000"])
+    assert result.returncode == 2 and result.stderr.strip() == "error: --port 70000: must be 1-65535"
