@@ -227,6 +227,7 @@ CSS = """
 table.codes { border-collapse: collapse; font-family: monospace; }
 table.codes td { border: 1px solid #888; padding: 2px 6px; text-align: right; }
 table.codes td.kept { font-weight: bold; background: #243a6e; color: white; }
+#samples .grid-wrap, #completions .grid-wrap { min-height: 0; height: auto; }  /* no empty 450 px box */
 """
 
 
@@ -327,7 +328,7 @@ def build_app(demo: Demo):
                     seed = gr.Number(value=0, precision=0, label="seed (same seed, same digits as generate.py)")
                     go = gr.Button("sample", variant="primary", elem_id="sample-button")
                 with gr.Column(scale=2):
-                    gallery = gr.Gallery(label="samples", columns=8, height="auto", format="png", elem_id="samples")
+                    gallery = gr.Gallery(label="samples", columns=8, format="png", elem_id="samples")
                     sample_info = gr.Markdown(elem_id="sample-info")
                     codes = gr.HTML(label="codes of the chosen sample", elem_id="sample-codes")
             tokens = gr.State()
@@ -348,7 +349,7 @@ def build_app(demo: Demo):
                 kept = gr.Image(label="kept (blue: rewritten)", format="png")
                 recon_c = gr.Image(label="the tokenizer's reconstruction", format="png")
                 codes_c = gr.HTML()
-            completions = gr.Gallery(label="completions", columns=8, height="auto", format="png", elem_id="completions")
+            completions = gr.Gallery(label="completions", columns=8, format="png", elem_id="completions")
             complete_info = gr.Markdown(elem_id="complete-info")
             go_c.click(failing(on_complete),
                        [source, drawing, index, ink, keep_rows, n_complete, temperature_c, seed_c],
