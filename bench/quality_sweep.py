@@ -42,6 +42,7 @@ VARIANTS = {
     "large-shift": ([], [*LARGE, "augment=true", "augment_mode=shift"]),
     "augment-token": ([], ["augment=true", "augment_token=true"]),
     "large-augment-token": ([], [*LARGE, "augment=true", "augment_token=true"]),
+    "large-augment-token-quarter": ([], [*LARGE, "augment=true", "augment_token=true", "augment_share=0.25"]),
 }
 
 
