@@ -148,7 +148,8 @@ class Demo:
         return (f"prior `{self.prior}` ({cfg.n_layer} layers, {kind})"
                 f" over tokenizer `{self.tokenizer or cfg.tokenizer}` ({self.models.tokenizer.codebook_size} codes)")
 
-    def _models(self) -> Models:
+    def require_models(self) -> Models:
+        """The loaded models, or the reason they are not (as a message for the page)."""
         if self.models is None:
             raise DemoError(self.error)
         return self.models
@@ -159,7 +160,7 @@ class Demo:
             from sampling.evaluate import tokenizer_dataset
             from tokenizer.data import DataError, data_root, ensure_dataset, load_split
             root = data_root(str(self.data_root or ""))
-            dataset = tokenizer_dataset(Path(self.tokenizer or self._models().prior_cfg.tokenizer))
+            dataset = tokenizer_dataset(Path(self.tokenizer or self.require_models().prior_cfg.tokenizer))
             try:
                 ensure_dataset(root, dataset)
             except DataError as err:
@@ -172,7 +173,7 @@ class Demo:
     def sample(self, digits: list[int] | None, n: int, cfg: float = 0.0, temperature: float = 1.0,
                top_k: int | None = None, top_p: float | None = None, seed: int = 0) -> Sampled:
         """What `python sampling/generate.py --n N --digit D --cfg ... --seed S` draws, image for image."""
-        models = self._models()
+        models = self.require_models()
         if not 1 <= n <= MAX_SAMPLES:
             raise DemoError(f"{n} samples: pick 1 to {MAX_SAMPLES}")
         if digits and not models.prior_cfg.class_conditional:
@@ -192,7 +193,7 @@ class Demo:
                  seed: int = 0) -> Sampled:
         """n completions of image [1,28,28] from its first keep_rows code rows, like
         `generate.py --complete FILE --keep-rows R` (no digit: the kept rows decide it)."""
-        models = self._models()
+        models = self.require_models()
         if not 0 <= keep_rows <= GRID:
             raise DemoError(f"keep {keep_rows} rows: pick 0 to {GRID}")
         if not 1 <= n <= MAX_SAMPLES:
@@ -207,7 +208,7 @@ class Demo:
 
     def tokenize(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
         """image [1,28,28] -> (its 7x7 codes, its reconstruction [1,28,28], PSNR in dB)."""
-        tok = self._models().tokenizer
+        tok = self.require_models().tokenizer
         with torch.no_grad():
             grid = tok.encode(image[None])
             recon = tok.decode(grid)[0]
@@ -264,28 +265,28 @@ def build_app(demo: Demo):
                         none_if(int(top_k), 0), none_if(float(top_p), 1.0), whole(seed, "seed"))
         captions = [f"{int(c)}" for c in s.labels] if s.labels is not None else [""] * len(s.images)
         gallery = list(zip(to_uint8(s.images), captions))
-        size = demo._models().tokenizer.codebook_size
+        size = demo.require_models().tokenizer.codebook_size
         return (gallery, s.tokens, code_table(s.tokens[0], size),
                 f"{len(s.images)} samples in {s.seconds:.2f} s of server time. Click one to see its codes.")
 
     def on_select(tokens, event: gr.SelectData):
         if tokens is None:
             raise DemoError("sample first")
-        return code_table(tokens[event.index], demo._models().tokenizer.codebook_size)
+        return code_table(tokens[event.index], demo.require_models().tokenizer.codebook_size)
 
     def on_complete(source, drawing, index, ink, keep_rows, n, temperature, seed):
         image = input_image(source, drawing, index, ink)
         grid, recon, _ = demo.tokenize(image)
         s = demo.complete(image, int(keep_rows), int(n), float(temperature), whole(seed, "seed"))
         return (kept_part(image, int(keep_rows)), to_uint8(recon[None])[0], list(to_uint8(s.images)),
-                code_table(grid, demo._models().tokenizer.codebook_size, int(keep_rows)),
+                code_table(grid, demo.require_models().tokenizer.codebook_size, int(keep_rows)),
                 f"{len(s.images)} completions in {s.seconds:.2f} s of server time.")
 
     def on_tokenize(source, drawing, index, ink):
         image = input_image(source, drawing, index, ink)
         grid, recon, db = demo.tokenize(image)
         return (to_uint8(image[None])[0], to_uint8(recon[None])[0],
-                code_table(grid, demo._models().tokenizer.codebook_size), f"reconstruction PSNR {db:.1f} dB")
+                code_table(grid, demo.require_models().tokenizer.codebook_size), f"reconstruction PSNR {db:.1f} dB")
 
     def on_load(prior, tokenizer):
         demo.prior, demo.tokenizer = prior.strip(), tokenizer.strip() or None
