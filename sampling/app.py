@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 
 from common.errors import OneLineArgumentParser, VQGenError, run_main
-from sampling import NULL_DIGIT, Models, check_sampling_args, generate, load_models
+from prior.model import GRID
+from sampling import NULL_DIGIT, Models, generate, load_models
 
-GRID = 7                    # code rows and columns; each covers 4x4 pixels
 BOX, FIELD = 20, 28         # MNIST: the ink's bounding box scaled to 20x20, centred by mass in 28x28
 INK_CHOICES = ("auto", "white on black", "black on white")
 MAX_SAMPLES = 64
@@ -173,38 +173,24 @@ class Demo:
     def sample(self, digits: list[int] | None, n: int, cfg: float = 0.0, temperature: float = 1.0,
                top_k: int | None = None, top_p: float | None = None, seed: int = 0) -> Sampled:
         """What `python sampling/generate.py --n N --digit D --cfg ... --seed S` draws, image for image."""
-        models = self.require_models()
         if not 1 <= n <= MAX_SAMPLES:
             raise DemoError(f"{n} samples: pick 1 to {MAX_SAMPLES}")
-        if digits and not models.prior_cfg.class_conditional:
-            raise DemoError("this prior was trained without labels: untick the digits")
-        if cfg and not models.prior_cfg.class_conditional:
-            raise DemoError("guidance needs a class-conditional prior: set it to 0")
-        self._check(n, temperature, top_k, top_p, digits)
         digit = digits if digits is None or len(digits) > 1 else digits[0]
-        if not models.prior_cfg.class_conditional:
-            digit = NULL_DIGIT
-        started = time.perf_counter()
-        out = generate(n=n, digit=digit, temperature=temperature, top_k=top_k, top_p=top_p, cfg=cfg,
-                       seed=seed, models=models)
-        return Sampled(out["images"], out["tokens"], out["labels"], time.perf_counter() - started)
+        return self._generate(n=n, digit=digit, temperature=temperature, top_k=top_k, top_p=top_p, cfg=cfg,
+                              seed=seed)
 
     def complete(self, image: torch.Tensor, keep_rows: int, n: int = 8, temperature: float = 1.0,
                  seed: int = 0) -> Sampled:
         """n completions of image [1,28,28] from its first keep_rows code rows, like
         `generate.py --complete FILE --keep-rows R` (no digit: the kept rows decide it)."""
-        models = self.require_models()
         if not 0 <= keep_rows <= GRID:
             raise DemoError(f"keep {keep_rows} rows: pick 0 to {GRID}")
         if not 1 <= n <= MAX_SAMPLES:
             raise DemoError(f"{n} completions: pick 1 to {MAX_SAMPLES}")
-        self._check(n, temperature, None, None, None)
-        started = time.perf_counter()
         with torch.no_grad():
-            grid = models.tokenizer.encode(image[None])
-        out = generate(n=n, digit=NULL_DIGIT, temperature=temperature, seed=seed, models=models,
-                       keep=grid[:, :keep_rows].expand(n, -1, -1))
-        return Sampled(out["images"], out["tokens"], None, time.perf_counter() - started)
+            grid = self.require_models().tokenizer.encode(image[None])
+        return self._generate(n=n, digit=NULL_DIGIT, temperature=temperature, seed=seed,
+                              keep=grid[:, :keep_rows].expand(n, -1, -1))
 
     def tokenize(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
         """image [1,28,28] -> (its 7x7 codes, its reconstruction [1,28,28], PSNR in dB)."""
@@ -214,12 +200,14 @@ class Demo:
             recon = tok.decode(grid)[0]
         return grid[0], recon, psnr(recon, image)
 
-    @staticmethod
-    def _check(n, temperature, top_k, top_p, digits) -> None:
+    def _generate(self, **kwargs) -> Sampled:
+        """sampling.generate on the loaded models, timed; its argument checks become page messages."""
+        started = time.perf_counter()
         try:
-            check_sampling_args(n, temperature, top_k, top_p, digits, batch_size=1)
+            out = generate(models=self.require_models(), **kwargs)
         except ValueError as err:
             raise DemoError(str(err)) from None
+        return Sampled(out["images"], out["tokens"], out["labels"], time.perf_counter() - started)
 
 
 # ---------------------------------------------------------------- the page (gradio)

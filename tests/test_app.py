@@ -90,7 +90,7 @@ def test_completion_keeps_the_chosen_code_rows(tiny_prior_run, test_digits):
     assert len({tuple(t.flatten().tolist()) for t in free}) > 1   # the rest is sampled, not copied
 
 
-def test_the_page_explains_bad_input(tiny_prior_run, tmp_path, mnist_root):
+def test_the_page_explains_bad_input(tiny_prior_run, tmp_path, mnist_root, test_digits):
     missing = Demo(tmp_path / "nothing")
     assert missing.models is None and "accelerate launch prior/train.py" in missing.status()
     with pytest.raises(DemoError, match="accelerate launch prior/train.py"):
@@ -103,12 +103,7 @@ def test_the_page_explains_bad_input(tiny_prior_run, tmp_path, mnist_root):
                           (lambda: demo.test_digit(10_000), "0 to 9999")]:
         with pytest.raises(DemoError, match=message):
             call()
-    assert torch.equal(demo.test_digit(5)[0], load_test_digit(mnist_root, 5))
-
-
-def load_test_digit(root, index):
-    from tokenizer.data import load_split
-    return load_split(root, "mnist", train=False)[0][index].float() / 255
+    assert torch.equal(demo.test_digit(5)[0], test_digits[5].float() / 255)
 
 
 def test_the_demo_logic_does_not_import_gradio():
