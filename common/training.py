@@ -31,8 +31,9 @@ from common.tracking import make_accelerator, start_tracking
 
 # Keys that may change between a run and its resumption; any other difference
 # means the checkpoint belongs to a different experiment.
+# decoder_*: the tokenizer's second phase, which checks its own config in its own folder
 RESUMABLE_KEYS = {"epochs", "max_steps", "eval_every", "save_every", "tracker", "resume", "keep_checkpoints",
-                  "out_dir", "data_root", "log_every"}
+                  "out_dir", "data_root", "log_every", "decoder_epochs", "decoder_lr"}
 LOG_EVERY = 25
 
 
@@ -62,6 +63,14 @@ def lr_at(step: int, total: int, cfg) -> float:
     progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
     floor = cfg.lr * cfg.min_lr_ratio
     return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * progress))
+
+
+def epoch_steps(n_train: int, world: int, batch_size: int) -> int:
+    """Optimizer steps per epoch: each of `world` processes takes batch_size of its share."""
+    steps = (n_train // world) // batch_size
+    if steps == 0:
+        raise ConfigError(f"batch_size={batch_size} x {world} processes exceeds the {n_train} training images")
+    return steps
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -122,8 +131,9 @@ def find_resume_point(cfg, stage: str) -> Path | None:
     return Path(cfg.resume)
 
 
-def fit(cfg, task: Task, accelerator=None) -> dict:
-    """Train `task.model` under `cfg`; returns the last evaluation's metrics."""
+def fit(cfg, task: Task, accelerator=None, last: bool = True) -> dict:
+    """Train `task.model` under `cfg`; returns the last evaluation's metrics.
+    last=False keeps the accelerator (and its process group) for another fit."""
     resume_from = find_resume_point(cfg, task.stage)
     accelerator = accelerator or make_accelerator(cfg.tracker)
     out_dir = Path(cfg.out_dir)
@@ -137,9 +147,7 @@ def fit(cfg, task: Task, accelerator=None) -> dict:
     data = tuple(t.to(accelerator.device) for t in task.train_tensors)
 
     n_train = data[0].shape[0]
-    steps_per_epoch = (n_train // world) // cfg.batch_size
-    if steps_per_epoch == 0:
-        raise ConfigError(f"batch_size={cfg.batch_size} x {world} processes exceeds the {n_train} training images")
+    steps_per_epoch = epoch_steps(n_train, world, cfg.batch_size)
     total_steps = cfg.epochs * steps_per_epoch
     # An evaluation (full test set, plots) costs seconds, a checkpoint almost nothing:
     # the two cadences are separate so a run can checkpoint often and evaluate rarely.
@@ -267,7 +275,8 @@ def fit(cfg, task: Task, accelerator=None) -> dict:
                 accelerator.end_training()
                 raise SystemExit(130 if stop.received == "SIGINT" else 143)
     _check_replicas_agree(raw_model, accelerator)
-    accelerator.end_training()
+    if last:
+        accelerator.end_training()
     return metrics
 
 

@@ -1,6 +1,7 @@
 """Stage one end to end on real MNIST at tiny sizes: config, smoke, round trip, resume, DDP, locking."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -40,6 +41,8 @@ def test_config_layers_defaults_yaml_and_cli(tmp_path):
     ("fsq_levels=8", "expected a list like [8, 5, 5, 5]"),
     ("fsq_levels=[8,1]", "fsq_levels=[8, 1] must be a list of levels, each >= 2"),
     ("fsq_levels=[8,a]", "fsq_levels='a': expected int"),
+    ("decoder_epochs=-1", "decoder_epochs=-1 must be >= 0"),
+    ("decoder_lr=0", "decoder_lr=0.0 must be > 0"),
 ])
 def test_bad_config_is_one_clear_error(arg, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
@@ -93,6 +96,42 @@ def test_resume_gives_bit_identical_weights(tmp_path, mnist_root, ema):
         assert torch.equal(a[k], b[k]), k
 
 
+def test_decoder_phase_keeps_the_codes_and_sharpens_the_images(tmp_path, tiny_tokenizer_run, mnist_root):
+    """A trained run gets a decoder phase by running it again with decoder_epochs: codes stay, PSNR rises."""
+    shutil.copytree(tiny_tokenizer_run, tmp_path / "extended")
+    common = TINY_TOKENIZER + [f"data_root={mnist_root}", "decoder_epochs=2"]
+    metrics = main(common + [f"out_dir={tmp_path}/extended"])
+    rows = [json.loads(l) for l in (tmp_path / "extended" / "metrics.jsonl").read_text().splitlines()]
+    joint = [r for r in rows if "phase" not in r][-1]
+    assert rows[-1] == metrics and metrics["phase"] == "decoder"
+    assert (joint["step"], metrics["step"]) == (128, 256) and metrics["epoch"] == 4.0
+    assert metrics["test_psnr"] > joint["test_psnr"] + 0.3
+    assert metrics["perplexity"] == joint["perplexity"] and metrics["train_s"] > joint["train_s"]
+
+    x = to_float(load_split(mnist_root, "mnist", train=False, subset=256)[0])
+    before, after = load_tokenizer(tiny_tokenizer_run), load_tokenizer(tmp_path / "extended")
+    assert torch.equal(before.encode(x), after.encode(x)), "the prior's inputs must not change"
+    codes = before.encode(x)
+    assert ((after.decode(codes) - x) ** 2).mean() < ((before.decode(codes) - x) ** 2).mean()
+    # The second phase's folder is a tokenizer run of its own, with the same weights.
+    inner = load_file(tmp_path / "extended" / "decoder" / "model.safetensors")
+    outer = load_file(tmp_path / "extended" / "model.safetensors")
+    assert all(torch.equal(inner[k], outer[k]) for k in outer)
+
+    # Trained in one go, or stopped inside the second phase and resumed: the same weights.
+    main(common + [f"out_dir={tmp_path}/straight"])
+    main(common + [f"out_dir={tmp_path}/broken", "max_steps=150"])
+    stopped = json.loads((tmp_path / "broken" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert (stopped["step"], stopped["phase"]) == (150, "decoder"), "max_steps counts the steps of both phases"
+    main(common + [f"out_dir={tmp_path}/broken"])
+    main(common + [f"out_dir={tmp_path}/broken"])   # a finished run run again changes nothing
+    for other in ("straight", "broken"):
+        weights = load_file(tmp_path / other / "model.safetensors")
+        assert all(torch.equal(weights[k], outer[k]) for k in outer), other
+    again = (tmp_path / "broken" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(l).get("phase") for l in again].count("decoder") == 1
+
+
 def test_resume_refuses_a_run_with_a_different_config(tmp_path, mnist_root):
     common = TINY_TOKENIZER + [f"data_root={mnist_root}", f"out_dir={tmp_path}/r", "max_steps=1"]
     main(common)
@@ -103,9 +142,11 @@ def test_resume_refuses_a_run_with_a_different_config(tmp_path, mnist_root):
 
 
 def test_two_process_cpu_run_agrees_with_one(tmp_path, mnist_root):
-    """A real 2-process gloo run: same total batch as one process, replicas stay identical."""
+    """A real 2-process gloo run: same total batch as one process, replicas stay identical,
+    in the decoder phase too (its own DDP wrapper around the decoder alone)."""
     args = [f"data_root={mnist_root}", "hidden_channels=16", "embedding_dim=8", "codebook_size=32",
-            "train_subset=2048", "epochs=2", "warmup_steps=10", "dead_code_steps=5", "lr=0.003"]
+            "train_subset=2048", "epochs=2", "warmup_steps=10", "dead_code_steps=5", "lr=0.003",
+            "decoder_epochs=1"]
     result = run_cli(["-m", "torch.distributed.run", "--nproc_per_node", "2", "tokenizer/train.py",
                       *args, "batch_size=16", f"out_dir={tmp_path}/ddp"],
                      env={"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}, timeout=600)
@@ -115,7 +156,7 @@ def test_two_process_cpu_run_agrees_with_one(tmp_path, mnist_root):
     assert ddp["step"] == single["step"], "same total batch -> same number of optimizer steps"
     assert abs(ddp["test_psnr"] - single["test_psnr"]) < 1.5
     assert ddp["codebook_usage"] > 0.8 * single["codebook_usage"]
-    assert "replicas agree" in result.stdout + result.stderr
+    assert ddp["phase"] == "decoder" and (result.stdout + result.stderr).count("replicas agree") == 2
 
 
 def test_one_writer_per_run_folder_and_a_killed_holder_never_blocks(tmp_path, mnist_root):

@@ -14,6 +14,8 @@ class TokenizerConfig(TrainConfig, VQVAEShape):
     batch_size: int = 64
     lr: float = 2e-3                 # Adam peak learning rate
     warmup_steps: int = 20           # linear warmup steps
+    decoder_epochs: int = 0          # then this many epochs of the decoder alone on the frozen codes (same codes, sharper images)
+    decoder_lr: float = 1e-3         # peak learning rate of those epochs (no warmup, cosine decay)
 
     def validate(self) -> None:
         super().validate()
@@ -22,6 +24,8 @@ class TokenizerConfig(TrainConfig, VQVAEShape):
             (self.embedding_dim >= 1, "embedding_dim", "must be >= 1"),
             (self.hidden_channels >= 1, "hidden_channels", "must be >= 1"),
             (self.res_blocks >= 0, "res_blocks", "must be >= 0"),
+            (self.decoder_epochs >= 0, "decoder_epochs", "must be >= 0 (0 = none)"),
+            (self.decoder_lr > 0, "decoder_lr", "must be > 0"),
             (self.beta >= 0, "beta", "must be >= 0"),
             (0 < self.ema_decay < 1, "ema_decay", "must be in (0, 1)"),
             (self.dead_code_steps >= 0, "dead_code_steps", "must be >= 0 (0 = never restart)"),

@@ -6,21 +6,31 @@
 Defaults: tokenizer.config.TokenizerConfig, overridden by configs/tokenizer.yaml,
 overridden by key=value. Writes runs/tokenizer/{config.yaml, model.safetensors,
 metrics.jsonl, checkpoints/, *.png}. Run it again to resume an interrupted run.
+
+With decoder_epochs > 0 a second phase follows in runs/tokenizer/decoder/ (a run
+folder of its own): encoder and codebook frozen, the decoder alone keeps learning
+on the codes they give. The codes a prior learns do not change; the images it is
+judged by get sharper. Its result becomes runs/tokenizer/model.safetensors, and its
+last evaluation the last line of runs/tokenizer/metrics.jsonl.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import sys
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from einops import rearrange
 
 from common.config import load_config
 from common.plots import save_bars, save_curves, save_image_grid
 from common.tracking import make_accelerator
 from common.errors import run_main
-from common.runs import run_lock
-from common.training import Task, find_resume_point, fit
+from common.runs import run_lock, save_run_weights
+from common.training import Task, epoch_steps, find_resume_point, fit
 from tokenizer.config import TokenizerConfig
 from tokenizer.data import data_root, ensure_dataset, load_split, to_float
 from tokenizer.model import VQVAE
@@ -103,6 +113,35 @@ def make_task(cfg: TokenizerConfig, train_images: torch.Tensor, test_images: tor
                 evaluate=evaluate, report=report)
 
 
+def decoder_task(joint: Task, train_images: torch.Tensor) -> Task:
+    """The decoder alone, on the codes of the trained (now frozen) encoder and codebook."""
+    model = joint.model
+    device = next(model.parameters()).device
+    codes = torch.cat([model.encode(to_float(train_images[i:i + 1000]).to(device)).cpu()
+                       for i in range(0, len(train_images), 1000)])
+
+    def loss_fn(decoder, batch):
+        indices, images = batch
+        z = rearrange(model.quantizer.codes(indices), "b h w d -> b d h w")
+        recon = F.mse_loss(decoder(z.contiguous(memory_format=torch.channels_last)), to_model_range(images))
+        return recon, {"recon": recon}
+
+    return Task(stage="tokenizer", model=model.decoder, train_tensors=(codes, train_images), loss_fn=loss_fn,
+                evaluate=lambda decoder: joint.evaluate(model),
+                report=lambda out_dir, decoder, history, metrics: joint.report(out_dir, model, history, metrics),
+                export=lambda decoder: model.state_dict())
+
+
+def decoder_phase_config(cfg: TokenizerConfig, joint_steps: int) -> TokenizerConfig | None:
+    """The second phase's config (its own run folder), or None when there is none to run.
+    max_steps counts the steps of both phases."""
+    if cfg.decoder_epochs == 0 or (cfg.max_steps and cfg.max_steps <= joint_steps):
+        return None
+    return dataclasses.replace(cfg, out_dir=str(Path(cfg.out_dir) / "decoder"), epochs=cfg.decoder_epochs,
+                               lr=cfg.decoder_lr, warmup_steps=0, decoder_epochs=0,
+                               max_steps=cfg.max_steps - joint_steps if cfg.max_steps else 0)
+
+
 def main(argv: list[str] | None = None) -> dict:
     cfg = load_config(TokenizerConfig, sys.argv[1:] if argv is None else argv, DEFAULT_CONFIG, usage=__doc__)
     with run_lock(cfg.out_dir):               # one writer per run folder
@@ -113,7 +152,37 @@ def main(argv: list[str] | None = None) -> dict:
             ensure_dataset(root, cfg.dataset)
         train_images, _ = load_split(root, cfg.dataset, train=True, subset=cfg.train_subset)
         test_images, _ = load_split(root, cfg.dataset, train=False)
-        return fit(cfg, make_task(cfg, train_images, test_images), accelerator)
+        joint_steps = cfg.epochs * epoch_steps(len(train_images), accelerator.num_processes, cfg.batch_size)
+        phase_two = decoder_phase_config(cfg, joint_steps)
+        if phase_two is not None:
+            find_resume_point(phase_two, "tokenizer")
+        task = make_task(cfg, train_images, test_images)
+        metrics = fit(cfg, task, accelerator, last=phase_two is None)
+        if phase_two is None:
+            return metrics
+        accelerator.print(f"tokenizer: {cfg.decoder_epochs} epochs of the decoder alone, encoder and codebook "
+                          f"frozen, in {phase_two.out_dir}")
+        decoder_metrics = fit(phase_two, decoder_task(task, train_images), accelerator, last=False)
+        metrics = finish_decoder_phase(cfg, task.model, metrics, decoder_metrics, joint_steps, accelerator)
+        accelerator.end_training()
+        return metrics
+
+
+def finish_decoder_phase(cfg, model, joint: dict, decoder: dict, joint_steps: int, accelerator) -> dict:
+    """The second phase's weights and last evaluation become the run's own, counted from its start
+    (on the main process; the others return {}, as fit does)."""
+    if not accelerator.is_main_process:
+        accelerator.wait_for_everyone()
+        return {}
+    merged = {**decoder, "phase": "decoder", "step": joint_steps + decoder["step"],
+              "epoch": round(cfg.epochs + decoder["epoch"], 3),
+              **{k: round(joint[k] + decoder[k], 2) for k in ("time_s", "train_s") if k in joint and k in decoder}}
+    out = Path(cfg.out_dir)
+    save_run_weights(out, model.state_dict(), "tokenizer")
+    with open(out / "metrics.jsonl", "a") as f:   # a resume of phase one truncates it away first
+        f.write(json.dumps(merged) + "\n")
+    accelerator.wait_for_everyone()
+    return merged
 
 
 if __name__ == "__main__":
