@@ -25,6 +25,8 @@ REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "runs" / "bench" / "quality"
 BIN = Path(sys.executable).parent
 LARGE = ["--config", "configs/prior-large.yaml"]
+# The large-* variants start from that config as it was when they were measured: no augmentation.
+PLAIN_LARGE = [*LARGE, "augment=false", "augment_token=false", "augment_share=0.5"]
 # name: (tokenizer overrides, prior overrides); tokenizers are shared by their overrides.
 VARIANTS = {
     "default": ([], []),
@@ -36,13 +38,16 @@ VARIANTS = {
     "augment": ([], ["augment=true"]),
     "rowcol": ([], ["rowcol_pos=true"]),
     "token-dropout": ([], ["token_dropout=0.1"]),
-    "large": ([], LARGE),
-    "large-augment": ([], [*LARGE, "augment=true"]),
+    "large": ([], PLAIN_LARGE),
+    "large-augment": ([], [*PLAIN_LARGE, "augment=true"]),
     "shift": ([], ["augment=true", "augment_mode=shift"]),
-    "large-shift": ([], [*LARGE, "augment=true", "augment_mode=shift"]),
+    "large-shift": ([], [*PLAIN_LARGE, "augment=true", "augment_mode=shift"]),
     "augment-token": ([], ["augment=true", "augment_token=true"]),
-    "large-augment-token": ([], [*LARGE, "augment=true", "augment_token=true"]),
-    "large-augment-token-quarter": ([], [*LARGE, "augment=true", "augment_token=true", "augment_share=0.25"]),
+    "large-augment-token": ([], [*PLAIN_LARGE, "augment=true", "augment_token=true"]),
+    "large-augment-token-quarter": ([], [*PLAIN_LARGE, "augment=true", "augment_token=true", "augment_share=0.25"]),
+    "decoder-0": (["decoder_epochs=0"], []),                   # the default before the decoder phase
+    "decoder-10": (["decoder_epochs=10"], []),
+    "quality": (["decoder_epochs=10"], LARGE),                 # the quality point: both named recipes
 }
 
 
