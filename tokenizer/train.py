@@ -122,7 +122,8 @@ def decoder_task(joint: Task, train_images: torch.Tensor) -> Task:
 
     def loss_fn(decoder, batch):
         indices, images = batch
-        z = rearrange(model.quantizer.codes(indices), "b h w d -> b d h w")
+        with torch.no_grad():   # the codebook is frozen: no graph into it (a parameter without ema)
+            z = rearrange(model.quantizer.codes(indices), "b h w d -> b d h w")
         recon = F.mse_loss(decoder(z.contiguous(memory_format=torch.channels_last)), to_model_range(images))
         return recon, {"recon": recon}
 
