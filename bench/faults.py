@@ -31,8 +31,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-TOKENIZER = ["decoder_epochs=0", "hidden_channels=16", "embedding_dim=8", "codebook_size=32", "train_subset=2048",
-             "batch_size=32", "epochs=2", "warmup_steps=10", "dead_code_steps=5", "lr=0.003", "eval_every=20", "save_every=20"]
+TOKENIZER = ["hidden_channels=16", "embedding_dim=8", "codebook_size=32", "train_subset=2048", "batch_size=32",
+             "epochs=2", "warmup_steps=10", "dead_code_steps=5", "lr=0.003", "eval_every=20", "save_every=20"]
 PRIOR = ["n_layer=2", "n_head=2", "n_embd=32", "train_subset=1024", "batch_size=64", "epochs=2",
          "warmup_steps=2", "eval_every=5", "save_every=5"]
 # fault -> what it does. N counts from 1 within the killed run.

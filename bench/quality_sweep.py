@@ -45,7 +45,6 @@ VARIANTS = {
     "augment-token": ([], ["augment=true", "augment_token=true"]),
     "large-augment-token": ([], [*PLAIN_LARGE, "augment=true", "augment_token=true"]),
     "large-augment-token-quarter": ([], [*PLAIN_LARGE, "augment=true", "augment_token=true", "augment_share=0.25"]),
-    "decoder-0": (["decoder_epochs=0"], []),                   # the default before the decoder phase
     "decoder-10": (["decoder_epochs=10"], []),
     "quality": (["decoder_epochs=10"], LARGE),                 # the quality point: both named recipes
 }

@@ -14,19 +14,12 @@ import torch
 import torch.nn.functional as F
 from common.checkpoint import CheckpointError, load_weights, save_weights, tensors_digest
 from common.grid import grid_to_sequence
-from tokenizer.data import load_split, to_float
+from tokenizer.data import encode_digits, load_split
 
 
-@torch.no_grad()
 def encode_all(tokenizer, images_uint8: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    """uint8 [N,28,28] -> int16 [N,49] codes in raster order.
-
-    Batches of 500 keep the activations cache-sized: 1.45x faster than 2000 on a
-    2-core CPU (1.5 s against 2.2 s for the 10k test digits, three runs each)."""
-    device = next(tokenizer.parameters()).device
-    out = [grid_to_sequence(tokenizer.encode(to_float(images_uint8[i:i + batch_size]).to(device))).cpu()
-           for i in range(0, len(images_uint8), batch_size)]
-    return torch.cat(out).to(torch.int16)
+    """uint8 [N,28,28] -> int16 [N,49] codes in raster order."""
+    return grid_to_sequence(encode_digits(tokenizer, images_uint8, batch_size)).to(torch.int16)
 
 
 def load_code_grids(tokenizer, root: Path, dataset: str, cache_dir: Path,

@@ -10,7 +10,7 @@ os.environ.setdefault("WANDB_MODE", "disabled")   # tests never track
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 # Small enough for seconds on a 2-core CPU, real MNIST underneath.
-TINY_TOKENIZER = ["decoder_epochs=0", "hidden_channels=16", "embedding_dim=8", "codebook_size=32", "train_subset=2048",
+TINY_TOKENIZER = ["hidden_channels=16", "embedding_dim=8", "codebook_size=32", "train_subset=2048",
                   "batch_size=32", "epochs=2", "warmup_steps=10", "dead_code_steps=5", "lr=0.003"]
 TINY_PRIOR = ["n_layer=2", "n_head=2", "n_embd=32", "train_subset=512", "batch_size=64", "epochs=2",
               "warmup_steps=2"]

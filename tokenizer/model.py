@@ -348,7 +348,9 @@ class VQVAE(nn.Module):
         if indices.numel() and (indices.min() < 0 or indices.max() >= K):
             raise ValueError(f"decode got code indices in [{indices.min()}, {indices.max()}], "
                              f"outside this tokenizer's codebook [0, {K - 1}]")
-        indices = indices.long()
-        codes = self.quantizer.codes(indices)                                # (B, 7, 7, D)
-        out = self.decoder(rearrange(codes, "b h w d -> b d h w"))
+        out = self.decoder(self.code_vectors(indices.long()))
         return ((out.float() + 1) / 2).clamp(0, 1)
+
+    def code_vectors(self, indices: torch.Tensor) -> torch.Tensor:
+        """long [B,7,7] -> the decoder's input (B, D, 7, 7): each position's code vector."""
+        return rearrange(self.quantizer.codes(indices), "b h w d -> b d h w")

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 
 from common.config import load_config
 from common.plots import save_bars, save_curves, save_image_grid
@@ -32,7 +31,7 @@ from common.errors import run_main
 from common.runs import run_lock, save_run_weights
 from common.training import Task, epoch_steps, find_resume_point, fit
 from tokenizer.config import TokenizerConfig
-from tokenizer.data import data_root, ensure_dataset, load_split, to_float
+from tokenizer.data import data_root, encode_digits, ensure_dataset, load_split, to_float
 from tokenizer.model import VQVAE
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "tokenizer.yaml"
@@ -116,15 +115,13 @@ def make_task(cfg: TokenizerConfig, train_images: torch.Tensor, test_images: tor
 def decoder_task(joint: Task, train_images: torch.Tensor) -> Task:
     """The decoder alone, on the codes of the trained (now frozen) encoder and codebook."""
     model = joint.model
-    device = next(model.parameters()).device
-    codes = torch.cat([model.encode(to_float(train_images[i:i + 1000]).to(device)).cpu()
-                       for i in range(0, len(train_images), 1000)])
+    codes = encode_digits(model, train_images)   # the very codes a prior will read
 
     def loss_fn(decoder, batch):
         indices, images = batch
         with torch.no_grad():   # the codebook is frozen: no graph into it (a parameter without ema)
-            z = rearrange(model.quantizer.codes(indices), "b h w d -> b d h w")
-        recon = F.mse_loss(decoder(z.contiguous(memory_format=torch.channels_last)), to_model_range(images))
+            z = model.code_vectors(indices)
+        recon = F.mse_loss(decoder(z), to_model_range(images))
         return recon, {"recon": recon}
 
     return Task(stage="tokenizer", model=model.decoder, train_tensors=(codes, train_images), loss_fn=loss_fn,
