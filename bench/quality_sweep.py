@@ -1,12 +1,15 @@
 """Design sweep judged by the samples: tokenizer and prior variants x guidance.
 
-    python bench/quality_sweep.py variants=default,augment scales=0.5,1.0 [schedules=constant,linear] [n=10000]
+    python bench/quality_sweep.py variants=default,augment scales=0.5,1.0 [schedules=constant,linear]
+                                  [keeps=1.0,0.8] [n=10000]
     python bench/quality_sweep.py list          # the variants and their overrides
 
 Each variant is a tokenizer (the default config plus overrides) and a prior over
-it (the default config plus overrides); for each guidance scale and schedule, n
-unconditional samples (`--digit none`: each draws its digit) judged by
-sampling/evaluate.py against the test set and the tokenizer's reconstructions.
+it (the default config plus overrides); for each guidance scale, schedule and
+filtering share (`--keep-likeliest`), n unconditional samples (`--digit none`:
+each draws its digit) judged by sampling/evaluate.py (two judges, ratio to real
+training digits). The decoder_* keys leave the codes alone, so variants that
+differ only in them share one prior (trained over the tokenizer without them).
 Every step is the user's own command. Runs go to runs/bench/quality/; a training
 command resumes (or returns at once) when its run is already there; judged cells
 are kept in results.jsonl and skipped on a rerun. One table and the
@@ -47,7 +50,15 @@ VARIANTS = {
     "large-augment-token-quarter": ([], [*PLAIN_LARGE, "augment=true", "augment_token=true", "augment_share=0.25"]),
     "decoder-10": (["decoder_epochs=10"], []),
     "quality": (["decoder_epochs=10"], LARGE),                 # the quality point: both named recipes
+    "decoder-3": (["decoder_epochs=3"], []),
+    "gan-3": (["decoder_epochs=3", "decoder_loss=gan"], []),
+    "k64": (["codebook_size=64"], []),
+    "k64-gan-3": (["codebook_size=64", "decoder_epochs=3", "decoder_loss=gan"], []),
 }
+
+
+def slug(overrides: list[str]) -> str:
+    return "-".join(o.replace("=", "").replace(",", "") for o in overrides).replace("[", "").replace("]", "")
 
 
 def timed(*command) -> float:
@@ -65,51 +76,56 @@ def last_metrics(run: Path) -> dict:
 def trained(variant: str) -> tuple[Path, Path]:
     """(tokenizer run, prior run) of a variant, trained by the users' commands when missing."""
     tok_overrides, prior_overrides = VARIANTS[variant]
-    tokenizer = OUT / ("tokenizer-" + ("-".join(o.replace("=", "").replace(",", "") for o in tok_overrides)
-                                       .replace("[", "").replace("]", "") or "default"))
-    prior = OUT / f"prior-{variant}"
-    timed(BIN / "accelerate", "launch", "tokenizer/train.py", f"out_dir={tokenizer}", *tok_overrides)
+    code_overrides = [o for o in tok_overrides if not o.startswith("decoder_")]   # what decides the codes
+    tokenizer = OUT / ("tokenizer-" + (slug(tok_overrides) or "default"))
+    codes = OUT / ("tokenizer-" + (slug(code_overrides) or "default"))
+    prior = OUT / f"prior-{slug(code_overrides) or 'default'}--{slug(prior_overrides) or 'default'}"
+    for run, overrides in {codes: code_overrides, tokenizer: tok_overrides}.items():
+        timed(BIN / "accelerate", "launch", "tokenizer/train.py", f"out_dir={run}", *overrides)
     # The resolved path, so a tokenizer folder linked here from another bench is the same run.
     timed(BIN / "accelerate", "launch", "prior/train.py", *prior_overrides, f"out_dir={prior}",
-          f"tokenizer={tokenizer.resolve()}")
+          f"tokenizer={codes.resolve().relative_to(REPO)}")
     return tokenizer, prior
 
 
-def cell(variant: str, scale: float, schedule: str, n: int) -> dict:
+def cell(variant: str, scale: float, schedule: str, keep: float, n: int) -> dict:
     tokenizer, prior = trained(variant)
     tok, pri = last_metrics(tokenizer), last_metrics(prior)
-    samples = prior / f"samples-{scale}-{schedule}"
-    timed(BIN / "python", "sampling/generate.py", "--n", n, "--prior", prior, "--out", samples, "--overwrite",
-          "--digit", "none", "--cfg", scale, "--cfg-schedule", schedule)
+    samples = prior / f"samples-{variant}-{scale}-{schedule}-{keep}"
+    seconds = timed(BIN / "python", "sampling/generate.py", "--n", n, "--prior", prior, "--tokenizer", tokenizer,
+                    "--out", samples, "--overwrite", "--digit", "none", "--cfg", scale, "--cfg-schedule", schedule,
+                    "--keep-likeliest", keep)
     timed(BIN / "python", "sampling/evaluate.py", samples / "samples.npz", "--tokenizer", tokenizer,
           "--json", samples / "judged.json")
     judged = json.loads((samples / "judged.json").read_text())
     s = judged["samples"]
-    return {"variant": variant, "cfg": scale, "schedule": schedule,
+    return {"variant": variant, "cfg": scale, "schedule": schedule, "keep": keep, "generate_s": round(seconds, 1),
             "test_psnr": round(tok["test_psnr"], 2), "perplexity": round(tok["perplexity"], 1),
             "tokenizer_train_s": tok["train_s"], "prior_train_s": pri["train_s"],
             "bits_per_token": round(pri["test_nll_bits_per_token"], 3),
             "bits_per_image": round(pri["test_nll_bits_per_image"], 1),
-            "frechet": round(s["frechet"], 2), "recon_frechet": round(judged["tokenizer recon"]["frechet"], 2),
-            "frechet_ratio": round(judged["frechet_ratio"], 2), "confident": round(s["confident"], 4),
+            "frechet": round(s["frechet"], 2), "x_real": round(s["x_real"], 2),
+            "frechet_b": round(s["frechet_b"], 2), "x_real_b": round(s["x_real_b"], 2),
+            "recon_frechet": round(judged["tokenizer recon"]["frechet"], 2), "confident": round(s["confident"], 4),
             "class_kl": round(s["class_kl"], 4), "cond_acc": round(s["cond_acc"], 4),
             "precision": round(s["precision"], 3), "recall": round(s["recall"], 3)}
 
 
 def parse(argv: list[str]) -> dict:
-    opts = {"variants": "default", "scales": "0.5,1.0", "schedules": "constant", "n": "10000"}
+    opts = {"variants": "default", "scales": "0.5,1.0", "schedules": "constant", "keeps": "1.0", "n": "10000"}
     for arg in argv:
         key, _, value = arg.partition("=")
         if key not in opts or not value:
             raise SystemExit(f"unknown argument {arg!r}: use variants=a,b scales=0.5,1.0 "
-                             f"schedules=constant,linear n=10000 (or `list`)")
+                             f"schedules=constant,linear keeps=1.0,0.8 n=10000 (or `list`)")
         opts[key] = value
     variants = opts["variants"].split(",")
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise SystemExit(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
     return {"variants": variants, "scales": [float(s) for s in opts["scales"].split(",")],
-            "schedules": opts["schedules"].split(","), "n": int(opts["n"])}
+            "schedules": opts["schedules"].split(","), "keeps": [float(k) for k in opts["keeps"].split(",")],
+            "n": int(opts["n"])}
 
 
 def main(argv: list[str]) -> None:
@@ -121,29 +137,38 @@ def main(argv: list[str]) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     results_file = OUT / "results.jsonl"
     done = [json.loads(l) for l in results_file.read_text().splitlines()] if results_file.is_file() else []
-    for variant in opts["variants"]:
-        for schedule in opts["schedules"]:
-            for scale in opts["scales"]:
-                if any((r["variant"], r["cfg"], r["schedule"]) == (variant, scale, schedule) for r in done):
-                    continue
-                result = cell(variant, scale, schedule, opts["n"])
-                print(json.dumps(result), flush=True)
-                with results_file.open("a") as f:
-                    f.write(json.dumps(result) + "\n")
-                done.append(result)
-    keys = ["variant", "cfg", "schedule", "test_psnr", "perplexity", "bits_per_token", "prior_train_s", "frechet",
-            "recon_frechet", "frechet_ratio", "confident", "class_kl", "cond_acc", "precision", "recall"]
-    print("| " + " | ".join(keys) + " |")
-    for r in sorted(done, key=lambda r: (list(VARIANTS).index(r["variant"]), r["schedule"], r["cfg"])):
-        print("| " + " | ".join(str(r[key]) for key in keys) + " |")
+    cells = [(v, c, s, k) for v in opts["variants"] for s in opts["schedules"] for c in opts["scales"]
+             for k in opts["keeps"]]
+    for variant, scale, schedule, keep in cells:
+        if any(key(r) == (variant, scale, schedule, keep) for r in done):
+            continue
+        result = cell(variant, scale, schedule, keep, opts["n"])
+        print(json.dumps(result), flush=True)
+        with results_file.open("a") as f:
+            f.write(json.dumps(result) + "\n")
+        done.append(result)
+    columns = ["variant", "cfg", "schedule", "keep", "test_psnr", "perplexity", "bits_per_token", "prior_train_s",
+               "frechet", "x_real", "frechet_b", "x_real_b", "recon_frechet", "confident", "class_kl", "cond_acc",
+               "precision", "recall", "generate_s"]
+    print("| " + " | ".join(columns) + " |")
+    for r in sorted(done, key=lambda r: (list(VARIANTS).index(r["variant"]), r["schedule"], key(r)[3], r["cfg"])):
+        print("| " + " | ".join(str(r.get(c, "-")) for c in columns) + " |")
     from common.plots import save_curves
     curves = {}
     for r in sorted(done, key=lambda r: r["cfg"]):
-        xs, ys = curves.setdefault(f"{r['variant']} ({r['schedule']})", ([], []))
+        variant, _, schedule, keep = key(r)
+        name = variant + ("" if schedule == "constant" else f", {schedule}") + ("" if keep == 1 else f", keep {keep}")
+        xs, ys = curves.setdefault(name, ([], []))
         xs.append(100 * r["confident"])
         ys.append(r["frechet"])
     save_curves(REPO / "docs" / "quality_frontier.png", curves, xlabel="confident (%), guidance rising along each line",
-                title="Frechet distance (lower is better) vs confident")
+                ylabel="Frechet distance (judge a)", legend_outside=True,
+                title="samples: distance (lower is better) vs confident")
+
+
+def key(result: dict) -> tuple:
+    """A judged cell's identity; cells judged before filtering existed kept every sample."""
+    return result["variant"], result["cfg"], result["schedule"], result.get("keep", 1.0)
 
 
 if __name__ == "__main__":

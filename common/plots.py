@@ -61,20 +61,34 @@ def save_image_grid(path: Path, images: torch.Tensor, nrow: int = 8, title: str 
     _save(fig, path)
 
 
+MARKERS = "os^DvP*Xh<>p"
+
+
 def save_curves(path: Path, curves: dict[str, tuple[list, list]], xlabel: str = "step",
-                log_y: bool = False, title: str | None = None) -> None:
-    """One line per name: curves = {name: (xs, ys)}."""
+                log_y: bool = False, title: str | None = None, ylabel: str | None = None,
+                legend_outside: bool = False) -> None:
+    """One line per name: curves = {name: (xs, ys)}. Each line gets its own colour and
+    marker (tab20 cycles, the markers with it), so many lines stay apart; legend_outside
+    puts the legend right of the axes, off the data."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, (xs, ys) in curves.items():
-        ax.plot(xs, ys, label=name, marker="o" if len(xs) < 20 else None)
+    many = len(curves) > 10
+    fig, ax = plt.subplots(figsize=(10, 5) if legend_outside else (6, 4))
+    colours = plt.get_cmap("tab20" if many else "tab10").colors
+    for i, (name, (xs, ys)) in enumerate(curves.items()):
+        ax.plot(xs, ys, label=name, color=colours[i % len(colours)],
+                marker=(MARKERS[i % len(MARKERS)] if many else "o") if len(xs) < 20 else None)
     ax.set_xlabel(xlabel)
+    if ylabel:
+        ax.set_ylabel(ylabel)
     if log_y:
         ax.set_yscale("log")
     if title:
         ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    if legend_outside:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    else:
+        ax.legend()
     fig.tight_layout()
     _save(fig, path)
 

@@ -2,7 +2,8 @@
 
 A stage hands `fit` a `Task` (model, optimizer factory, loss, evaluation, plots);
 `fit` owns everything else: device placement, DDP sharding, the learning-rate
-schedule, progress, NaN detection, metrics.jsonl, tracking, atomic checkpoints
+schedule, an optional second model stepped beside the first (a GAN's
+discriminator, `SideModel`), progress, NaN detection, metrics.jsonl, tracking, atomic checkpoints
 every `save_every` steps (independent of evaluations), at the end and on
 SIGINT/SIGTERM, and exact resume.
 
@@ -33,12 +34,27 @@ from common.tracking import make_accelerator, start_tracking
 # means the checkpoint belongs to a different experiment.
 # decoder_*: the tokenizer's second phase, which checks its own config in its own folder
 RESUMABLE_KEYS = {"epochs", "max_steps", "eval_every", "save_every", "tracker", "resume", "keep_checkpoints",
-                  "out_dir", "data_root", "log_every", "decoder_epochs", "decoder_lr"}
+                  "out_dir", "data_root", "log_every"}
+RESUMABLE_PREFIX = "decoder_"
 LOG_EVERY = 25
 
 
 class TrainingError(VQGenError):
     """Training cannot go on (non-finite loss, ...); printed as one line."""
+
+
+@dataclass
+class SideModel:
+    """A second model trained in step with the task's (a GAN's discriminator).
+
+    Each step, the task's loss is called as loss_fn(model, batch, side, step) with the
+    side model's parameters frozen (so that loss moves the main model only) and returns
+    (loss, logs, handover); then the side model takes one step of its own on
+    loss_fn(side, batch, handover) -> (loss, logs). Its weights and optimizer go into the
+    same checkpoints, so resume stays exact; it is never exported with the weights."""
+    model: nn.Module
+    loss_fn: Callable[[nn.Module, tuple[torch.Tensor, ...], object], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+    make_optimizer: Callable[[nn.Module], torch.optim.Optimizer]
 
 
 @dataclass
@@ -54,6 +70,7 @@ class Task:
     # Fresh training tensors for an epoch (same length as train_tensors), e.g. augmented
     # data; must be a function of the epoch alone so that resume stays exact.
     epoch_tensors: Callable[[int], tuple[torch.Tensor, ...]] | None = None
+    side: SideModel | None = None                         # a second model stepped beside this one
 
 
 def lr_at(step: int, total: int, cfg) -> float:
@@ -108,7 +125,8 @@ def _check_resume_config(out_dir: Path, cfg) -> None:
         return
     saved = config_to_dict(config_from_file(type(cfg), saved_file))
     now = config_to_dict(cfg)
-    changed = [k for k in now if k not in RESUMABLE_KEYS and saved.get(k) != now[k]]
+    changed = [k for k in now if k not in RESUMABLE_KEYS and not k.startswith(RESUMABLE_PREFIX)
+               and saved.get(k) != now[k]]
     if changed:
         diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed)
         raise ConfigError(f"{out_dir} holds a run with a different config ({diffs}); "
@@ -144,6 +162,7 @@ def fit(cfg, task: Task, accelerator=None, last: bool = True) -> dict:
     optimizer = (task.make_optimizer or _default_optimizer(cfg))(model)
     model, optimizer = accelerator.prepare(model, optimizer)
     raw_model = accelerator.unwrap_model(model)
+    side = _prepare_side(task.side, accelerator)
     data = tuple(t.to(accelerator.device) for t in task.train_tensors)
 
     n_train = data[0].shape[0]
@@ -159,6 +178,9 @@ def fit(cfg, task: Task, accelerator=None, last: bool = True) -> dict:
         state = load_checkpoint(resume_from, task.stage)
         raw_model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if side is not None:
+            side.raw.load_state_dict(state["side_model"])
+            side.optimizer.load_state_dict(state["side_optimizer"])
         torch.set_rng_state(state["rng"]["torch"])
         if torch.cuda.is_available() and "cuda" in state["rng"]:
             torch.cuda.set_rng_state(state["rng"]["cuda"])
@@ -181,10 +203,11 @@ def fit(cfg, task: Task, accelerator=None, last: bool = True) -> dict:
             rng = {"torch": torch.get_rng_state()}
             if torch.cuda.is_available():
                 rng["cuda"] = torch.cuda.get_rng_state()
-            save_checkpoint(out_dir / "checkpoints", step_now,
-                            {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-                             "rng": rng, "history": history},
-                            task.stage, cfg.keep_checkpoints)
+            parts = {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "rng": rng, "history": history}
+            if side is not None:
+                parts.update(side_model=side.raw.state_dict(), side_optimizer=side.optimizer.state_dict())
+            save_checkpoint(out_dir / "checkpoints", step_now, parts, task.stage, cfg.keep_checkpoints)
         accelerator.wait_for_everyone()
 
     def evaluate(step_now: int, train_logs: dict) -> dict:
@@ -235,12 +258,19 @@ def fit(cfg, task: Task, accelerator=None, last: bool = True) -> dict:
 
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, total_steps, cfg)
-            loss, logs = task.loss_fn(model, batch)
+            if side is None:
+                loss, logs = task.loss_fn(model, batch)
+            else:
+                side.raw.requires_grad_(False)   # the main loss moves the main model only
+                loss, logs, handover = task.loss_fn(model, batch, side.raw, step)
+                side.raw.requires_grad_(True)
             accelerator.backward(loss)
             if cfg.grad_clip > 0:
                 accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            if side is not None:
+                logs = {**logs, **side.step(batch, handover, accelerator, cfg.grad_clip)}
 
             # Remember the first bad step on the device: no host sync per step.
             finite = torch.isfinite(loss.detach())
@@ -278,6 +308,31 @@ def fit(cfg, task: Task, accelerator=None, last: bool = True) -> dict:
     if last:
         accelerator.end_training()
     return metrics
+
+
+@dataclass
+class _PreparedSide:
+    model: nn.Module             # as prepared (DDP-wrapped when distributed)
+    raw: nn.Module
+    optimizer: torch.optim.Optimizer
+    loss_fn: Callable
+
+    def step(self, batch, handover, accelerator, grad_clip: float) -> dict:
+        """One optimizer step of the side model; returns its logs."""
+        loss, logs = self.loss_fn(self.model, batch, handover)
+        accelerator.backward(loss)
+        if grad_clip > 0:
+            accelerator.clip_grad_norm_(self.model.parameters(), grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return logs
+
+
+def _prepare_side(side: SideModel | None, accelerator) -> _PreparedSide | None:
+    if side is None:
+        return None
+    model, optimizer = accelerator.prepare(side.model, side.make_optimizer(side.model))
+    return _PreparedSide(model, accelerator.unwrap_model(model), optimizer, side.loss_fn)
 
 
 def _check_replicas_agree(model: nn.Module, accelerator) -> None:

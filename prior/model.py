@@ -159,6 +159,13 @@ class GPT(nn.Module):
         return logits, loss
 
     @torch.no_grad()
+    def log_likelihood(self, codes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced log p(codes | label), summed over the 49 codes: (B,) in nats.
+        Unguided: it asks how likely the prior finds a grid, not how far guidance pushed it."""
+        logits, _ = self(codes, labels)
+        return logits.float().log_softmax(-1).gather(-1, codes[..., None]).squeeze(-1).sum(1)
+
+    @torch.no_grad()
     def next_logits(self, labels, prefix: torch.Tensor, caches: list | None):
         """Logits for the token after `prefix` (B, t). With caches, only new tokens are run."""
         if caches is None:   # recompute the whole prefix (the reference the cache must match)

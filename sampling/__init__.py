@@ -9,9 +9,16 @@ that is ancestral sampling, p(x) = sum_c p(c) p(x|c) with p(c) uniform (MNIST's
 classes are 9.0-11.2% each): every sample draws its digit, then its codes. The
 model's own unconditional branch (the NULL_CLASS token, learnt from only the ~10%
 of examples whose label was dropped) is digit="null": measurably worse (README).
+
+keep_likeliest=s < 1 filters by the prior's own judgement: for each group of samples
+that share a condition (a digit, or a completion's kept rows), it draws
+ceil(count / s) candidates and keeps the `count` the prior finds likeliest
+(teacher-forced, unguided). Each digit keeps its share; ranking all digits together
+would let the simple ones (1s) crowd out the rest.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import NamedTuple
 
@@ -23,8 +30,10 @@ from prior.model import CFG_SCHEDULES, NULL_CLASS, NUM_CLASSES
 
 
 def check_sampling_args(n: int, temperature: float, top_k, top_p, digit, batch_size: int,
-                        cfg_schedule: str = "constant") -> None:
+                        cfg_schedule: str = "constant", keep_likeliest: float = 1.0) -> None:
     """Raise ValueError (one line) before anything heavy is loaded."""
+    if not 0 < keep_likeliest <= 1:   # also refuses NaN
+        raise ValueError(f"keep_likeliest={keep_likeliest}: must be in (0, 1] (1 keeps every sample drawn)")
     if cfg_schedule not in CFG_SCHEDULES:
         raise ValueError(f"cfg_schedule={cfg_schedule!r}: expected one of {', '.join(CFG_SCHEDULES)}")
     if n <= 0:
@@ -82,10 +91,12 @@ def load_models(prior_dir="runs/prior", tokenizer_dir=None, device="cpu") -> Mod
 def generate(n: int = 64, digit=None, temperature: float = 1.0, top_k: int | None = None,
              top_p: float | None = None, cfg: float = 0.0, seed: int = 0, prior: str | Path = "runs/prior",
              tokenizer: str | Path | None = None, device: str = "cpu", batch_size: int = 2048,
-             keep: torch.Tensor | None = None, models=None, cfg_schedule: str = "constant") -> dict:
+             keep: torch.Tensor | None = None, models=None, cfg_schedule: str = "constant",
+             keep_likeliest: float = 1.0) -> dict:
     """Sample n images. keep: optional long [n,R,7] code rows to hold fixed (completion).
-    cfg_schedule: "constant" or "linear" (guidance rising from 0 to 2 * cfg along the sequence)."""
-    check_sampling_args(n, temperature, top_k, top_p, digit, batch_size, cfg_schedule)
+    cfg_schedule: "constant" or "linear" (guidance rising from 0 to 2 * cfg along the sequence).
+    keep_likeliest: draw more and keep this share of each condition's likeliest (module doc)."""
+    check_sampling_args(n, temperature, top_k, top_p, digit, batch_size, cfg_schedule, keep_likeliest)
     gpt, prior_cfg, tok = models or load_models(prior, tokenizer, device)
     if not prior_cfg.class_conditional:
         if digit not in (None, NULL_DIGIT):
@@ -96,15 +107,51 @@ def generate(n: int = 64, digit=None, temperature: float = 1.0, top_k: int | Non
     gen = torch.Generator(device=device).manual_seed(seed)
     labels = labels_for(n, digit, gen)
     cond = labels if labels is not None else torch.full((n,), NULL_CLASS, dtype=torch.long)
-    tokens = []
-    for start in range(0, n, batch_size):   # chunks keep memory bounded for any n
-        y = cond[start:start + batch_size].to(device)
-        prefix = None if keep is None else grid_to_sequence(keep[start:start + batch_size]).to(device)
-        tokens.append(gpt.generate(y, temperature, top_k, top_p, cfg if labels is not None else 0.0,
-                                   prefix=prefix, generator=gen, cfg_schedule=cfg_schedule))
-    grids = sequence_to_grid(torch.cat(tokens))
+    prefix = None if keep is None else grid_to_sequence(keep).long()
+    candidates = torch.arange(n)   # the output row each drawn sample is a candidate for
+    if keep_likeliest < 1:
+        conditions = cond[:, None] if prefix is None else torch.cat([cond[:, None], prefix], 1)
+        group_of_row, candidates = oversample(conditions, keep_likeliest)
+    drawn = []
+    for start in range(0, len(candidates), batch_size):   # chunks keep memory bounded for any n
+        rows = candidates[start:start + batch_size]
+        y = cond[rows].to(device)
+        given = None if prefix is None else prefix[rows].to(device)
+        drawn.append(gpt.generate(y, temperature, top_k, top_p, cfg if labels is not None else 0.0,
+                                  prefix=given, generator=gen, cfg_schedule=cfg_schedule))
+    tokens = torch.cat(drawn)
+    if keep_likeliest < 1:
+        scores = torch.cat([gpt.log_likelihood(tokens[i:i + batch_size], cond[candidates[i:i + batch_size]].to(device))
+                            for i in range(0, len(tokens), batch_size)]).cpu()
+        tokens = tokens[likeliest_per_group(group_of_row, candidates, scores).to(tokens.device)]
+    grids = sequence_to_grid(tokens)
     images = torch.cat([tok.decode(grids[i:i + batch_size]) for i in range(0, n, batch_size)])
     return {"images": images.cpu(), "tokens": grids.cpu(), "labels": labels}
 
 
-__all__ = ["generate", "load_models", "Models", "check_sampling_args", "labels_for", "NULL_DIGIT"]
+def oversample(conditions: torch.Tensor, share: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """conditions: (n, k) rows, equal rows forming a group. Returns (group of each row (n,),
+    candidates (m,): for each of ceil(count / share) draws per group, the group's first row)."""
+    _, group_of_row, counts = torch.unique(conditions, dim=0, return_inverse=True, return_counts=True)
+    first_row = torch.full((len(counts),), len(conditions), dtype=torch.long)
+    first_row.scatter_reduce_(0, group_of_row, torch.arange(len(conditions)), "amin")
+    # the small epsilon: 8 / 0.8 is 10.000000000000002 in floating point, and must draw 10
+    draws = torch.tensor([math.ceil(c / share - 1e-9) for c in counts.tolist()])
+    return group_of_row, torch.repeat_interleave(first_row, draws)
+
+
+def likeliest_per_group(group_of_row: torch.Tensor, candidates: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """For each output row, the index of the candidate it gets: each group's likeliest
+    candidates (as many as its rows), handed out in the order they were drawn."""
+    group_of_candidate = group_of_row[candidates]
+    chosen = torch.empty(len(group_of_row), dtype=torch.long)
+    for g in group_of_row.unique().tolist():
+        mine = (group_of_candidate == g).nonzero().squeeze(1)
+        rows = (group_of_row == g).nonzero().squeeze(1)
+        best = mine[scores[mine].argsort(descending=True, stable=True)[:len(rows)]]
+        chosen[rows] = best.sort().values
+    return chosen
+
+
+__all__ = ["generate", "load_models", "Models", "check_sampling_args", "labels_for", "NULL_DIGIT", "oversample",
+           "likeliest_per_group"]

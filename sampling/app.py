@@ -171,13 +171,14 @@ class Demo:
         return self._test_images[index][None].float() / 255
 
     def sample(self, digits: list[int] | None, n: int, cfg: float = 0.0, temperature: float = 1.0,
-               top_k: int | None = None, top_p: float | None = None, seed: int = 0) -> Sampled:
+               top_k: int | None = None, top_p: float | None = None, seed: int = 0,
+               keep_likeliest: float = 1.0) -> Sampled:
         """What `python sampling/generate.py --n N --digit D --cfg ... --seed S` draws, image for image."""
         if not 1 <= n <= MAX_SAMPLES:
             raise DemoError(f"{n} samples: pick 1 to {MAX_SAMPLES}")
         digit = digits if digits is None or len(digits) > 1 else digits[0]
         return self._generate(n=n, digit=digit, temperature=temperature, top_k=top_k, top_p=top_p, cfg=cfg,
-                              seed=seed)
+                              seed=seed, keep_likeliest=keep_likeliest)
 
     def complete(self, image: torch.Tensor, keep_rows: int, n: int = 8, temperature: float = 1.0,
                  seed: int = 0) -> Sampled:
@@ -248,9 +249,10 @@ def build_app(demo: Demo):
             raise DemoError("the canvas is empty: draw a digit (or pick a test digit) first")
         return to_mnist(drawing["composite"], ink)
 
-    def on_sample(digits, n, cfg, temperature, top_k, top_p, seed):
+    def on_sample(digits, n, cfg, temperature, top_k, top_p, seed, keep_likeliest):
         s = demo.sample(parse_digits(digits), int(n), float(cfg), float(temperature),
-                        none_if(int(top_k), 0), none_if(float(top_p), 1.0), whole(seed, "seed"))
+                        none_if(int(top_k), 0), none_if(float(top_p), 1.0), whole(seed, "seed"),
+                        float(keep_likeliest))
         captions = [f"{int(c)}" for c in s.labels] if s.labels is not None else [""] * len(s.images)
         gallery = list(zip(to_uint8(s.images), captions))
         size = demo.require_models().tokenizer.codebook_size
@@ -314,6 +316,8 @@ def build_app(demo: Demo):
                     temperature = gr.Slider(0.1, 2.0, value=1.0, step=0.05, label="temperature")
                     top_k = gr.Slider(0, 512, value=0, step=1, label="top-k (0: off)")
                     top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="top-p (1: off)")
+                    keep_likeliest = gr.Slider(0.5, 1.0, value=1.0, step=0.05, elem_id="sample-keep",
+                                               label="keep the likeliest share of each digit (1: all drawn)")
                     seed = gr.Number(value=0, precision=0, label="seed (same seed, same digits as generate.py)")
                     go = gr.Button("sample", variant="primary", elem_id="sample-button")
                 with gr.Column(scale=2):
@@ -321,7 +325,7 @@ def build_app(demo: Demo):
                     sample_info = gr.Markdown(elem_id="sample-info")
                     codes = gr.HTML(label="codes of the chosen sample", elem_id="sample-codes")
             tokens = gr.State()
-            go.click(failing(on_sample), [digits, n, cfg, temperature, top_k, top_p, seed],
+            go.click(failing(on_sample), [digits, n, cfg, temperature, top_k, top_p, seed, keep_likeliest],
                      [gallery, tokens, codes, sample_info])
             gallery.select(failing(on_select), tokens, codes)
 

@@ -2,10 +2,13 @@
 
     python sampling/evaluate.py samples/samples.npz [--tokenizer runs/tokenizer]
 
-Prints Frechet distance (classifier features, vs the 10k test images),
+Prints Frechet distance (classifier features, vs the 10k test images) and its
+ratio to that of real training digits (`x_real`, the floor no sampler can beat),
+under two independently trained judges (a and b, sampling/judge.py), then
 `confident`, `class_kl`, precision/recall and, when the file has labels,
-`cond_acc`; beside them the same figures for 10k real training images (the
-floor) and the tokenizer's test reconstructions (what a perfect prior reaches).
+`cond_acc` (judge a); beside them the same figures for 10k real training images
+and the tokenizer's test reconstructions. A reconstruction is paired with its own
+test digit, so a good decoder takes its distance below the real digits'.
 """
 from __future__ import annotations
 
@@ -37,7 +40,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     import numpy as np
     import torch
-    from sampling.judge import judge, load_classifier, classify
+    from sampling.judge import JUDGES, classify, frechet_distance, judge, load_classifier
     from tokenizer.data import data_root, load_split, to_float
 
     with np.load(path, allow_pickle=False) as data:
@@ -50,30 +53,41 @@ def main(argv: list[str] | None = None) -> dict:
 
     dataset = args.dataset or tokenizer_dataset(Path(args.tokenizer))
     root = data_root()
-    model = load_classifier(root, dataset)
     test_x, _ = load_split(root, dataset, train=False)
-    test = to_float(test_x)
-    _, test_feats = classify(model, test)
-    n = len(images)
-    rows = {"samples": judge(model, to_float(images), test_feats, labels)}
     train_x, train_y = load_split(root, dataset, train=True)
-    rows["real train (floor)"] = judge(model, to_float(train_x[:min(n, 10000)]), test_feats,
-                                       train_y[:min(n, 10000)] if labels is not None else None)
+    n = len(images)
+    sets = {"samples": (to_float(images), labels),
+            "real train (floor)": (to_float(train_x[:min(n, 10000)]),
+                                   train_y[:min(n, 10000)] if labels is not None else None)}
     if (Path(args.tokenizer) / "model.safetensors").is_file():
         from tokenizer import load_tokenizer
         tok = load_tokenizer(args.tokenizer)
+        test = to_float(test_x)
         recon = torch.cat([tok.decode(tok.encode(test[i:i + 2000])) for i in range(0, len(test), 2000)])
         recon = (recon * 255).round() / 255   # the same uint8 rounding the samples went through
-        rows["tokenizer recon"] = judge(model, recon[:min(n, 10000)], test_feats)
-    keys = ["n", "frechet", "confident", "class_kl", "precision", "recall", "cond_acc"]
-    print(f"{'':22s}" + "".join(f"{k:>11s}" for k in keys))
+        sets["tokenizer recon"] = (recon[:min(n, 10000)], None)
+    rows = {}
+    for kind in JUDGES:   # judge a gives every figure, judge b a second distance
+        model = load_classifier(root, dataset, kind=kind)
+        _, test_feats = classify(model, to_float(test_x))
+        for name, (x, y) in sets.items():
+            if kind == "a":
+                rows[name] = judge(model, x, test_feats, y)
+            else:
+                rows[name][f"frechet_{kind}"] = frechet_distance(classify(model, x)[1], test_feats)
+    for r in rows.values():
+        for kind in JUDGES:
+            key = "frechet" if kind == "a" else f"frechet_{kind}"
+            floor = rows["real train (floor)"][key]
+            r["x_real" if kind == "a" else f"x_real_{kind}"] = r[key] / max(floor, 1e-9)
+    keys = ["n", "frechet", "x_real", "frechet_b", "x_real_b", "confident", "class_kl", "precision", "recall",
+            "cond_acc"]
+    print(f"{'':20s}" + "".join(f"{k:>10s}" for k in keys))
     for name, r in rows.items():
-        cells = [f"{r[k]:>11d}" if k == "n" else f"{r[k]:>11.4g}" if k in r else f"{'-':>11s}" for k in keys]
-        print(f"{name:22s}" + "".join(cells))
-    if "tokenizer recon" in rows:
-        ratio = rows["samples"]["frechet"] / max(rows["tokenizer recon"]["frechet"], 1e-9)
-        print(f"frechet ratio samples / tokenizer recon: {ratio:.2f}")
-        rows["frechet_ratio"] = ratio
+        cells = [f"{r[k]:>10d}" if k == "n" else f"{r[k]:>10.4g}" if k in r else f"{'-':>10s}" for k in keys]
+        print(f"{name:20s}" + "".join(cells))
+    ours = rows["samples"]
+    print(f"samples / real training digits: {ours['x_real']:.2f}x (judge a), {ours['x_real_b']:.2f}x (judge b)")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return rows

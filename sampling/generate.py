@@ -23,7 +23,8 @@ OUR_FILES = {"grid.png", "samples.npz"}
 
 
 DEFAULTS_FILE = Path(__file__).resolve().parent.parent / "configs" / "sampling.yaml"
-ALLOWED_DEFAULTS = {"n", "seed", "temperature", "top_k", "top_p", "digit", "cfg", "cfg_schedule", "batch_size"}
+ALLOWED_DEFAULTS = {"n", "seed", "temperature", "top_k", "top_p", "digit", "cfg", "cfg_schedule", "batch_size",
+                    "keep_likeliest"}
 
 
 def parse_digits(text: str):
@@ -67,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     # prior.model.CFG_SCHEDULES, spelled out: parsing flags must not import torch
     p.add_argument("--cfg-schedule", choices=["constant", "linear"], default="constant",
                    help="guidance along the sequence: the same scale everywhere, or rising from 0 to 2x cfg")
+    p.add_argument("--keep-likeliest", type=float, default=1.0, metavar="SHARE",
+                   help="draw n / SHARE samples and keep each digit's likeliest SHARE of them, "
+                        "scored by the prior (1: no filtering)")
     p.add_argument("--out", default="samples", help="folder for grid.png and samples.npz")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--batch-size", type=int, default=2048, help="samples generated at once")
@@ -152,7 +156,7 @@ def main(argv: list[str] | None = None) -> dict:
         args.digit = args.digit.value
     from sampling import check_sampling_args
     check_sampling_args(args.n, args.temperature, args.top_k, args.top_p, args.digit, args.batch_size,
-                        args.cfg_schedule)
+                        args.cfg_schedule, args.keep_likeliest)
     if not 0 <= args.keep_rows <= 7:
         raise ValueError(f"--keep-rows {args.keep_rows}: must be 0-7")
     out = Path(args.out)
@@ -177,7 +181,8 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
     result = generate(n=args.n, digit=args.digit, temperature=args.temperature, top_k=args.top_k,
                       top_p=args.top_p, cfg=args.cfg, seed=args.seed, device=args.device,
-                      batch_size=args.batch_size, keep=keep, models=models, cfg_schedule=args.cfg_schedule)
+                      batch_size=args.batch_size, keep=keep, models=models, cfg_schedule=args.cfg_schedule,
+                      keep_likeliest=args.keep_likeliest)
     seconds = time.perf_counter() - started
 
     out.mkdir(parents=True, exist_ok=True)
@@ -194,8 +199,11 @@ def main(argv: list[str] | None = None) -> dict:
     if originals is None and len(shown) > nrow:   # whole rows only: a ragged last row breaks the columns
         shown = shown[:len(shown) - len(shown) % nrow]
     save_png(out / "grid.png", shown, nrow=nrow)
+    digit_text = "none" if args.digit is None else "all" if args.digit == list(range(10)) else args.digit
     print(f"wrote {args.n} samples to {out}/samples.npz and {out}/grid.png "
-          f"(generation {seconds:.2f} s, {args.n / seconds:.0f} images/s)")
+          f"(generation {seconds:.2f} s, {args.n / seconds:.0f} images/s)\n"
+          f"  prior {args.prior}, tokenizer {args.tokenizer or models.prior_cfg.tokenizer}; digit {digit_text}, "
+          f"cfg {args.cfg}, temperature {args.temperature}, keep_likeliest {args.keep_likeliest}, seed {args.seed}")
     return result
 
 

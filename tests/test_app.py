@@ -64,9 +64,10 @@ def test_an_empty_canvas_is_a_message(image):
 def test_sampling_in_the_page_draws_what_generate_py_draws(tiny_prior_run, tmp_path):
     prior, _ = tiny_prior_run
     demo = Demo(prior)
-    sampled = demo.sample([3, 5], n=16, cfg=1.0, temperature=0.9, top_k=20, seed=7)
+    sampled = demo.sample([3, 5], n=16, cfg=1.0, temperature=0.9, top_k=20, seed=7, keep_likeliest=0.75)
     result = run_cli(["sampling/generate.py", "--prior", str(prior), "--out", str(tmp_path / "s"), "--n", "16",
-                      "--digit", "3,5", "--cfg", "1.0", "--temperature", "0.9", "--top-k", "20", "--seed", "7"])
+                      "--digit", "3,5", "--cfg", "1.0", "--temperature", "0.9", "--top-k", "20", "--seed", "7",
+                      "--keep-likeliest", "0.75"])
     assert result.returncode == 0, result.stderr
     with np.load(tmp_path / "s" / "samples.npz") as cli:
         assert np.array_equal(cli["tokens"], sampled.tokens.numpy())
@@ -99,6 +100,7 @@ def test_the_page_explains_bad_input(tiny_prior_run, tmp_path, mnist_root, test_
     for call, message in [(lambda: demo.sample(None, n=0), "pick 1 to 64"),
                           (lambda: demo.sample(None, n=4, temperature=0), "temperature=0"),
                           (lambda: demo.sample(None, n=4, top_p=1.5), "top_p=1.5"),
+                          (lambda: demo.sample(None, n=4, keep_likeliest=0), "keep_likeliest=0"),
                           (lambda: demo.complete(torch.zeros(1, 28, 28), keep_rows=8), "pick 0 to 7"),
                           (lambda: demo.test_digit(10_000), "0 to 9999")]:
         with pytest.raises(DemoError, match=message):

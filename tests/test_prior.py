@@ -203,7 +203,36 @@ def test_generate_cli_writes_files_and_refuses_foreign_out(tiny_prior_run, tmp_p
     assert (tmp_path / "mine" / "thesis.txt").read_text() == "precious"
 
 
+def test_likeliest_per_group_keeps_each_groups_best_in_drawn_order():
+    from sampling import likeliest_per_group, oversample
+    conditions = torch.tensor([[3], [1], [3], [3], [1]])       # rows 0, 2, 3 want a 3; rows 1, 4 a 1
+    group_of_row, candidates = oversample(conditions, 0.5)
+    assert candidates.tolist() == [1, 1, 1, 1, 0, 0, 0, 0, 0, 0]   # 2 / 0.5 draws for 1s, 3 / 0.5 for 3s
+    assert len(oversample(torch.zeros(8, 1, dtype=torch.long), 0.8)[1]) == 10, "8 / 0.8 draws 10, not 11"
+    scores = torch.tensor([-5., -1., -3., -2., -9., -4., -8., -6., -7., -0.5])
+    chosen = likeliest_per_group(group_of_row, candidates, scores)
+    assert chosen.tolist() == [5, 1, 7, 9, 3]   # 3s: the best three (9, 5, 7) in drawn order; 1s: 1 and 3
+    assert torch.equal(conditions[candidates[chosen]], conditions), "every row keeps its condition"
+
+
+def test_generate_keep_likeliest_filters_within_each_digit(tiny_prior_run):
+    from sampling import generate, load_models
+    out_dir, _ = tiny_prior_run
+    models = load_models(out_dir)
+    plain = generate(n=60, seed=2, models=models)
+    kept = generate(n=60, seed=2, models=models, keep_likeliest=0.5)
+    assert torch.equal(kept["labels"], plain["labels"]), "each digit keeps its share and its places"
+    assert torch.equal(kept["tokens"], generate(n=60, seed=2, models=models, keep_likeliest=0.5)["tokens"])
+    score = lambda out: models.gpt.log_likelihood(out["tokens"].flatten(1), out["labels"])
+    assert score(kept).mean() > score(plain).mean() + 1.0, "the kept half is the likelier half"
+    completed = generate(n=6, seed=0, models=models, keep=plain["tokens"][:6, :2], keep_likeliest=0.5, digit="null")
+    assert torch.equal(completed["tokens"][:, :2], plain["tokens"][:6, :2])
+    assert torch.equal(generate(n=60, seed=2, models=models, keep_likeliest=1.0)["tokens"], plain["tokens"])
+
+
 @pytest.mark.parametrize("flags, message", [
+    (["--keep-likeliest", "0"], "keep_likeliest=0.0: must be in (0, 1]"),
+    (["--keep-likeliest", "1.5"], "keep_likeliest=1.5"), (["--keep-likeliest", "nan"], "keep_likeliest=nan"),
     (["--n", "0"], "n=0"), (["--temperature", "0"], "temperature=0"), (["--digit", "12"], "digits must be 0-9"),
     (["--top-p", "1.5"], "top_p=1.5"), (["--prior", "/no/such/run"], "no trained prior"),
     (["--cfg-schedule", "cubic"], "invalid choice: 'cubic'"),

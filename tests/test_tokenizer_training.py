@@ -43,6 +43,10 @@ def test_config_layers_defaults_yaml_and_cli(tmp_path):
     ("fsq_levels=[8,a]", "fsq_levels='a': expected int"),
     ("decoder_epochs=-1", "decoder_epochs=-1 must be >= 0"),
     ("decoder_lr=0", "decoder_lr=0.0 must be > 0"),
+    ("decoder_loss=l1", "expected one of mse, gan"),
+    ("decoder_gan_weight=-0.1", "decoder_gan_weight=-0.1 must be >= 0"),
+    ("decoder_gan_warmup=-5", "decoder_gan_warmup=-5 must be >= 0"),
+    ("decoder_disc_lr=0", "decoder_disc_lr=0.0 must be > 0"),
 ])
 def test_bad_config_is_one_clear_error(arg, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
@@ -130,6 +134,64 @@ def test_decoder_phase_keeps_the_codes_and_sharpens_the_images(tmp_path, tiny_to
         assert all(torch.equal(weights[k], outer[k]) for k in outer), other
     again = (tmp_path / "broken" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(l).get("phase") for l in again].count("decoder") == 1
+
+
+def test_adversarial_phase_moves_the_decoder_only(tiny_tokenizer_run, mnist_root):
+    """The decoder's loss reaches neither the encoder, the codebook nor the discriminator;
+    the discriminator's loss reaches only the discriminator."""
+    from tokenizer.train import decoder_task, make_task
+    cfg = load_config(TokenizerConfig, TINY_TOKENIZER + ["decoder_loss=gan", "decoder_gan_warmup=0",
+                                                         "ema=false"])   # a codebook that could take a gradient
+    images = load_split(mnist_root, "mnist", train=True, subset=64)[0]
+    joint = make_task(cfg, images, images)
+    task = decoder_task(joint, images, cfg)
+    batch = tuple(t[:16] for t in task.train_tensors)
+    vqvae, disc = joint.model, task.side.model
+    assert vqvae.quantizer.codebook.requires_grad
+
+    disc.requires_grad_(False)   # as fit does around the main loss
+    loss, logs, fake = task.loss_fn(task.model, batch, disc, 10)
+    disc.requires_grad_(True)
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in vqvae.decoder.parameters())
+    assert all(p.grad is None for p in [*vqvae.encoder.parameters(), *vqvae.quantizer.parameters()])
+    assert all(p.grad is None for p in disc.parameters())
+    assert logs["adversarial"].abs() > 0 and not fake.requires_grad
+
+    vqvae.zero_grad(set_to_none=True)
+    disc_loss, disc_logs = task.side.loss_fn(disc, batch, fake)
+    disc_loss.backward()
+    assert all(p.grad is not None for p in disc.parameters())
+    assert all(p.grad is None for p in vqvae.parameters())
+    assert 0 <= disc_logs["disc_real_acc"] <= 1
+
+
+def test_adversarial_phase_keeps_the_codes_and_resumes_exactly(tmp_path, tiny_tokenizer_run, mnist_root):
+    """decoder_loss=gan: same codes, a loadable tokenizer without the discriminator, and a run
+    stopped inside the phase resumes bit-identically (the discriminator and its Adam state
+    are in the checkpoints)."""
+    common = TINY_TOKENIZER + [f"data_root={mnist_root}", "decoder_epochs=2", "decoder_loss=gan",
+                               "decoder_gan_warmup=20"]
+    for name in ("straight", "broken"):
+        shutil.copytree(tiny_tokenizer_run, tmp_path / name)
+    metrics = main(common + [f"out_dir={tmp_path}/straight"])
+    assert metrics["phase"] == "decoder" and metrics["step"] == 256
+    rows = [json.loads(l) for l in (tmp_path / "straight" / "decoder" / "metrics.jsonl").read_text().splitlines()]
+    assert all(0 <= r["train_disc_real_acc"] <= 1 and r["train_disc"] > 0 for r in rows)
+
+    x = to_float(load_split(mnist_root, "mnist", train=False, subset=256)[0])
+    before, after = load_tokenizer(tiny_tokenizer_run), load_tokenizer(tmp_path / "straight")
+    assert torch.equal(before.encode(x), after.encode(x)), "the prior's inputs must not change"
+    weights = load_file(tmp_path / "straight" / "model.safetensors")
+    assert set(weights) == set(before.state_dict()), "the saved tokenizer carries no discriminator"
+    assert not torch.equal(weights["decoder.net.0.weight"], before.state_dict()["decoder.net.0.weight"])
+
+    main(common + [f"out_dir={tmp_path}/broken", "max_steps=170"])   # stopped inside phase two
+    checkpoint = sorted((tmp_path / "broken" / "decoder" / "checkpoints").iterdir())[-1]
+    assert {"side_model.safetensors", "side_optimizer.safetensors"} <= {p.name for p in checkpoint.iterdir()}
+    main(common + [f"out_dir={tmp_path}/broken"])
+    resumed = load_file(tmp_path / "broken" / "model.safetensors")
+    assert all(torch.equal(resumed[k], weights[k]) for k in weights)
 
 
 def test_resume_refuses_a_run_with_a_different_config(tmp_path, mnist_root):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Literal
 
 from common.config import ConfigError, TrainConfig
 from tokenizer.model import VQVAEShape
@@ -16,6 +17,11 @@ class TokenizerConfig(TrainConfig, VQVAEShape):
     warmup_steps: int = 20           # linear warmup steps
     decoder_epochs: int = 0          # then this many epochs of the decoder alone on the frozen codes (same codes, sharper images)
     decoder_lr: float = 1e-3         # peak learning rate of those epochs (no warmup, cosine decay)
+    decoder_loss: Literal["mse", "gan"] = "mse"   # gan: MSE plus a patch discriminator's hinge loss (sharper strokes)
+    decoder_gan_weight: float = 0.1  # gan: weight of the adversarial term beside the MSE
+    decoder_gan_warmup: int = 200    # gan: steps over which that weight ramps up from 0
+    decoder_disc_lr: float = 2e-4    # gan: the discriminator's Adam learning rate (constant)
+    decoder_disc_channels: int = 32  # gan: width of the discriminator's first layer
 
     def validate(self) -> None:
         super().validate()
@@ -26,6 +32,10 @@ class TokenizerConfig(TrainConfig, VQVAEShape):
             (self.res_blocks >= 0, "res_blocks", "must be >= 0"),
             (self.decoder_epochs >= 0, "decoder_epochs", "must be >= 0 (0 = none)"),
             (self.decoder_lr > 0, "decoder_lr", "must be > 0"),
+            (self.decoder_gan_weight >= 0, "decoder_gan_weight", "must be >= 0 (0 = MSE only)"),
+            (self.decoder_gan_warmup >= 0, "decoder_gan_warmup", "must be >= 0 steps"),
+            (self.decoder_disc_lr > 0, "decoder_disc_lr", "must be > 0"),
+            (self.decoder_disc_channels >= 1, "decoder_disc_channels", "must be >= 1"),
             (self.beta >= 0, "beta", "must be >= 0"),
             (0 < self.ema_decay < 1, "ema_decay", "must be in (0, 1)"),
             (self.dead_code_steps >= 0, "dead_code_steps", "must be >= 0 (0 = never restart)"),

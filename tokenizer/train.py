@@ -29,9 +29,11 @@ from common.plots import save_bars, save_curves, save_image_grid
 from common.tracking import make_accelerator
 from common.errors import run_main
 from common.runs import run_lock, save_run_weights
-from common.training import Task, epoch_steps, find_resume_point, fit
+from common.training import SideModel, Task, epoch_steps, find_resume_point, fit
 from tokenizer.config import TokenizerConfig
 from tokenizer.data import data_root, encode_digits, ensure_dataset, load_split, to_float
+from tokenizer.discriminator import (PatchDiscriminator, adversarial_weight, hinge_discriminator_loss,
+                                     hinge_generator_loss)
 from tokenizer.model import VQVAE
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "tokenizer.yaml"
@@ -112,19 +114,46 @@ def make_task(cfg: TokenizerConfig, train_images: torch.Tensor, test_images: tor
                 evaluate=evaluate, report=report)
 
 
-def decoder_task(joint: Task, train_images: torch.Tensor) -> Task:
-    """The decoder alone, on the codes of the trained (now frozen) encoder and codebook."""
+def decoder_task(joint: Task, train_images: torch.Tensor, cfg: TokenizerConfig) -> Task:
+    """The decoder alone, on the codes of the trained (now frozen) encoder and codebook;
+    with decoder_loss=gan, a patch discriminator trains beside it (fit's side model)."""
     model = joint.model
     codes = encode_digits(model, train_images)   # the very codes a prior will read
 
-    def loss_fn(decoder, batch):
-        indices, images = batch
+    def reconstruct(decoder, indices):
         with torch.no_grad():   # the codebook is frozen: no graph into it (a parameter without ema)
             z = model.code_vectors(indices)
-        recon = F.mse_loss(decoder(z), to_model_range(images))
+        return decoder(z)
+
+    def mse_loss(decoder, batch):
+        indices, images = batch
+        recon = F.mse_loss(reconstruct(decoder, indices), to_model_range(images))
         return recon, {"recon": recon}
 
-    return Task(stage="tokenizer", model=model.decoder, train_tensors=(codes, train_images), loss_fn=loss_fn,
+    def gan_loss(decoder, batch, disc, step):
+        indices, images = batch
+        fake = reconstruct(decoder, indices)
+        recon = F.mse_loss(fake, to_model_range(images))
+        adversarial = hinge_generator_loss(disc(fake))
+        weight = adversarial_weight(step, cfg.decoder_gan_weight, cfg.decoder_gan_warmup)
+        return recon + weight * adversarial, {"recon": recon, "adversarial": adversarial.detach()}, fake.detach()
+
+    def disc_loss(disc, batch, fake):
+        logits = disc(torch.cat([to_model_range(batch[1]), fake]))   # real and fake in one pass
+        real_logits, fake_logits = logits.chunk(2)
+        loss = hinge_discriminator_loss(real_logits, fake_logits)
+        return loss, {"disc": loss.detach(), "disc_real_acc": (real_logits > 0).float().mean(),
+                      "disc_fake_acc": (fake_logits < 0).float().mean()}
+
+    side = None
+    if cfg.decoder_loss == "gan":
+        with torch.random.fork_rng():   # the same discriminator however the run got here (resume, straight)
+            torch.manual_seed(cfg.seed + 1)
+            disc = PatchDiscriminator(cfg.decoder_disc_channels).to(memory_format=torch.channels_last)
+        side = SideModel(disc, disc_loss, lambda d: torch.optim.Adam(d.parameters(), lr=cfg.decoder_disc_lr,
+                                                                     betas=(0.5, 0.9)))
+    return Task(stage="tokenizer", model=model.decoder, train_tensors=(codes, train_images),
+                loss_fn=gan_loss if side else mse_loss, side=side,
                 evaluate=lambda decoder: joint.evaluate(model),
                 report=lambda out_dir, decoder, history, metrics: joint.report(out_dir, model, history, metrics),
                 export=lambda decoder: model.state_dict())
@@ -160,7 +189,7 @@ def main(argv: list[str] | None = None) -> dict:
             return metrics
         accelerator.print(f"tokenizer: {cfg.decoder_epochs} epochs of the decoder alone, encoder and codebook "
                           f"frozen, in {phase_two.out_dir}")
-        decoder_metrics = fit(phase_two, decoder_task(task, train_images), accelerator, last=False)
+        decoder_metrics = fit(phase_two, decoder_task(task, train_images, phase_two), accelerator, last=False)
         metrics = finish_decoder_phase(cfg, task.model, metrics, decoder_metrics, joint_steps, accelerator)
         accelerator.end_training()
         return metrics
