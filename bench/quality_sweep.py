@@ -28,6 +28,9 @@ REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "runs" / "bench" / "quality"
 BIN = Path(sys.executable).parent
 LARGE = ["--config", "configs/prior-large.yaml"]
+# Tokenizer variants start from the recipe they were measured against (K=512, no decoder
+# phase: the default before issue 20), so their names keep meaning what they measured.
+BASE_TOKENIZER = ["codebook_size=512", "decoder_epochs=0", "decoder_loss=mse"]
 # The large-* variants start from that config as it was when they were measured: no augmentation.
 PLAIN_LARGE = [*LARGE, "augment=false", "augment_token=false", "augment_share=0.5"]
 # name: (tokenizer overrides, prior overrides); tokenizers are shared by their overrides.
@@ -49,16 +52,23 @@ VARIANTS = {
     "large-augment-token": ([], [*PLAIN_LARGE, "augment=true", "augment_token=true"]),
     "large-augment-token-quarter": ([], [*PLAIN_LARGE, "augment=true", "augment_token=true", "augment_share=0.25"]),
     "decoder-10": (["decoder_epochs=10"], []),
-    "quality": (["decoder_epochs=10"], LARGE),                 # the quality point: both named recipes
+    "quality": (["decoder_epochs=10"], LARGE),                 # the quality point before issue 20
     "decoder-3": (["decoder_epochs=3"], []),
+    "gan-1": (["decoder_epochs=1", "decoder_loss=gan"], []),
+    "gan-1-w0.03": (["decoder_epochs=1", "decoder_loss=gan", "decoder_gan_weight=0.03"], []),
     "gan-3": (["decoder_epochs=3", "decoder_loss=gan"], []),
     "k64": (["codebook_size=64"], []),
+    "k64-gan-1": (["codebook_size=64", "decoder_epochs=1", "decoder_loss=gan"], []),
     "k64-gan-3": (["codebook_size=64", "decoder_epochs=3", "decoder_loss=gan"], []),
+    "quality-gan-3": (["codebook_size=64", "decoder_epochs=3", "decoder_loss=gan"], LARGE),
+    "quality-gan": (["codebook_size=64", "decoder_epochs=1", "decoder_loss=gan"], LARGE),   # the quality point
 }
 
 
 def slug(overrides: list[str]) -> str:
-    return "-".join(o.replace("=", "").replace(",", "") for o in overrides).replace("[", "").replace("]", "")
+    """A folder name for a list of overrides: codebook_size=64 -> codebook_size64, --config a/b.yaml -> b."""
+    words = [Path(o).stem if o.endswith(".yaml") else o.lstrip("-") for o in overrides if o != "--config"]
+    return "-".join(w.replace("=", "").replace(",", "") for w in words).replace("[", "").replace("]", "")
 
 
 def timed(*command) -> float:
@@ -81,7 +91,7 @@ def trained(variant: str) -> tuple[Path, Path]:
     codes = OUT / ("tokenizer-" + (slug(code_overrides) or "default"))
     prior = OUT / f"prior-{slug(code_overrides) or 'default'}--{slug(prior_overrides) or 'default'}"
     for run, overrides in {codes: code_overrides, tokenizer: tok_overrides}.items():
-        timed(BIN / "accelerate", "launch", "tokenizer/train.py", f"out_dir={run}", *overrides)
+        timed(BIN / "accelerate", "launch", "tokenizer/train.py", f"out_dir={run}", *BASE_TOKENIZER, *overrides)
     # The resolved path, so a tokenizer folder linked here from another bench is the same run.
     timed(BIN / "accelerate", "launch", "prior/train.py", *prior_overrides, f"out_dir={prior}",
           f"tokenizer={codes.resolve().relative_to(REPO)}")

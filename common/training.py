@@ -305,6 +305,8 @@ def fit(cfg, task: Task, accelerator=None, last: bool = True) -> dict:
                 accelerator.end_training()
                 raise SystemExit(130 if stop.received == "SIGINT" else 143)
     _check_replicas_agree(raw_model, accelerator)
+    if side is not None:
+        _check_replicas_agree(side.raw, accelerator)
     if last:
         accelerator.end_training()
     return metrics

@@ -103,7 +103,7 @@ def test_resume_gives_bit_identical_weights(tmp_path, mnist_root, ema):
 def test_decoder_phase_keeps_the_codes_and_sharpens_the_images(tmp_path, tiny_tokenizer_run, mnist_root):
     """A trained run gets a decoder phase by running it again with decoder_epochs: codes stay, PSNR rises."""
     shutil.copytree(tiny_tokenizer_run, tmp_path / "extended")
-    common = TINY_TOKENIZER + [f"data_root={mnist_root}", "decoder_epochs=2"]
+    common = TINY_TOKENIZER + [f"data_root={mnist_root}", "decoder_epochs=2", "decoder_loss=mse"]
     metrics = main(common + [f"out_dir={tmp_path}/extended"])
     rows = [json.loads(l) for l in (tmp_path / "extended" / "metrics.jsonl").read_text().splitlines()]
     joint = [r for r in rows if "phase" not in r][-1]
@@ -205,10 +205,11 @@ def test_resume_refuses_a_run_with_a_different_config(tmp_path, mnist_root):
 
 def test_two_process_cpu_run_agrees_with_one(tmp_path, mnist_root):
     """A real 2-process gloo run: same total batch as one process, replicas stay identical,
-    in the decoder phase too (its own DDP wrapper around the decoder alone)."""
+    in the decoder phase too (its own DDP wrapper around the decoder alone, and one around
+    the default's discriminator)."""
     args = [f"data_root={mnist_root}", "hidden_channels=16", "embedding_dim=8", "codebook_size=32",
             "train_subset=2048", "epochs=2", "warmup_steps=10", "dead_code_steps=5", "lr=0.003",
-            "decoder_epochs=1"]
+            "decoder_epochs=1", "decoder_loss=gan"]
     result = run_cli(["-m", "torch.distributed.run", "--nproc_per_node", "2", "tokenizer/train.py",
                       *args, "batch_size=16", f"out_dir={tmp_path}/ddp"],
                      env={"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}, timeout=600)
@@ -218,7 +219,8 @@ def test_two_process_cpu_run_agrees_with_one(tmp_path, mnist_root):
     assert ddp["step"] == single["step"], "same total batch -> same number of optimizer steps"
     assert abs(ddp["test_psnr"] - single["test_psnr"]) < 1.5
     assert ddp["codebook_usage"] > 0.8 * single["codebook_usage"]
-    assert ddp["phase"] == "decoder" and (result.stdout + result.stderr).count("replicas agree") == 2
+    # joint model, then the decoder and the discriminator of the phase
+    assert ddp["phase"] == "decoder" and (result.stdout + result.stderr).count("replicas agree") == 3
 
 
 def test_one_writer_per_run_folder_and_a_killed_holder_never_blocks(tmp_path, mnist_root):
