@@ -312,7 +312,7 @@ def build_app(demo: Demo):
                 with gr.Column(scale=1):
                     digits = gr.CheckboxGroup([str(d) for d in range(10)], label="digits (none ticked: any digit)")
                     n = gr.Slider(1, MAX_SAMPLES, value=16, step=1, label="samples", elem_id="sample-n")
-                    cfg = gr.Slider(0, 3, value=1.0, step=0.1, label="guidance (0: off)")
+                    cfg = gr.Slider(0, 3, value=0.5, step=0.05, label="guidance (0: off)")   # generate.py's default
                     temperature = gr.Slider(0.1, 2.0, value=1.0, step=0.05, label="temperature")
                     top_k = gr.Slider(0, 512, value=0, step=1, label="top-k (0: off)")
                     top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="top-p (1: off)")
