@@ -59,27 +59,26 @@ def main(argv: list[str] | None = None) -> dict:
     sets = {"samples": (to_float(images), labels),
             "real train (floor)": (to_float(train_x[:min(n, 10000)]),
                                    train_y[:min(n, 10000)] if labels is not None else None)}
+    test = to_float(test_x)
     if (Path(args.tokenizer) / "model.safetensors").is_file():
         from tokenizer import load_tokenizer
         tok = load_tokenizer(args.tokenizer)
-        test = to_float(test_x)
         recon = torch.cat([tok.decode(tok.encode(test[i:i + 2000])) for i in range(0, len(test), 2000)])
         recon = (recon * 255).round() / 255   # the same uint8 rounding the samples went through
         sets["tokenizer recon"] = (recon[:min(n, 10000)], None)
     rows = {}
-    for kind in JUDGES:   # judge a gives every figure, judge b a second distance
+    for kind in JUDGES:   # judge a gives every figure, judge b a second distance (keys with _b)
         model = load_classifier(root, dataset, kind=kind)
-        _, test_feats = classify(model, to_float(test_x))
+        _, test_feats = classify(model, test)
+        suffix = "" if kind == "a" else f"_{kind}"
         for name, (x, y) in sets.items():
             if kind == "a":
                 rows[name] = judge(model, x, test_feats, y)
             else:
-                rows[name][f"frechet_{kind}"] = frechet_distance(classify(model, x)[1], test_feats)
-    for r in rows.values():
-        for kind in JUDGES:
-            key = "frechet" if kind == "a" else f"frechet_{kind}"
-            floor = rows["real train (floor)"][key]
-            r["x_real" if kind == "a" else f"x_real_{kind}"] = r[key] / max(floor, 1e-9)
+                rows[name][f"frechet{suffix}"] = frechet_distance(classify(model, x)[1], test_feats)
+        floor = rows["real train (floor)"][f"frechet{suffix}"]
+        for r in rows.values():
+            r[f"x_real{suffix}"] = r[f"frechet{suffix}"] / max(floor, 1e-9)
     keys = ["n", "frechet", "x_real", "frechet_b", "x_real_b", "confident", "class_kl", "precision", "recall",
             "cond_acc"]
     print(f"{'':20s}" + "".join(f"{k:>10s}" for k in keys))
