@@ -34,7 +34,7 @@ def main() -> None:
     p.add_argument("--sizes", default="1,64,1024,10000")
     p.add_argument("--no-cache-max", type=int, default=1024)
     args = p.parse_args()
-    gpt, _, _ = load_models(args.prior, None, args.device)
+    gpt = load_models(args.prior, None, args.device).gpt
     timed(gpt, 8, True, args.device)  # warm-up
     print(f"{'n':>6} {'cache s':>9} {'cache img/s':>12} {'no-cache s':>11} {'speed-up':>9}")
     for n in [int(s) for s in args.sizes.split(",")]:

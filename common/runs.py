@@ -14,6 +14,7 @@ import yaml
 
 from common.checkpoint import CheckpointError, atomic_write_text, load_weights, save_weights
 from common.config import ConfigError, config_from_file, config_to_dict
+from common.pretrained import find_run, is_run, missing_run_message
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.yaml"
@@ -61,15 +62,15 @@ def save_run_weights(run_dir: Path, state_dict: dict[str, torch.Tensor], stage: 
     save_weights(Path(run_dir) / WEIGHTS, state_dict, stage)
 
 
-def load_run(run_dir: Path, config_cls, stage: str):
-    """Return (config, weights) of a finished or in-progress run; one-line errors."""
-    run_dir = Path(run_dir)
-    if not (run_dir / WEIGHTS).is_file() or not (run_dir / CONFIG).is_file():
-        raise CheckpointError(f"{run_dir}: no trained {stage} here (need {CONFIG} and {WEIGHTS}); "
-                              f"train one first with `accelerate launch {stage}/train.py`")
+def load_run(location: str | Path, config_cls, stage: str):
+    """Return (run folder, config, weights) of a finished or in-progress run; one-line errors.
+    location: a path or a shipped run's name (common.pretrained.find_run)."""
+    run_dir = find_run(location, stage)
+    if not is_run(run_dir):
+        raise CheckpointError(missing_run_message(location, stage))
     try:
         cfg = config_from_file(config_cls, run_dir / CONFIG)
     except ConfigError as err:
         message = str(err)
         raise CheckpointError(message if str(run_dir / CONFIG) in message else f"{run_dir / CONFIG}: {message}") from None
-    return cfg, load_weights(run_dir / WEIGHTS, stage)
+    return run_dir, cfg, load_weights(run_dir / WEIGHTS, stage)

@@ -17,14 +17,14 @@ from prior.model import GPT
 
 def load_prior(run_dir: str | Path = "runs/prior", device: str | torch.device = "cpu") -> tuple[GPT, PriorConfig]:
     """Rebuild a trained GPT from its run dir; returns (model, its config)."""
-    cfg, weights = load_run(Path(run_dir), PriorConfig, "prior")
+    run_dir, cfg, weights = load_run(run_dir, PriorConfig, "prior")
     if cfg.vocab_size < 2:
-        raise CheckpointError(f"{Path(run_dir) / 'config.yaml'}: vocab_size={cfg.vocab_size} is not a trained prior's")
+        raise CheckpointError(f"{run_dir / 'config.yaml'}: vocab_size={cfg.vocab_size} is not a trained prior's")
     model = GPT(cfg.shape())
     try:
         model.load_state_dict(weights)
     except RuntimeError as err:
-        raise CheckpointError(f"{Path(run_dir) / 'model.safetensors'}: weights do not match its config.yaml "
+        raise CheckpointError(f"{run_dir / 'model.safetensors'}: weights do not match its config.yaml "
                               f"({str(err).splitlines()[0]})") from None
     return model.to(device).eval(), cfg
 

@@ -29,17 +29,25 @@ from common.grid import grid_to_sequence, sequence_to_grid
 from prior.model import CFG_SCHEDULES, NULL_CLASS, NUM_CLASSES
 
 
+MAX_SEED = 2**63 - 1   # torch.Generator.manual_seed's range (a larger one overflows inside it)
+
+
 def check_sampling_args(n: int, temperature: float, top_k, top_p, digit, batch_size: int,
-                        cfg_schedule: str = "constant", keep_likeliest: float = 1.0) -> None:
+                        cfg_schedule: str = "constant", keep_likeliest: float = 1.0, seed: int = 0,
+                        cfg: float = 0.0) -> None:
     """Raise ValueError (one line) before anything heavy is loaded."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed={seed!r}: must be a whole number from 0 to {MAX_SEED}")
+    if not 0 <= cfg < math.inf:   # also refuses NaN
+        raise ValueError(f"cfg={cfg}: guidance must be a finite number >= 0 (0: off)")
     if not 0 < keep_likeliest <= 1:   # also refuses NaN
         raise ValueError(f"keep_likeliest={keep_likeliest}: must be in (0, 1] (1 keeps every sample drawn)")
     if cfg_schedule not in CFG_SCHEDULES:
         raise ValueError(f"cfg_schedule={cfg_schedule!r}: expected one of {', '.join(CFG_SCHEDULES)}")
     if n <= 0:
         raise ValueError(f"n={n}: need at least one sample")
-    if not temperature > 0:
-        raise ValueError(f"temperature={temperature}: must be > 0")
+    if not 0 < temperature < math.inf:
+        raise ValueError(f"temperature={temperature}: must be a finite number > 0")
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k={top_k}: must be >= 1")
     if top_p is not None and not 0 < top_p <= 1:
@@ -72,10 +80,14 @@ class Models(NamedTuple):
     gpt: torch.nn.Module      # the prior (eval mode)
     prior_cfg: object         # its PriorConfig
     tokenizer: torch.nn.Module
+    prior_dir: Path           # the run folders they came from (a shipped run's name resolved)
+    tokenizer_dir: Path
 
 
 def load_models(prior_dir="runs/prior", tokenizer_dir=None, device="cpu") -> Models:
-    """Models(gpt, prior_cfg, tokenizer), checking that the two stages belong together."""
+    """Models(gpt, prior_cfg, tokenizer, prior_dir, tokenizer_dir), checking that the two
+    stages belong together. Either location may be a shipped run's name (common.pretrained)."""
+    from common.pretrained import find_run
     from prior import load_prior
     from tokenizer import load_tokenizer
     gpt, cfg = load_prior(prior_dir, device)
@@ -84,7 +96,7 @@ def load_models(prior_dir="runs/prior", tokenizer_dir=None, device="cpu") -> Mod
     if tokenizer.codebook_size != cfg.vocab_size:
         raise CheckpointError(f"prior {prior_dir} has vocab_size={cfg.vocab_size} but tokenizer {tokenizer_dir} "
                               f"has codebook_size={tokenizer.codebook_size}; pass the tokenizer it was trained on")
-    return Models(gpt, cfg, tokenizer)
+    return Models(gpt, cfg, tokenizer, find_run(prior_dir, "prior"), find_run(tokenizer_dir, "tokenizer"))
 
 
 @torch.no_grad()
@@ -96,8 +108,8 @@ def generate(n: int = 64, digit=None, temperature: float = 1.0, top_k: int | Non
     """Sample n images. keep: optional long [n,R,7] code rows to hold fixed (completion).
     cfg_schedule: "constant" or "linear" (guidance rising from 0 to 2 * cfg along the sequence).
     keep_likeliest: draw more and keep this share of each condition's likeliest (module doc)."""
-    check_sampling_args(n, temperature, top_k, top_p, digit, batch_size, cfg_schedule, keep_likeliest)
-    gpt, prior_cfg, tok = models or load_models(prior, tokenizer, device)
+    check_sampling_args(n, temperature, top_k, top_p, digit, batch_size, cfg_schedule, keep_likeliest, seed, cfg)
+    gpt, prior_cfg, tok = (models or load_models(prior, tokenizer, device))[:3]
     if not prior_cfg.class_conditional:
         if digit not in (None, NULL_DIGIT):
             raise ValueError(f"--digit needs a class-conditional prior; {prior} was trained with class_conditional=false")

@@ -18,40 +18,10 @@ import zipfile
 from pathlib import Path
 
 from common.errors import OneLineArgumentParser, run_main
+from common.pretrained import (SAMPLER_SETTINGS, SAMPLING_DEFAULTS, find_run, is_run, missing_run_message,
+                               parse_digits, read_sampler_settings, shown_path)
 
 OUR_FILES = {"grid.png", "samples.npz"}
-
-
-DEFAULTS_FILE = Path(__file__).resolve().parent.parent / "configs" / "sampling.yaml"
-ALLOWED_DEFAULTS = {"n", "seed", "temperature", "top_k", "top_p", "digit", "cfg", "cfg_schedule", "batch_size",
-                    "keep_likeliest"}
-
-
-def parse_digits(text: str):
-    word = text.strip().lower()
-    if word == "none":
-        return None
-    if word == "null":   # sampling.NULL_DIGIT, spelled out: parsing flags must not import torch
-        return "null"
-    if word == "all":
-        return list(range(10))
-    try:
-        digits = [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: give a digit 0-9, a list like 1,4,7, 'all', 'none' or 'null'") from None
-    if not digits or any(not 0 <= d <= 9 for d in digits):
-        raise argparse.ArgumentTypeError(f"{text!r}: digits must be 0-9")
-    return digits[0] if len(digits) == 1 else digits
-
-
-class ConfiguredDigit:
-    """--digit's default: the value in configs/sampling.yaml, told apart from an explicit --digit."""
-
-    def __init__(self, value, text: str):
-        self.value, self.text = value, text
-
-    def __str__(self):
-        return f"{self.text} (from configs/sampling.yaml)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,23 +50,32 @@ def build_parser() -> argparse.ArgumentParser:
                    help="complete real images: a 28x28 PNG or an .npz with 'images'")
     p.add_argument("--keep-rows", type=int, default=3, help="code rows (of 7) kept with --complete")
     p.add_argument("--overwrite", action="store_true", help="write into a --out that holds other files")
-    defaults = load_defaults()
-    if "digit" in defaults:
-        defaults["digit"] = ConfiguredDigit(parse_digits(str(defaults["digit"])), str(defaults["digit"]))
-    p.set_defaults(**defaults)
+    # argparse passes string defaults through each flag's type, so `digit: all` parses as --digit all
+    p.set_defaults(**read_sampler_settings(SAMPLING_DEFAULTS))
     return p
 
 
-def load_defaults() -> dict:
-    """configs/sampling.yaml sets the flags' defaults; an unknown key is an error."""
-    if not DEFAULTS_FILE.is_file():
-        return {}
-    import yaml
-    data = yaml.safe_load(DEFAULTS_FILE.read_text()) or {}
-    unknown = set(data) - ALLOWED_DEFAULTS
-    if unknown:
-        raise ValueError(f"{DEFAULTS_FILE}: unknown keys {sorted(unknown)}; allowed: {sorted(ALLOWED_DEFAULTS)}")
-    return data
+def given_flags(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The settings the command line sets itself; the others may come from the prior's sampling.yaml."""
+    unset = object()
+    probe = parser.parse_args(argv, argparse.Namespace(**{a.dest: unset for a in parser._actions}))
+    return {dest for dest, value in vars(probe).items() if value is not unset}
+
+
+def apply_run_settings(parser, args, given: set[str], settings: dict, source: Path) -> list[str]:
+    """Set the prior's recommended settings on args wherever no flag was given; returns their names."""
+    actions = {a.dest: a for a in parser._actions}
+    taken = []
+    for key, value in settings.items():
+        if key in given:
+            continue
+        convert = actions[key].type
+        try:
+            setattr(args, key, convert(str(value)) if convert and value is not None else value)
+        except (argparse.ArgumentTypeError, ValueError) as err:
+            raise ValueError(f"{source}: {key}: {value!r} is not a valid value ({err})") from None
+        taken.append(key)
+    return taken
 
 
 def check_out_dir(out: Path, overwrite: bool) -> None:
@@ -150,25 +129,28 @@ def save_npz(path: Path, **arrays) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
-    digit_given = not isinstance(args.digit, ConfiguredDigit)
-    if not digit_given:
-        args.digit = args.digit.value
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    given = given_flags(parser, argv)
+    prior_dir = find_run(args.prior, "prior")
+    if not is_run(prior_dir):
+        raise ValueError(missing_run_message(f"--prior {args.prior}", "prior"))
+    settings_file = prior_dir / SAMPLER_SETTINGS
+    from_run = apply_run_settings(parser, args, given, read_sampler_settings(settings_file), settings_file)
+    digit_given = "digit" in given
     from sampling import check_sampling_args
     check_sampling_args(args.n, args.temperature, args.top_k, args.top_p, args.digit, args.batch_size,
-                        args.cfg_schedule, args.keep_likeliest)
+                        args.cfg_schedule, args.keep_likeliest, args.seed, args.cfg)
     if not 0 <= args.keep_rows <= 7:
         raise ValueError(f"--keep-rows {args.keep_rows}: must be 0-7")
     out = Path(args.out)
     check_out_dir(out, args.overwrite)
-    if not (Path(args.prior) / "model.safetensors").is_file():
-        raise ValueError(f"--prior {args.prior}: no trained prior there; run `accelerate launch prior/train.py`")
 
     import torch
     from common.plots import save_png
     from sampling import NULL_DIGIT, generate, load_models
 
-    models = load_models(args.prior, args.tokenizer, args.device)
+    models = load_models(prior_dir, args.tokenizer, args.device)
     if not digit_given and (args.complete or not models.prior_cfg.class_conditional):
         # The configured default (a digit per row) needs labels. A completion's
         # kept rows already decide the digit, so it samples without one unless asked.
@@ -202,8 +184,10 @@ def main(argv: list[str] | None = None) -> dict:
     digit_text = "none" if args.digit is None else "all" if args.digit == list(range(10)) else args.digit
     print(f"wrote {args.n} samples to {out}/samples.npz and {out}/grid.png "
           f"(generation {seconds:.2f} s, {args.n / seconds:.0f} images/s)\n"
-          f"  prior {args.prior}, tokenizer {args.tokenizer or models.prior_cfg.tokenizer}; digit {digit_text}, "
-          f"cfg {args.cfg}, temperature {args.temperature}, keep_likeliest {args.keep_likeliest}, seed {args.seed}")
+          f"  prior {shown_path(models.prior_dir)}, tokenizer {shown_path(models.tokenizer_dir)}; digit {digit_text}, "
+          f"cfg {args.cfg}, temperature {args.temperature}, keep_likeliest {args.keep_likeliest}, seed {args.seed}"
+          + (f"\n  {', '.join(from_run)} from {shown_path(settings_file)} (the prior's recommended settings; "
+             "flags override them)" if from_run else ""))
     return result
 
 

@@ -44,7 +44,8 @@ def tiny_prior_run(tmp_path_factory, tiny_tokenizer_run, mnist_root):
     return out, metrics
 
 
-def run_cli(args: list[str], env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+def run_cli(args: list[str], env: dict | None = None, timeout: int = 300,
+            cwd: Path = REPO) -> subprocess.CompletedProcess:
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=full_env)

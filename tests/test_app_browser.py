@@ -110,7 +110,7 @@ def test_a_missing_run_folder_names_the_command_that_trains_it(page, tiny_prior_
     page.wait_for_selector("#status >> text=accelerate launch prior/train.py")
     page.get_by_role("tab", name="Sample").click()
     page.click("#sample-button")
-    page.wait_for_selector("text=no trained prior here")
+    page.wait_for_selector("text=no trained prior there")
     prior.fill(str(tiny_prior_run[0]))
     page.click("#load-button")
     page.wait_for_selector("#status >> text=class-conditional")

@@ -150,7 +150,7 @@ def test_prior_refuses_mismatched_vocab_and_missing_tokenizer(tmp_path, tiny_tok
     with pytest.raises(ConfigError, match="vocab_size=64 but the tokenizer"):
         main(TINY_PRIOR + [f"out_dir={tmp_path}/p", f"tokenizer={tiny_tokenizer_run}", "vocab_size=64"])
     result = run_cli(["prior/train.py", f"tokenizer={tmp_path}/nothing", f"out_dir={tmp_path}/p"])
-    assert result.returncode == 2 and "no trained tokenizer here" in result.stderr
+    assert result.returncode == 2 and "no trained tokenizer there" in result.stderr
     assert result.stderr.strip().count("\n") == 0
 
 

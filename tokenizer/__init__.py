@@ -19,12 +19,12 @@ from tokenizer.model import VQVAE
 
 def load_tokenizer(run_dir: str | Path = "runs/tokenizer", device: str | torch.device = "cpu") -> VQVAE:
     """Rebuild a trained VQVAE from its run dir (config.yaml + model.safetensors)."""
-    cfg, weights = load_run(Path(run_dir), TokenizerConfig, "tokenizer")
+    run_dir, cfg, weights = load_run(run_dir, TokenizerConfig, "tokenizer")
     model = VQVAE(cfg.shape(), seed=cfg.seed)
     try:
         model.load_state_dict(weights)
     except RuntimeError as err:
-        raise CheckpointError(f"{Path(run_dir) / 'model.safetensors'}: weights do not match its config.yaml "
+        raise CheckpointError(f"{run_dir / 'model.safetensors'}: weights do not match its config.yaml "
                               f"({str(err).splitlines()[0]})") from None
     return model.to(device).eval()
 
