@@ -13,6 +13,7 @@ the other commands never import gradio; it is imported to build the page only.
 import argparse
 import contextlib
 import functools
+import math
 import os
 import socket
 import subprocess
@@ -27,12 +28,14 @@ import torch
 import torch.nn.functional as F
 
 from common.errors import OneLineArgumentParser, VQGenError, run_main
+from common.pretrained import find_run, is_run, parse_digits as parse_digit_setting, recommended_settings, shown_path
 from prior.model import GRID
 from sampling import NULL_DIGIT, Models, generate, load_models
 
 BOX, FIELD = 20, 28         # MNIST: the ink's bounding box scaled to 20x20, centred by mass in 28x28
 INK_CHOICES = ("auto", "white on black", "black on white")
 MAX_SAMPLES = 64
+OWN_RUNS, SHIPPED_RUNS = "runs/prior", "mnist"   # the page's prior when none is named: ours, else the shipped one
 SHOW_SCALE = 4              # pixels per MNIST pixel in the page
 
 
@@ -108,7 +111,12 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def parse_digits(choices: list[str]) -> list[int] | None:
     """Ticked boxes -> generate()'s digit: none ticked is unconditional (each sample draws its digit)."""
-    digits = sorted(int(c) for c in choices or [])
+    try:
+        digits = sorted({int(c) for c in choices or []})
+    except (TypeError, ValueError):
+        raise DemoError(f"digits: {choices!r}: tick digits 0-9 (none: any digit)") from None
+    if any(not 0 <= d <= 9 for d in digits):
+        raise DemoError(f"digits: {digits}: tick digits 0-9 (none: any digit)")
     return digits or None
 
 
@@ -123,10 +131,11 @@ class Sampled:
 class Demo:
     """The page's work: models loaded once, then sample / complete / tokenize."""
 
-    def __init__(self, prior: str | Path = "runs/prior", tokenizer: str | Path | None = None,
-                 data_root: str | Path | None = None):
+    def __init__(self, prior: str | Path = OWN_RUNS, tokenizer: str | Path | None = None,
+                 data_root: str | Path | None = None, notice: str = ""):
         self.prior, self.tokenizer = str(prior), tokenizer
         self.data_root = data_root
+        self.notice = notice   # said on the page above the run line, e.g. why these runs are served
         self.models: Models | None = None
         self.error = ""
         self._test_images: torch.Tensor | None = None
@@ -141,12 +150,25 @@ class Demo:
         return self.status()
 
     def status(self) -> str:
+        notice = f"{self.notice}\n\n" if self.notice else ""
         if self.models is None:
-            return f"**Cannot load the models.** {self.error}"
+            return f"{notice}**Cannot load the models.** {self.error}"
         cfg = self.models.prior_cfg
         kind = "class-conditional" if cfg.class_conditional else "unconditional"
-        return (f"prior `{self.prior}` ({cfg.n_layer} layers, {kind})"
-                f" over tokenizer `{self.tokenizer or cfg.tokenizer}` ({self.models.tokenizer.codebook_size} codes)")
+        return (f"{notice}prior `{shown_path(self.models.prior_dir)}` ({cfg.n_layer} layers, {kind})"
+                f" over tokenizer `{shown_path(self.models.tokenizer_dir)}` ({self.models.tokenizer.codebook_size} codes)")
+
+    def settings(self) -> dict:
+        """The sampling settings the page starts from: generate.py's without flags for this prior
+        (configs/sampling.yaml, then the prior's own sampling.yaml), as the Sample tab's values."""
+        folder = self.models.prior_dir if self.models is not None else find_run(self.prior, "prior")
+        chosen = recommended_settings(folder)
+        digit = parse_digit_setting(chosen.get("digit", "none"))
+        digits = [] if digit in (None, NULL_DIGIT) else digit if isinstance(digit, list) else [digit]
+        return {"digits": [str(d) for d in digits], "cfg": float(chosen.get("cfg", 0.0)),
+                "temperature": float(chosen.get("temperature", 1.0)),
+                "keep_likeliest": float(chosen.get("keep_likeliest", 1.0)),
+                "top_k": int(chosen.get("top_k") or 0), "top_p": float(chosen.get("top_p") or 1.0)}
 
     def require_models(self) -> Models:
         """The loaded models, or the reason they are not (as a message for the page)."""
@@ -221,7 +243,10 @@ table.codes td.kept { font-weight: bold; background: #243a6e; color: white; }
 """
 
 
-def build_app(demo: Demo):
+SETTING_KEYS = ("digits", "cfg", "temperature", "top_k", "top_p", "keep_likeliest")   # Demo.settings, in page order
+
+
+def build_app(demo: Demo, cache_max_age: int = 600):
     import gradio as gr
 
     def failing(fn):
@@ -234,12 +259,22 @@ def build_app(demo: Demo):
                 raise gr.Error(str(err), print_exception=False) from None
         return wrapped
 
-    def none_if(value, off):
-        return None if value is None or value == off else value
+    def number(value, what: str) -> float:
+        """A field's value as a finite float, or the page's message (the API can send anything)."""
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise DemoError(f"{what}: enter a number") from None
+        if not math.isfinite(value):
+            raise DemoError(f"{what}: {value} is not a finite number")
+        return value
 
     def whole(value, what: str) -> int:
-        if value is None:
-            raise DemoError(f"{what}: enter a whole number")
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value   # exact: a float would round a seed near 2**63
+        value = number(value, what)
+        if value != int(value):
+            raise DemoError(f"{what}: {value} is not a whole number")
         return int(value)
 
     def input_image(source, drawing, index, ink):
@@ -250,9 +285,10 @@ def build_app(demo: Demo):
         return to_mnist(drawing["composite"], ink)
 
     def on_sample(digits, n, cfg, temperature, top_k, top_p, seed, keep_likeliest):
-        s = demo.sample(parse_digits(digits), int(n), float(cfg), float(temperature),
-                        none_if(int(top_k), 0), none_if(float(top_p), 1.0), whole(seed, "seed"),
-                        float(keep_likeliest))
+        top_k, top_p = whole(top_k, "top-k"), number(top_p, "top-p")
+        s = demo.sample(parse_digits(digits), whole(n, "samples"), number(cfg, "guidance"),
+                        number(temperature, "temperature"), top_k or None, None if top_p == 1.0 else top_p,
+                        whole(seed, "seed"), number(keep_likeliest, "keep the likeliest share"))
         captions = [f"{int(c)}" for c in s.labels] if s.labels is not None else [""] * len(s.images)
         gallery = list(zip(to_uint8(s.images), captions))
         size = demo.require_models().tokenizer.codebook_size
@@ -266,10 +302,12 @@ def build_app(demo: Demo):
 
     def on_complete(source, drawing, index, ink, keep_rows, n, temperature, seed):
         image = input_image(source, drawing, index, ink)
+        keep_rows = whole(keep_rows, "code rows to keep")
         grid, recon, _ = demo.tokenize(image)
-        s = demo.complete(image, int(keep_rows), int(n), float(temperature), whole(seed, "seed"))
-        return (kept_part(image, int(keep_rows)), to_uint8(recon[None])[0], list(to_uint8(s.images)),
-                code_table(grid, demo.require_models().tokenizer.codebook_size, int(keep_rows)),
+        s = demo.complete(image, keep_rows, whole(n, "completions"), number(temperature, "temperature"),
+                          whole(seed, "seed"))
+        return (kept_part(image, keep_rows), to_uint8(recon[None])[0], list(to_uint8(s.images)),
+                code_table(grid, demo.require_models().tokenizer.codebook_size, keep_rows),
                 f"{len(s.images)} completions in {s.seconds:.2f} s of server time.")
 
     def on_tokenize(source, drawing, index, ink):
@@ -279,8 +317,11 @@ def build_app(demo: Demo):
                 code_table(grid, demo.require_models().tokenizer.codebook_size), f"reconstruction PSNR {db:.1f} dB")
 
     def on_load(prior, tokenizer):
-        demo.prior, demo.tokenizer = prior.strip(), tokenizer.strip() or None
-        return demo.load()
+        """Load other runs; the Sample tab's settings become the new prior's recommended ones."""
+        demo.prior, demo.tokenizer, demo.notice = prior.strip(), tokenizer.strip() or None, ""
+        status = demo.load()
+        chosen = demo.settings()
+        return (status, *(gr.update(value=chosen[key]) for key in SETTING_KEYS))
 
     def digit_input(tab: str):
         """The Complete and Tokenize tabs take a drawing (or an uploaded picture) or a test digit."""
@@ -292,11 +333,16 @@ def build_app(demo: Demo):
                                    brush=pen("white on black"))
             ink = gr.Radio(list(INK_CHOICES), value="auto", elem_id=f"{tab}-ink",
                            label="ink (a new canvas in that style; auto: a bright border means dark ink)")
-            index = gr.Number(value=0, precision=0, minimum=0, label="test digit #", elem_id=f"{tab}-index")
+            # precision=None: gradio's own rounding would fail on NaN; whole() says what is wrong instead
+            index = gr.Number(value=0, precision=None, step=1, label="test digit #", elem_id=f"{tab}-index")
         ink.change(lambda style: gr.Sketchpad(value=blank_canvas(style), brush=pen(style)), ink, drawing)
         return source, drawing, index, ink
 
-    with gr.Blocks(title="vqgen", analytics_enabled=False) as page:
+    chosen = demo.settings()
+    # Every answer's images are files in gradio's cache: delete those older than cache_max_age,
+    # checked a few times per age, so a long-running page keeps only its recent answers.
+    with gr.Blocks(title="vqgen", analytics_enabled=False,
+                   delete_cache=(max(1, cache_max_age // 4), cache_max_age)) as page:
         gr.Markdown("# vqgen\nA VQ-VAE tokenizer turns a digit into 7x7 codes; a small Transformer writes "
                     "codes row by row; the tokenizer draws them.")
         status = gr.Markdown(demo.status(), elem_id="status")
@@ -305,26 +351,32 @@ def build_app(demo: Demo):
                 prior_dir = gr.Textbox(demo.prior, label="prior run")
                 tokenizer_dir = gr.Textbox(demo.tokenizer or "", label="tokenizer run (empty: the prior's own)")
                 load = gr.Button("load", elem_id="load-button")
-        load.click(on_load, [prior_dir, tokenizer_dir], status)
 
         with gr.Tab("Sample"):
             with gr.Row():
                 with gr.Column(scale=1):
-                    digits = gr.CheckboxGroup([str(d) for d in range(10)], label="digits (none ticked: any digit)")
+                    # starting values: what generate.py uses for this prior without flags
+                    digits = gr.CheckboxGroup([str(d) for d in range(10)], value=chosen["digits"],
+                                              label="digits (none ticked: any digit)", elem_id="sample-digits")
                     n = gr.Slider(1, MAX_SAMPLES, value=16, step=1, label="samples", elem_id="sample-n")
-                    cfg = gr.Slider(0, 3, value=0.5, step=0.05, label="guidance (0: off)")   # generate.py's default
-                    temperature = gr.Slider(0.1, 2.0, value=1.0, step=0.05, label="temperature")
-                    top_k = gr.Slider(0, 512, value=0, step=1, label="top-k (0: off)")
-                    top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="top-p (1: off)")
-                    keep_likeliest = gr.Slider(0.5, 1.0, value=1.0, step=0.05, elem_id="sample-keep",
+                    cfg = gr.Slider(0, 3, value=chosen["cfg"], step=0.05, label="guidance (0: off)",
+                                    elem_id="sample-cfg")
+                    temperature = gr.Slider(0.1, 2.0, value=chosen["temperature"], step=0.05, label="temperature")
+                    top_k = gr.Slider(0, 512, value=chosen["top_k"], step=1, label="top-k (0: off)")
+                    top_p = gr.Slider(0.05, 1.0, value=chosen["top_p"], step=0.05, label="top-p (1: off)")
+                    keep_likeliest = gr.Slider(0.5, 1.0, value=chosen["keep_likeliest"], step=0.05,
+                                               elem_id="sample-keep",
                                                label="keep the likeliest share of each digit (1: all drawn)")
-                    seed = gr.Number(value=0, precision=0, label="seed (same seed, same digits as generate.py)")
+                    seed = gr.Number(value=0, precision=None, step=1,
+                                     label="seed (same seed, same digits as generate.py)")
                     go = gr.Button("sample", variant="primary", elem_id="sample-button")
                 with gr.Column(scale=2):
                     gallery = gr.Gallery(label="samples", columns=8, format="png", elem_id="samples")
                     sample_info = gr.Markdown(elem_id="sample-info")
                     codes = gr.HTML(label="codes of the chosen sample", elem_id="sample-codes")
             tokens = gr.State()
+            load.click(on_load, [prior_dir, tokenizer_dir], [status, digits, cfg, temperature, top_k, top_p,
+                                                             keep_likeliest])
             go.click(failing(on_sample), [digits, n, cfg, temperature, top_k, top_p, seed, keep_likeliest],
                      [gallery, tokens, codes, sample_info])
             gallery.select(failing(on_select), tokens, codes)
@@ -336,7 +388,7 @@ def build_app(demo: Demo):
                     keep_rows = gr.Slider(0, GRID, value=3, step=1, label="code rows to keep (of 7)")
                     n_complete = gr.Slider(1, MAX_SAMPLES, value=8, step=1, label="completions")
                     temperature_c = gr.Slider(0.1, 2.0, value=1.0, step=0.05, label="temperature")
-                    seed_c = gr.Number(value=0, precision=0, label="seed")
+                    seed_c = gr.Number(value=0, precision=None, step=1, label="seed")
                     go_c = gr.Button("complete", variant="primary", elem_id="complete-button")
             with gr.Row():
                 kept = gr.Image(label="kept (blue: rewritten)", format="png")
@@ -417,10 +469,14 @@ def free_port() -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineArgumentParser(description="vqgen in the browser: sample, complete, tokenize.")
-    p.add_argument("--prior", default="runs/prior", help="run folder of a trained prior")
+    p.add_argument("--prior", default=None,
+                   help=f"run folder of a trained prior, or a shipped run's name (default: {OWN_RUNS}, or the "
+                        f"shipped '{SHIPPED_RUNS}' runs while {OWN_RUNS} has none; the page says which)")
     p.add_argument("--tokenizer", default=None, help="default: the one the prior was trained on")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=7860, help="port to listen on")
+    p.add_argument("--cache-max-age", type=int, default=600, metavar="SECONDS",
+                   help="delete the page's image files older than this (they are only needed while shown)")
     return p
 
 
@@ -428,6 +484,8 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     if not 0 < args.port < 65536:
         raise ValueError(f"--port {args.port}: must be 1-65535")
+    if args.cache_max_age < 1:
+        raise ValueError(f"--cache-max-age {args.cache_max_age}: must be at least 1 second")
     # Offline by design: no usage statistics, and the local health check must not go through a proxy.
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     os.environ["NO_PROXY"] = ",".join(filter(None, [os.environ.get("NO_PROXY"), "127.0.0.1", "localhost", args.host]))
@@ -435,10 +493,18 @@ def main(argv: list[str] | None = None) -> None:
         import gradio  # noqa: F401
     except ImportError:
         raise ValueError("the browser demo needs gradio: pip install -e '.[app]' (or run `make app`)") from None
-    demo = Demo(args.prior, args.tokenizer)
+    prior, notice = args.prior, ""
+    if prior is None:
+        prior = OWN_RUNS
+        if not is_run(find_run(OWN_RUNS, "prior")) and is_run(find_run(SHIPPED_RUNS, "prior")):
+            prior = SHIPPED_RUNS
+            notice = (f"**Serving the shipped runs** (`pretrained/{SHIPPED_RUNS}`): there is no `{OWN_RUNS}` "
+                      "here yet. Train your own with `make demo`, then load `runs/prior` below.")
+    demo = Demo(prior, args.tokenizer, notice=notice)
+    print(demo.status().replace("**", "").replace("`", "").replace("\n\n", " "), file=sys.stderr)
     if demo.models is None:
-        print(f"warning: {demo.error} (the page shows this until the run exists)", file=sys.stderr)
-    build_app(demo).launch(server_name=args.host, server_port=args.port, css=CSS, footer_links=[],
+        print("warning: the page shows this until the run exists", file=sys.stderr)
+    build_app(demo, args.cache_max_age).launch(server_name=args.host, server_port=args.port, css=CSS, footer_links=[],
                            show_error=False)
 
 
