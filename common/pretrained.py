@@ -14,6 +14,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 PRETRAINED = REPO / "pretrained"
+SHIPPED_DEFAULT = "mnist"            # the shipped set named first, and served by the page without runs/prior
 SAMPLER_SETTINGS = "sampling.yaml"   # a prior's recommended settings, beside its config.yaml
 SAMPLING_DEFAULTS = REPO / "configs" / "sampling.yaml"   # for a prior without one
 # generate.py's flags (dest names) that configs/sampling.yaml and a run's sampling.yaml may set
@@ -49,7 +50,8 @@ def shown_path(path: str | Path) -> str:
 def shipped_names(stage: str) -> list[str]:
     """Short names of the shipped runs of one stage, e.g. ['mnist', 'mnist/prior-default']."""
     names = []
-    for config in sorted(PRETRAINED.glob("*/*/config.yaml")):
+    configs = sorted(PRETRAINED.glob("*/*/config.yaml"), key=lambda c: (c.parent.parent.name != SHIPPED_DEFAULT, c))
+    for config in configs:
         folder = config.parent
         if not folder.name.startswith(stage) or not is_run(folder):
             continue

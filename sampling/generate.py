@@ -1,6 +1,7 @@
 """Sample new digits: the prior draws 7x7 code grids, the tokenizer decodes them.
 
     python sampling/generate.py --n 64
+    python sampling/generate.py --n 64 --prior mnist          # the shipped runs (pretrained/), no training
     python sampling/generate.py --n 80 --digit 0,1,2,3,4,5,6,7,8,9 --cfg 1.0
     python sampling/generate.py --n 16 --complete samples/samples.npz --keep-rows 3
 
@@ -44,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="samples", help="folder for grid.png and samples.npz")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--batch-size", type=int, default=2048, help="samples generated at once")
-    p.add_argument("--prior", default="runs/prior", help="run folder of a trained prior")
+    p.add_argument("--prior", default="runs/prior",
+                   help="run folder of a trained prior, or a shipped run's name: mnist, mnist/prior-default, fashion "
+                        "(its sampling.yaml sets the defaults below the flags)")
     p.add_argument("--tokenizer", default=None, help="default: the one the prior was trained on")
     p.add_argument("--complete", default=None, metavar="IMAGE_OR_NPZ",
                    help="complete real images: a 28x28 PNG or an .npz with 'images'")

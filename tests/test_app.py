@@ -116,3 +116,21 @@ def test_the_demo_logic_does_not_import_gradio():
 def test_a_bad_port_is_one_line_before_anything_loads():
     result = run_cli(["sampling/app.py", "--port", "70000"])
     assert result.returncode == 2 and result.stderr.strip() == "error: --port 70000: must be 1-65535"
+
+
+def test_without_runs_prior_the_page_serves_the_shipped_runs_and_says_so(tmp_path, monkeypatch, tiny_prior_run):
+    import shutil
+    from common.pretrained import PRETRAINED, recommended_settings
+    from sampling.app import choose_prior
+    monkeypatch.chdir(tmp_path)   # a fresh clone: no runs/prior
+    prior, notice = choose_prior(None)
+    assert prior == "mnist" and "Serving the shipped runs" in notice and "make demo" in notice
+    demo = Demo(prior, notice)
+    assert demo.status().startswith(notice) and "pretrained/mnist/prior" in demo.status()
+    shipped = recommended_settings(PRETRAINED / "mnist" / "prior")
+    assert demo.settings()["cfg"] == shipped["cfg"] and demo.settings()["temperature"] == shipped["temperature"]
+    assert choose_prior("elsewhere") == ("elsewhere", "")
+    (tmp_path / "runs").mkdir()
+    shutil.copytree(tiny_prior_run[0], tmp_path / "runs" / "prior")   # once trained, ours are served
+    assert choose_prior(None) == ("runs/prior", "")
+    assert Demo("runs/prior").settings()["cfg"] == recommended_settings(tmp_path / "runs" / "prior")["cfg"]

@@ -1,0 +1,234 @@
+"""Rebuild the shipped runs in pretrained/ with the project's own commands (CPU, fp32).
+
+    python pretrained/build.py                   # train, prune, measure, write cards + SHA256SUMS (~50 min, 2 cores)
+    python pretrained/build.py --skip-training   # keep the weights; re-measure, rewrite cards + SHA256SUMS
+
+Each run is trained in place by `accelerate launch --cpu` (the same commands give the
+same weights on CPU), then pruned to what using it needs: config.yaml,
+model.safetensors, metrics.jsonl (no checkpoints/, cached codes or decoder phase).
+A prior also gets sampling.yaml, its recommended sampler settings, which
+generate.py and the demo page use unless a flag says otherwise. Each set's card
+(README.md) holds the commands, times and figures, measured here and written with
+its numbers in YAML front matter, which tests/test_pretrained.py checks against a
+fresh measurement.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from common.checkpoint import atomic_write_text
+from common.pretrained import SAMPLER_SETTINGS, read_card
+
+REPO = Path(__file__).resolve().parent.parent
+HERE = REPO / "pretrained"
+KEEP = {"config.yaml", "model.safetensors", "metrics.jsonl", "sampling.yaml"}
+
+# What ships. Runs train in this order (a prior needs its tokenizer); `train` is what
+# follows the entry script, `sampling` a prior's recommended settings (flags of generate.py).
+SETS = {
+    "mnist": {
+        "dataset": "mnist",
+        "licence": "MNIST: Creative Commons Attribution-Share Alike 3.0 (Y. LeCun, C. Cortes, C. Burges)",
+        "weights_licence": "cc-by-sa-3.0",
+        "runs": {
+            "tokenizer": {"stage": "tokenizer", "train": [],
+                          "about": "the default tokenizer (configs/tokenizer.yaml): K=64, one adversarial decoder epoch"},
+            "prior": {"stage": "prior", "train": ["--config", "configs/prior-large.yaml",
+                                                   "tokenizer=pretrained/mnist/tokenizer"],
+                      "sampling": {"digit": "none", "cfg": 0.2, "temperature": 1.0, "keep_likeliest": 1.0},
+                      "about": "the quality prior (configs/prior-large.yaml): 4 layers, 8 epochs, augmented"},
+            "prior-default": {"stage": "prior", "train": ["tokenizer=pretrained/mnist/tokenizer"],
+                              "sampling": {"digit": "all", "cfg": 0.5, "temperature": 1.0, "keep_likeliest": 1.0},
+                              "about": "the default prior (configs/prior.yaml): what `make demo` trains"},
+        },
+    },
+    "fashion": {
+        "dataset": "fashion",
+        "licence": "Fashion-MNIST: MIT (Zalando SE)",
+        "weights_licence": "mit",
+        "runs": {
+            "tokenizer": {"stage": "tokenizer", "train": ["--config", "configs/tokenizer-fashion.yaml"],
+                          "about": "the Fashion tokenizer (configs/tokenizer-fashion.yaml): K=512, MSE decoder"},
+            "prior": {"stage": "prior", "train": ["--config", "configs/prior-fashion.yaml",
+                                                   "tokenizer=pretrained/fashion/tokenizer"],
+                      "sampling": {"digit": "all", "cfg": 1.0, "temperature": 1.0, "keep_likeliest": 1.0},
+                      "about": "the Fashion prior (configs/prior-fashion.yaml): 2 layers, 2 epochs"},
+        },
+    },
+}
+
+
+def run_dir(set_name: str, run: str) -> Path:
+    return HERE / set_name / run
+
+
+def train_command(set_name: str, run: str, spec: dict) -> list[str]:
+    """The user's command for this run, with its out_dir in pretrained/ and resume off."""
+    return ["accelerate", "launch", "--cpu", "--num_processes", "1", "--mixed_precision", "no",
+            f"{spec['stage']}/train.py", *spec["train"], f"out_dir=pretrained/{set_name}/{run}", "resume=never"]
+
+
+def run_command(command: list[str]) -> None:
+    """Run a user's command from the repository root, with this venv's tools."""
+    print("+ " + " ".join(command), flush=True)
+    tool = Path(sys.executable).parent / command[0]
+    subprocess.run([str(tool) if tool.exists() else command[0], *command[1:]], cwd=REPO, check=True)
+
+
+def train(set_name: str, run: str, spec: dict) -> None:
+    target = run_dir(set_name, run)
+    if target.exists():
+        shutil.rmtree(target)   # a rebuild starts from nothing: no stale checkpoint resumes
+    run_command(train_command(set_name, run, spec))
+    prune(target)
+
+
+def prune(target: Path) -> None:
+    """Keep only what using the run needs."""
+    for path in target.iterdir():
+        if path.name in KEEP:
+            continue
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def last_metrics(run: Path) -> dict:
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return json.loads(lines[-1])
+
+
+def machine() -> str:
+    """This machine in a few words, e.g. '2-core AMD EPYC, fp32, torch 2.14.1'."""
+    from importlib.metadata import version
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in (cpuinfo.read_text().splitlines() if cpuinfo.is_file() else [])
+             if line.startswith("model name")]
+    model = names[0] if names else platform.processor() or "unknown CPU"
+    return f"{os.cpu_count()}-core {model}, fp32, torch {version('torch')}"
+
+
+def measure_prior(set_name: str, run: str, spec: dict) -> dict:
+    """The seed-0 grid (shipped) and the evaluator's table over 10k samples (not shipped)."""
+    folder = f"pretrained/{set_name}/{run}"
+    sampling = spec["sampling"]
+    atomic_write_text(HERE / set_name / run / SAMPLER_SETTINGS,
+                      f"# Recommended settings of generate.py and the demo page for this prior (flags override).\n"
+                      + yaml.safe_dump(sampling, sort_keys=False))
+    run_command(["python", "sampling/generate.py", "--prior", folder, "--n", "64", "--seed", "0",
+                 "--out", f"{folder}/seed0", "--overwrite"])
+    with tempfile.TemporaryDirectory() as tmp:
+        run_command(["python", "sampling/generate.py", "--prior", folder, "--n", "10000", "--seed", "0",
+                     "--out", tmp, "--overwrite"])
+        run_command(["python", "sampling/evaluate.py", f"{tmp}/samples.npz", "--tokenizer",
+                     f"pretrained/{set_name}/tokenizer", "--json", f"{tmp}/eval.json"])
+        return json.loads(Path(tmp, "eval.json").read_text())
+
+
+def write_card(set_name: str, spec: dict, trained_here: bool) -> None:
+    """README.md: the commands, times and figures; the numbers also as YAML front matter.
+    Its machine line names this machine when it trained the runs, else stays the card's own."""
+    card_path = HERE / set_name / "README.md"
+    old = read_card(card_path)
+    runs = {}
+    for run, run_spec in spec["runs"].items():
+        metrics = last_metrics(run_dir(set_name, run))
+        entry = {"command": " ".join(train_command(set_name, run, run_spec)), "time_s": metrics["time_s"]}
+        if run_spec["stage"] == "tokenizer":
+            entry.update({k: metrics[k] for k in ("test_psnr", "codebook_usage", "perplexity")})
+        else:
+            entry["test_nll_bits_per_token"] = metrics["test_nll_bits_per_token"]
+            entry["sampling"] = run_spec["sampling"]
+            table = measure_prior(set_name, run, run_spec)
+            entry["samples_10k_seed0"] = {name: {k: round(v, 6) for k, v in row.items()}
+                                          for name, row in table.items()}
+        runs[run] = entry
+    trained_on = machine() if trained_here or not old.get("machine") else old["machine"]
+    front = {"license": spec["weights_licence"], "datasets": [spec["dataset"]], "library_name": "vqgen",
+             "machine": trained_on, "runs": runs}
+    atomic_write_text(card_path, "---\n" + yaml.safe_dump(front, sort_keys=False) + "---\n" + card_body(set_name, spec, runs, trained_on))
+
+
+def card_body(set_name: str, spec: dict, runs: dict, trained_on: str) -> str:
+    tok = runs["tokenizer"]
+    lines = [f"# vqgen shipped runs: {set_name}", "",
+             f"Trained by `python pretrained/build.py` on {trained_on}; every figure below was measured "
+             "by it. The front matter above holds the same numbers, which `tests/test_pretrained.py` "
+             "re-measures. Training times are the wall-clock `time_s` of each run's metrics.jsonl; other "
+             "work may have shared the cores, so read them as upper bounds.", "",
+             "```bash",
+             f"python sampling/generate.py --n 64 --prior {set_name}          # the recommended prior, its settings",
+             f"python sampling/generate.py --n 64 --prior {set_name}/prior-default" if "prior-default" in runs else None,
+             "```", "",
+             "## Runs", "",
+             "| run | what | command | training time | figures |", "|---|---|---|---|---|",
+             f"| `tokenizer` | {spec['runs']['tokenizer']['about']} | `{tok['command']}` | {tok['time_s']:.0f} s | "
+             f"test PSNR {tok['test_psnr']:.2f} dB, codebook usage {tok['codebook_usage']:.0%} |"]
+    for run, entry in runs.items():
+        if run == "tokenizer":
+            continue
+        lines.append(f"| `{run}` | {spec['runs'][run]['about']} | `{entry['command']}` | {entry['time_s']:.0f} s | "
+                     f"{entry['test_nll_bits_per_token']:.4f} bits/token on the test set |")
+    lines += ["", "## Samples at the recommended settings", "",
+              "`sampling.yaml` in each prior's folder holds the settings generate.py and the demo page use "
+              "for it unless a flag says otherwise. 10,000 samples, seed 0, judged by "
+              f"`python sampling/evaluate.py S/samples.npz --tokenizer pretrained/{set_name}/tokenizer` "
+              "(x real: the distance over that of 10k real training images, the floor no sampler beats):", ""]
+    for run, entry in runs.items():
+        if run == "tokenizer":
+            continue
+        settings = ", ".join(f"{k} {v}" for k, v in entry["sampling"].items())
+        lines += [f"**`{run}`** ({settings}); seed-0 grid of 64: `{run}/seed0/grid.png`", "",
+                  f"![{run}, seed 0]({run}/seed0/grid.png)", "",
+                  "| | FD a | x real | FD b | x real (b) | confident | cond_acc |", "|---|---|---|---|---|---|---|"]
+        for name, row in entry["samples_10k_seed0"].items():
+            cond = f"{row['cond_acc']:.1%}" if "cond_acc" in row else "-"
+            lines.append(f"| {name} | {row['frechet']:.2f} | {row['x_real']:.2f}x | {row['frechet_b']:.2f} | "
+                         f"{row['x_real_b']:.2f}x | {row['confident']:.1%} | {cond} |")
+        lines.append("")
+    lines += ["## Licence", "",
+              f"The weights are released under `{spec['weights_licence']}`, the terms of the data they learnt "
+              f"from ({spec['licence']}).", "",
+              "## Rebuild", "",
+              "`python pretrained/build.py` retrains every shipped run with the commands above, from nothing, "
+              "on CPU: the same commands give the same weights there, tensor for tensor. "
+              "`python pretrained/build.py --skip-training` keeps the weights and re-measures.", ""]
+    return "\n".join(line for line in lines if line is not None)
+
+
+def write_sums() -> None:
+    """SHA256SUMS over every shipped file but the cards (`cd pretrained && sha256sum -c SHA256SUMS`)."""
+    files = sorted(p for p in HERE.rglob("*") if p.is_file() and p.parent != HERE and p.name != "README.md")
+    lines = [f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.relative_to(HERE).as_posix()}" for p in files]
+    atomic_write_text(HERE / "SHA256SUMS", "\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--skip-training", action="store_true", help="keep the weights; re-measure and rewrite cards")
+    p.add_argument("--skip-cards", action="store_true", help="train and prune only")
+    p.add_argument("--set", action="append", choices=sorted(SETS), help="only this set (repeatable; default: all)")
+    args = p.parse_args(argv)
+    for set_name, spec in SETS.items():
+        if args.set and set_name not in args.set:
+            continue
+        if not args.skip_training:
+            for run, run_spec in spec["runs"].items():
+                train(set_name, run, run_spec)
+        if not args.skip_cards:
+            write_card(set_name, spec, trained_here=not args.skip_training)
+    if not args.skip_cards:
+        write_sums()
+
+
+if __name__ == "__main__":
+    main()
