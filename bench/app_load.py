@@ -24,8 +24,16 @@ from pathlib import Path
 
 
 def cache_size(folder: Path) -> tuple[int, int]:
-    files = [p for p in folder.rglob("*") if p.is_file()]
-    return len(files), sum(p.stat().st_size for p in files)
+    """(files, bytes) under folder; a file the page deletes while we count is not counted."""
+    files = size = 0
+    for path in folder.rglob("*"):
+        try:
+            if path.is_file():
+                size += path.stat().st_size
+                files += 1
+        except FileNotFoundError:
+            pass
+    return files, size
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,14 +29,15 @@ import torch
 import torch.nn.functional as F
 
 from common.errors import OneLineArgumentParser, VQGenError, run_main
-from common.pretrained import find_run, is_run, parse_digits as parse_digit_setting, recommended_settings, shown_path
+from common.pretrained import (SHIPPED_DEFAULT, find_run, is_run, parse_digits as parse_digit_setting,
+                               recommended_settings, shown_path)
 from prior.model import GRID
 from sampling import NULL_DIGIT, Models, generate, load_models
 
 BOX, FIELD = 20, 28         # MNIST: the ink's bounding box scaled to 20x20, centred by mass in 28x28
 INK_CHOICES = ("auto", "white on black", "black on white")
 MAX_SAMPLES = 64
-OWN_RUNS, SHIPPED_RUNS = "runs/prior", "mnist"   # the page's prior when none is named: ours, else the shipped one
+OWN_RUNS = "runs/prior"     # the page's prior when none is named; while it has none, SHIPPED_DEFAULT
 SHOW_SCALE = 4              # pixels per MNIST pixel in the page
 
 
@@ -131,8 +133,8 @@ class Sampled:
 class Demo:
     """The page's work: models loaded once, then sample / complete / tokenize."""
 
-    def __init__(self, prior: str | Path = OWN_RUNS, tokenizer: str | Path | None = None,
-                 data_root: str | Path | None = None, notice: str = ""):
+    def __init__(self, prior: str | Path = OWN_RUNS, notice: str = "", tokenizer: str | Path | None = None,
+                 data_root: str | Path | None = None):
         self.prior, self.tokenizer = str(prior), tokenizer
         self.data_root = data_root
         self.notice = notice   # said on the page above the run line, e.g. why these runs are served
@@ -246,7 +248,7 @@ table.codes td.kept { font-weight: bold; background: #243a6e; color: white; }
 SETTING_KEYS = ("digits", "cfg", "temperature", "top_k", "top_p", "keep_likeliest")   # Demo.settings, in page order
 
 
-def build_app(demo: Demo, cache_max_age: int = 600):
+def build_app(demo: Demo):
     import gradio as gr
 
     def failing(fn):
@@ -339,10 +341,7 @@ def build_app(demo: Demo, cache_max_age: int = 600):
         return source, drawing, index, ink
 
     chosen = demo.settings()
-    # Every answer's images are files in gradio's cache: delete those older than cache_max_age,
-    # checked a few times per age, so a long-running page keeps only its recent answers.
-    with gr.Blocks(title="vqgen", analytics_enabled=False,
-                   delete_cache=(max(1, cache_max_age // 4), cache_max_age)) as page:
+    with gr.Blocks(title="vqgen", analytics_enabled=False) as page:
         gr.Markdown("# vqgen\nA VQ-VAE tokenizer turns a digit into 7x7 codes; a small Transformer writes "
                     "codes row by row; the tokenizer draws them.")
         status = gr.Markdown(demo.status(), elem_id="status")
@@ -414,6 +413,40 @@ def build_app(demo: Demo, cache_max_age: int = 600):
     return page
 
 
+def sweep_cache(page, max_age: float) -> int:
+    """Delete the page's files (each answer's images) older than max_age seconds and forget
+    them; returns how many went. gradio's own delete_cache walks the same sets without
+    copying them, so under concurrent requests it dies on "Set changed size during
+    iteration" and the files pile up (measured: 32k files after 512 requests)."""
+    keep = set().union(*(getattr(block, "keep_in_cache", set()) for block in page.blocks.values()))
+    now, deleted = time.time(), 0
+    for files in page.temp_file_sets:
+        for name in list(files):   # a copy: requests add files while we sweep
+            if name in keep:
+                continue
+            try:
+                if now - os.lstat(name).st_ctime <= max_age:
+                    continue
+                os.remove(name)
+                deleted += 1
+            except FileNotFoundError:
+                pass
+            files.discard(name)
+    return deleted
+
+
+def keep_sweeping(page, max_age: float) -> None:
+    """sweep_cache a few times per max_age, for the life of the process (a daemon thread)."""
+    def loop():
+        while True:
+            time.sleep(max(0.5, max_age / 4))
+            try:
+                sweep_cache(page, max_age)
+            except Exception as err:   # a failed sweep is retried, never the end of sweeping
+                print(f"warning: cache sweep failed: {err}", file=sys.stderr)
+    threading.Thread(target=loop, daemon=True, name="cache-sweeper").start()
+
+
 def blank_canvas(ink: str) -> dict:
     """An opaque canvas for that ink: black for white ink (MNIST's look), white for black ink."""
     paper = np.full((280, 280, 4), 255 if ink == "black on white" else 0, np.uint8)
@@ -471,13 +504,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = OneLineArgumentParser(description="vqgen in the browser: sample, complete, tokenize.")
     p.add_argument("--prior", default=None,
                    help=f"run folder of a trained prior, or a shipped run's name (default: {OWN_RUNS}, or the "
-                        f"shipped '{SHIPPED_RUNS}' runs while {OWN_RUNS} has none; the page says which)")
+                        f"shipped '{SHIPPED_DEFAULT}' runs while {OWN_RUNS} has none; the page says which)")
     p.add_argument("--tokenizer", default=None, help="default: the one the prior was trained on")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=7860, help="port to listen on")
     p.add_argument("--cache-max-age", type=int, default=600, metavar="SECONDS",
                    help="delete the page's image files older than this (they are only needed while shown)")
     return p
+
+
+def choose_prior(given: str | None) -> tuple[str, str]:
+    """(prior, notice): the named one; else runs/prior; else, while that has none, the shipped
+    runs, with a notice that says so (never a silent switch)."""
+    if given is not None:
+        return given, ""
+    if is_run(find_run(OWN_RUNS, "prior")) or not is_run(find_run(SHIPPED_DEFAULT, "prior")):
+        return OWN_RUNS, ""
+    return SHIPPED_DEFAULT, (f"**Serving the shipped runs** (`pretrained/{SHIPPED_DEFAULT}`): there is no `{OWN_RUNS}` "
+                          "here yet. Train your own with `make demo`, then load `runs/prior` below.")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -493,19 +537,13 @@ def main(argv: list[str] | None = None) -> None:
         import gradio  # noqa: F401
     except ImportError:
         raise ValueError("the browser demo needs gradio: pip install -e '.[app]' (or run `make app`)") from None
-    prior, notice = args.prior, ""
-    if prior is None:
-        prior = OWN_RUNS
-        if not is_run(find_run(OWN_RUNS, "prior")) and is_run(find_run(SHIPPED_RUNS, "prior")):
-            prior = SHIPPED_RUNS
-            notice = (f"**Serving the shipped runs** (`pretrained/{SHIPPED_RUNS}`): there is no `{OWN_RUNS}` "
-                      "here yet. Train your own with `make demo`, then load `runs/prior` below.")
-    demo = Demo(prior, args.tokenizer, notice=notice)
+    demo = Demo(*choose_prior(args.prior), tokenizer=args.tokenizer)
     print(demo.status().replace("**", "").replace("`", "").replace("\n\n", " "), file=sys.stderr)
     if demo.models is None:
         print("warning: the page shows this until the run exists", file=sys.stderr)
-    build_app(demo, args.cache_max_age).launch(server_name=args.host, server_port=args.port, css=CSS, footer_links=[],
-                           show_error=False)
+    page = build_app(demo)
+    keep_sweeping(page, args.cache_max_age)
+    page.launch(server_name=args.host, server_port=args.port, css=CSS, footer_links=[], show_error=False)
 
 
 if __name__ == "__main__":
