@@ -14,7 +14,9 @@ Needs the app extra (`make app` installs it).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
+import os
 import statistics
 import tempfile
 import threading
@@ -23,17 +25,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 
-def cache_size(folder: Path) -> tuple[int, int]:
-    """(files, bytes) under folder; a file the page deletes while we count is not counted."""
-    files = size = 0
-    for path in folder.rglob("*"):
-        try:
-            if path.is_file():
-                size += path.stat().st_size
+def cache_size(folder: Path) -> tuple[int, int, int]:
+    """(files, folders, bytes) under folder; what the page deletes while we count is not counted
+    (os.walk skips a folder that vanishes under it)."""
+    files = folders = size = 0
+    for root, dirs, names in os.walk(folder):
+        folders += len(dirs)
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):
+                size += os.stat(os.path.join(root, name)).st_size
                 files += 1
-        except FileNotFoundError:
-            pass
-    return files, size
+    return files, folders, size
 
 
 def main() -> None:
@@ -96,10 +98,10 @@ def main() -> None:
         print(f"latency: median {statistics.median(latencies):.2f} s, max {max(latencies):.2f} s "
               "(queued behind the other clients: the page answers one request at a time)")
     print(f"errors: {len(errors)}" + (f" (first: {errors[0]})" if errors else ""))
-    for name, (files, size) in [("before", before), ("at its largest while serving", peak[-1]),
+    for name, (files, folders, size) in [("before", before), ("at its largest while serving", peak[-1]),
                                 ("after the last request", after),
                                 (f"{args.cache_max_age}+ s later", settled)]:
-        print(f"cache {name}: {files} files, {size / 2**20:.1f} MB")
+        print(f"cache {name}: {files} files in {folders} folders, {size / 2**20:.1f} MB")
 
 
 if __name__ == "__main__":

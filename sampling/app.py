@@ -429,7 +429,8 @@ def sweep_cache(page, max_age: float) -> int:
                     continue
                 os.remove(name)
                 deleted += 1
-            except FileNotFoundError:
+                os.rmdir(os.path.dirname(name))   # gradio puts each file in a folder of its own
+            except OSError:   # gone already, or a folder that still holds another file
                 pass
             files.discard(name)
     return deleted

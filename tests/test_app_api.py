@@ -136,3 +136,4 @@ def test_the_pages_image_files_are_deleted_once_old_even_under_concurrent_reques
         while time.monotonic() < deadline and any(p.exists() for p in written):
             time.sleep(0.5)
         assert not any(p.exists() for p in written), f"round {round_}: files older than --cache-max-age remain"
+        assert not any(p.parent.exists() for p in written), "their folders remain"   # one folder per file
