@@ -135,15 +135,21 @@ def main(argv: list[str] | None = None) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)
     given = given_flags(parser, argv)
+    from sampling import check_sampling_args
+
+    def check_settings():
+        check_sampling_args(args.n, args.temperature, args.top_k, args.top_p, args.digit, args.batch_size,
+                            args.cfg_schedule, args.keep_likeliest, args.seed, args.cfg)
+
+    check_settings()   # a bad flag is named first, whether or not the prior exists
     prior_dir = find_run(args.prior, "prior")
     if not is_run(prior_dir):
         raise ValueError(missing_run_message(f"--prior {args.prior}", "prior"))
     settings_file = prior_dir / SAMPLER_SETTINGS
     from_run = apply_run_settings(parser, args, given, read_sampler_settings(settings_file), settings_file)
+    if from_run:
+        check_settings()   # and a bad value in the run's sampling.yaml
     digit_given = "digit" in given
-    from sampling import check_sampling_args
-    check_sampling_args(args.n, args.temperature, args.top_k, args.top_p, args.digit, args.batch_size,
-                        args.cfg_schedule, args.keep_likeliest, args.seed, args.cfg)
     if not 0 <= args.keep_rows <= 7:
         raise ValueError(f"--keep-rows {args.keep_rows}: must be 0-7")
     out = Path(args.out)

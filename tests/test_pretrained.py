@@ -146,3 +146,16 @@ def test_the_loaders_take_shipped_names_and_pretrained_paths_from_any_folder(tmp
         _, cfg = load_prior(f"{name}/{run}")
         assert cfg.tokenizer.startswith("pretrained/"), cfg.tokenizer   # found from here too
         load_tokenizer(cfg.tokenizer)
+
+
+@pytest.mark.parametrize("settings,expected", [("cfg: -1\n", "cfg=-1"), ("guidance: 1\n", "unknown keys ['guidance']"),
+                                               ("digit: eleven\n", "digit: 'eleven' is not a valid value")])
+def test_a_bad_sampling_yaml_is_one_line_naming_it(tmp_path, settings, expected):
+    import shutil
+    run = tmp_path / "prior"
+    shutil.copytree(PRETRAINED / "mnist" / "prior-default", run, ignore=shutil.ignore_patterns("seed0"))
+    (run / SAMPLER_SETTINGS).write_text(settings)
+    done = run_cli([str(REPO / "sampling/generate.py"), "--n", "4", "--prior", "prior"], cwd=tmp_path)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert expected in done.stderr, done.stderr
+    assert not (tmp_path / "samples").exists()
