@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+CONFIG, WEIGHTS = "config.yaml", "model.safetensors"   # what makes a folder a run (common.runs writes them)
 REPO = Path(__file__).resolve().parent.parent
 PRETRAINED = REPO / "pretrained"
 SHIPPED_DEFAULT = "mnist"            # the shipped set named first, and served by the page without runs/prior
@@ -23,7 +24,7 @@ SAMPLER_KEYS = {"n", "seed", "temperature", "top_k", "top_p", "digit", "cfg", "c
 
 
 def is_run(path: Path) -> bool:
-    return (path / "config.yaml").is_file() and (path / "model.safetensors").is_file()
+    return (path / CONFIG).is_file() and (path / WEIGHTS).is_file()
 
 
 def find_run(location: str | Path, stage: str) -> Path:
@@ -50,7 +51,7 @@ def shown_path(path: str | Path) -> str:
 def shipped_names(stage: str) -> list[str]:
     """Short names of the shipped runs of one stage, e.g. ['mnist', 'mnist/prior-default']."""
     names = []
-    configs = sorted(PRETRAINED.glob("*/*/config.yaml"), key=lambda c: (c.parent.parent.name != SHIPPED_DEFAULT, c))
+    configs = sorted(PRETRAINED.glob(f"*/*/{CONFIG}"), key=lambda c: (c.parent.parent.name != SHIPPED_DEFAULT, c))
     for config in configs:
         folder = config.parent
         if not folder.name.startswith(stage) or not is_run(folder):
@@ -61,7 +62,7 @@ def shipped_names(stage: str) -> list[str]:
 
 def missing_run_message(location: str | Path, stage: str) -> str:
     """One line naming both ways forward: train the stage, or use a shipped run."""
-    message = (f"{location}: no trained {stage} there (need config.yaml and model.safetensors); "
+    message = (f"{location}: no trained {stage} there (need {CONFIG} and {WEIGHTS}); "
                f"train one with `accelerate launch {stage}/train.py`")
     names = shipped_names(stage)
     if names:

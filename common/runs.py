@@ -14,10 +14,8 @@ import yaml
 
 from common.checkpoint import CheckpointError, atomic_write_text, load_weights, save_weights
 from common.config import ConfigError, config_from_file, config_to_dict
-from common.pretrained import find_run, is_run, missing_run_message
+from common.pretrained import CONFIG, WEIGHTS, find_run, is_run, missing_run_message
 
-WEIGHTS = "model.safetensors"
-CONFIG = "config.yaml"
 LOCK = ".lock"
 
 

@@ -28,11 +28,11 @@ from pathlib import Path
 import yaml
 
 from common.checkpoint import atomic_write_text
-from common.pretrained import SAMPLER_SETTINGS, read_card
+from common.pretrained import CONFIG, SAMPLER_SETTINGS, WEIGHTS, read_card
 
 REPO = Path(__file__).resolve().parent.parent
 HERE = REPO / "pretrained"
-KEEP = {"config.yaml", "model.safetensors", "metrics.jsonl", "sampling.yaml"}
+KEEP = {CONFIG, WEIGHTS, "metrics.jsonl", SAMPLER_SETTINGS}
 
 # What ships. Runs train in this order (a prior needs its tokenizer); `train` is what
 # follows the entry script, `sampling` a prior's recommended settings (flags of generate.py).
