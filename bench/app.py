@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def server_times(prior: str, repeats: int) -> dict[str, list[float]]:
-    from sampling.app import Demo
+    from sampling.demo import Demo
     demo = Demo(prior)
     if demo.models is None:
         raise SystemExit(f"error: {demo.error}")
@@ -35,7 +35,7 @@ def server_times(prior: str, repeats: int) -> dict[str, list[float]]:
 
 def in_browser(prior: str, screenshot: Path) -> dict[str, float]:
     from playwright.sync_api import sync_playwright
-    from sampling.app import free_port, served
+    from sampling.serving import free_port, served
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         raise SystemExit("error: no Chromium; apt-get install chromium")

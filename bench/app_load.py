@@ -14,7 +14,6 @@ Needs the app extra (`make app` installs it).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import os
 import statistics
@@ -23,19 +22,6 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-
-
-def cache_size(folder: Path) -> tuple[int, int, int]:
-    """(files, folders, bytes) under folder; what the page deletes while we count is not counted
-    (os.walk skips a folder that vanishes under it)."""
-    files = folders = size = 0
-    for root, dirs, names in os.walk(folder):
-        folders += len(dirs)
-        for name in names:
-            with contextlib.suppress(FileNotFoundError):
-                size += os.stat(os.path.join(root, name)).st_size
-                files += 1
-    return files, folders, size
 
 
 def main() -> None:
@@ -50,7 +36,8 @@ def main() -> None:
 
     from gradio_client import Client
     from gradio_client.exceptions import AppError
-    from sampling.app import free_port, served
+    from sampling.page_cache import cache_size
+    from sampling.serving import free_port, served
 
     cache = Path(tempfile.mkdtemp(prefix="vqgen-app-cache-"))
     with served(["--prior", args.prior, "--cache-max-age", str(args.cache_max_age)], free_port(),

@@ -134,6 +134,18 @@ def measure_prior(set_name: str, run: str, spec: dict) -> dict:
         return json.loads(Path(tmp, "eval.json").read_text())
 
 
+def seed0_nll_bits(folder: Path) -> float:
+    """The prior's teacher-forced NLL of its shipped seed-0 tokens, in bits per token: a figure
+    another CPU reproduces to rounding, where a resampled grid may part at a flipped token."""
+    import numpy as np
+    import torch
+    from prior import load_prior
+    from prior.train import test_nll_bits
+    with np.load(folder / "seed0" / "samples.npz") as shipped:
+        tokens, labels = torch.from_numpy(shipped["tokens"]).long(), torch.from_numpy(shipped["labels"]).long()
+    return test_nll_bits(load_prior(folder)[0], tokens.flatten(1), labels)
+
+
 def write_card(set_name: str, spec: dict, trained_here: bool) -> None:
     """README.md: the commands, times and figures; the numbers also as YAML front matter.
     Its machine line names this machine when it trained the runs, else stays the card's own."""
@@ -149,6 +161,7 @@ def write_card(set_name: str, spec: dict, trained_here: bool) -> None:
             entry["test_nll_bits_per_token"] = metrics["test_nll_bits_per_token"]
             entry["sampling"] = run_spec["sampling"]
             table = measure_prior(set_name, run, run_spec)
+            entry["seed0_nll_bits_per_token"] = seed0_nll_bits(run_dir(set_name, run))
             entry["samples_10k_seed0"] = {name: {k: round(v, 6) for k, v in row.items()}
                                           for name, row in table.items()}
         runs[run] = entry

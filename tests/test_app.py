@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from conftest import run_cli
-from sampling.app import Demo, DemoError, to_mnist
+from sampling.demo import Demo
+from sampling.digit_image import DemoError, to_mnist
 
 
 @pytest.fixture(scope="module")
@@ -109,19 +110,22 @@ def test_the_page_explains_bad_input(tiny_prior_run, tmp_path, mnist_root, test_
 
 
 def test_the_demo_logic_does_not_import_gradio():
-    result = run_cli(["-c", "import sys, sampling.app; assert 'gradio' not in sys.modules, 'gradio imported'"])
+    modules = "sampling.app, sampling.demo, sampling.digit_image, sampling.page_cache, sampling.serving"
+    result = run_cli(["-c", f"import sys, {modules}; assert 'gradio' not in sys.modules, 'gradio imported'"])
     assert result.returncode == 0, result.stderr
 
 
-def test_a_bad_port_is_one_line_before_anything_loads():
+def test_a_bad_port_or_cache_bound_is_one_line_before_anything_loads():
     result = run_cli(["sampling/app.py", "--port", "70000"])
     assert result.returncode == 2 and result.stderr.strip() == "error: --port 70000: must be 1-65535"
+    result = run_cli(["sampling/app.py", "--cache-max-mb", "0"])
+    assert result.returncode == 2 and result.stderr.strip() == "error: --cache-max-mb 0.0: must be more than 0"
 
 
 def test_without_runs_prior_the_page_serves_the_shipped_runs_and_says_so(tmp_path, monkeypatch, tiny_prior_run):
     import shutil
     from common.pretrained import PRETRAINED, recommended_settings
-    from sampling.app import choose_prior
+    from sampling.demo import choose_prior
     monkeypatch.chdir(tmp_path)   # a fresh clone: no runs/prior
     prior, notice = choose_prior(None)
     assert prior == "mnist" and "Serving the shipped runs" in notice and "make demo" in notice
@@ -134,3 +138,31 @@ def test_without_runs_prior_the_page_serves_the_shipped_runs_and_says_so(tmp_pat
     shutil.copytree(tiny_prior_run[0], tmp_path / "runs" / "prior")   # once trained, ours are served
     assert choose_prior(None) == ("runs/prior", "")
     assert Demo("runs/prior").settings()["cfg"] == recommended_settings(tmp_path / "runs" / "prior")["cfg"]
+
+
+def test_the_cache_sweep_deletes_by_age_and_then_oldest_first_by_size(tmp_path):
+    import os
+    import time
+    from types import SimpleNamespace
+    from sampling.page_cache import TRIM_TO, sweep_cache
+    names = []
+    for i in range(10):   # ten answers' files of 100 kB, each in a folder of its own as gradio makes them
+        folder = tmp_path / f"answer{i}"
+        folder.mkdir()
+        (folder / "digit.png").write_bytes(bytes(100_000))
+        names.append(str(folder / "digit.png"))
+        time.sleep(0.01)   # distinct ctimes: "oldest" is well defined
+    kept_for_good = tmp_path / "example.png"
+    kept_for_good.write_bytes(bytes(500_000))
+    files = set(names) | {str(kept_for_good)}
+    page = SimpleNamespace(GRADIO_CACHE=str(tmp_path), temp_file_sets=[files],
+                           blocks={0: SimpleNamespace(keep_in_cache={str(kept_for_good)})})
+    assert sweep_cache(page, max_age=600, max_bytes=2_000_000)[0] == 0          # young, and room to spare
+    deleted = sweep_cache(page, max_age=600, max_bytes=1_000_000)[0]          # too close to the bound: oldest first
+    remaining = [n for n in names if os.path.exists(n)]
+    assert remaining == names[deleted:] and 500_000 + 100_000 * len(remaining) <= TRIM_TO * 1_000_000
+    assert files == set(remaining) | {str(kept_for_good)} and kept_for_good.exists()
+    assert not any((tmp_path / f"answer{i}").exists() for i in range(deleted))   # their folders too
+    time.sleep(0.05)
+    assert sweep_cache(page, max_age=0.01, max_bytes=2_000_000)[0] == len(remaining)   # all past the age bound
+    assert kept_for_good.exists() and files == {str(kept_for_good)}

@@ -15,12 +15,13 @@ import urllib.request
 
 import pytest
 
-from sampling.app import free_port, served
+from sampling.serving import free_port, served
 
 if importlib.util.find_spec("gradio") is None:
     pytest.skip("no API test here: pip install -e '.[app]'", allow_module_level=True)
 
 CACHE_MAX_AGE = 2   # seconds: short, so that the test sees the cleanup happen
+CACHE_MAX_MB = 3   # for the flood: well under what its 48 answers of 64 digits write
 # Sample tab, in order: digits, n, cfg, temperature, top_k, top_p, seed, keep_likeliest
 GOOD = [[], 4, 0.5, 1.0, 0, 1.0, 0, 1.0]
 
@@ -137,3 +138,40 @@ def test_the_pages_image_files_are_deleted_once_old_even_under_concurrent_reques
             time.sleep(0.5)
         assert not any(p.exists() for p in written), f"round {round_}: files older than --cache-max-age remain"
         assert not any(p.parent.exists() for p in written), "their folders remain"   # one folder per file
+
+
+@pytest.fixture(scope="module")
+def size_bound_page(tiny_prior_run, mnist_root, tmp_path_factory):
+    """A page whose age bound never acts within the test: only the size bound deletes."""
+    cache = tmp_path_factory.mktemp("gradio-cache-bounded")
+    args = ["--prior", str(tiny_prior_run[0]), "--cache-max-age", "600", "--cache-max-mb", str(CACHE_MAX_MB)]
+    with served(args, free_port(), env={"VQGEN_DATA": str(mnist_root), "GRADIO_TEMP_DIR": str(cache)}) as url:
+        yield Page(url), cache
+
+
+def test_a_flood_of_answers_never_holds_more_than_the_size_bound(size_bound_page):
+    """Answers come faster than the age bound lets them go: the size bound holds the folder,
+    oldest first, while every answer still arrives whole."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+    from sampling.page_cache import cache_size
+    client, cache = size_bound_page
+    sizes, flooding = [], threading.Event()
+
+    def watch():   # the folder's bytes, sampled while the answers come
+        while not flooding.wait(0.05):
+            sizes.append(cache_size(cache)[2])
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda seed: client.call("on_sample", sample_with(n=64, seed=seed)), range(48)))
+    finally:
+        flooding.set()
+        watcher.join()
+    assert all(len(gallery) == 64 for gallery, *_ in answers)
+    files_left = cache_size(cache)[0]
+    assert files_left < 48 * 64 * 0.9, f"{files_left} of {48 * 64} files left: the bound never acted"
+    assert len(sizes) > 10 and max(sizes) <= CACHE_MAX_MB * 2**20, f"largest {max(sizes) / 2**20:.3f} MB"
+    print(f"files left {files_left}, largest {max(sizes) / 2**20:.3f} MB")

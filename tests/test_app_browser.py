@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 
-from sampling.app import free_port, served
+from sampling.serving import free_port, served
 
 CHROMIUM = os.environ.get("VQGEN_CHROMIUM") or next(
     (path for name in ("chromium", "chromium-browser", "google-chrome") if (path := shutil.which(name))), None)

@@ -52,6 +52,28 @@ def shipped_settings(name: str, run: str) -> dict:
             "temperature": settings["temperature"], "keep_likeliest": settings["keep_likeliest"]}
 
 
+# What another CPU may change. Its kernels round differently in the last bits (AVX2 on the AMD
+# machines that built the runs, AVX-512/AMX on Intel ones), so a sampled token can flip, and
+# that sample goes its own way from there (the others keep theirs: each draws its own uniforms).
+# Measured: the NLL below moved by 5e-7 bits/token between the AVX2 and the plain kernels
+# (ATEN_CPU_CAPABILITY=default), and one of 64 Fashion samples parted on an Intel Xeon; a
+# real change to the weights or the sampler moves far more than these bounds allow.
+NLL_TOLERANCE = 1e-3       # bits/token
+SAME_SAMPLES = 0.9         # share of the seed-0 grid that must come out token for token
+
+
+@pytest.mark.parametrize("name,run", PRIORS)
+def test_the_shipped_seed0_tokens_keep_their_likelihood(name, run):
+    """Teacher-forced: no sampling, so no token can flip; only rounding moves it."""
+    from prior import load_prior
+    from prior.train import test_nll_bits
+    with np.load(PRETRAINED / name / run / "seed0" / "samples.npz") as shipped:
+        tokens, labels = torch.from_numpy(shipped["tokens"]).long(), torch.from_numpy(shipped["labels"]).long()
+    measured = test_nll_bits(load_prior(f"{name}/{run}")[0], tokens.flatten(1), labels)
+    card = CARDS[name]["runs"][run]["seed0_nll_bits_per_token"]
+    assert abs(measured - card) <= NLL_TOLERANCE, (measured, card)
+
+
 @pytest.mark.parametrize("name,run", PRIORS)
 def test_the_seed0_grid_reproduces_from_the_shipped_weights(name, run):
     from sampling import generate
@@ -59,11 +81,13 @@ def test_the_seed0_grid_reproduces_from_the_shipped_weights(name, run):
         tokens, images = shipped["tokens"], shipped["images"]
     first = generate(n=len(tokens), seed=0, prior=PRETRAINED / name / run, **shipped_settings(name, run))
     again = generate(n=len(tokens), seed=0, prior=PRETRAINED / name / run, **shipped_settings(name, run))
+    # One machine, one process: exact.
     assert torch.equal(first["tokens"], again["tokens"]) and torch.equal(first["images"], again["images"])
-    assert np.array_equal(first["tokens"].numpy(), tokens)
+    # Against the machine that built them: most samples token for token, and those within a grey level.
+    same = (first["tokens"].numpy() == tokens).reshape(len(tokens), -1).all(1)
+    assert same.mean() >= SAME_SAMPLES, f"only {same.sum()} of {len(tokens)} seed-0 samples reproduce"
     pixels = (first["images"][:, 0] * 255).round().to(torch.uint8).numpy().astype(int)
-    # Identical on the machine that built them; another CPU's float rounding may move a pixel by one level.
-    assert np.abs(pixels - images).max() <= 1
+    assert np.abs(pixels[same] - images[same]).max() <= 1
 
 
 def split_of(name: str):

@@ -1,0 +1,161 @@
+"""The browser demo's work, without the page: the models loaded once, then sample, complete
+and tokenize, each with the page's one-line messages for bad values. What the page draws
+is what `python sampling/generate.py` draws for the same settings and seed.
+Plain torch, so the tests and benchmarks use it without gradio."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from common.errors import VQGenError
+from common.pretrained import SHIPPED_DEFAULT, find_run, is_run, parse_digits as parse_digit_setting, \
+    recommended_settings, shown_path
+from prior.model import GRID
+from sampling import NULL_DIGIT, Models, generate, load_models
+from sampling.digit_image import DemoError
+
+MAX_SAMPLES = 64
+OWN_RUNS = "runs/prior"     # the page's prior when none is named; while it has none, SHIPPED_DEFAULT
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(10 * torch.log10(1 / F.mse_loss(a, b).clamp_min(1e-10)))
+
+
+def parse_digits(choices: list[str]) -> list[int] | None:
+    """Ticked boxes -> generate()'s digit: none ticked is unconditional (each sample draws its digit)."""
+    try:
+        digits = sorted({int(c) for c in choices or []})
+    except (TypeError, ValueError):
+        raise DemoError(f"digits: {choices!r}: tick digits 0-9 (none: any digit)") from None
+    if any(not 0 <= d <= 9 for d in digits):
+        raise DemoError(f"digits: {digits}: tick digits 0-9 (none: any digit)")
+    return digits or None
+
+
+@dataclass
+class Sampled:
+    images: torch.Tensor         # float [n,1,28,28]
+    tokens: torch.Tensor         # long [n,7,7]
+    labels: torch.Tensor | None  # long [n] or None
+    seconds: float               # server time of the generation and decoding
+
+
+class Demo:
+    """The page's work: models loaded once, then sample / complete / tokenize."""
+
+    def __init__(self, prior: str | Path = OWN_RUNS, notice: str = "", tokenizer: str | Path | None = None,
+                 data_root: str | Path | None = None):
+        self.prior, self.tokenizer = str(prior), tokenizer
+        self.data_root = data_root
+        self.notice = notice   # said on the page above the run line, e.g. why these runs are served
+        self.models: Models | None = None
+        self.error = ""
+        self._test_images: torch.Tensor | None = None
+        self.load()
+
+    def load(self) -> str:
+        """(Re)load the two runs; on failure keep the message for the page instead of raising."""
+        try:
+            self.models, self.error = load_models(self.prior, self.tokenizer), ""
+        except (VQGenError, OSError, ValueError) as err:
+            self.models, self.error = None, str(err)
+        return self.status()
+
+    def status(self) -> str:
+        notice = f"{self.notice}\n\n" if self.notice else ""
+        if self.models is None:
+            return f"{notice}**Cannot load the models.** {self.error}"
+        cfg = self.models.prior_cfg
+        kind = "class-conditional" if cfg.class_conditional else "unconditional"
+        return (f"{notice}prior `{shown_path(self.models.prior_dir)}` ({cfg.n_layer} layers, {kind})"
+                f" over tokenizer `{shown_path(self.models.tokenizer_dir)}` ({self.models.tokenizer.codebook_size} codes)")
+
+    def settings(self) -> dict:
+        """The sampling settings the page starts from: generate.py's without flags for this prior
+        (configs/sampling.yaml, then the prior's own sampling.yaml), as the Sample tab's values."""
+        folder = self.models.prior_dir if self.models is not None else find_run(self.prior, "prior")
+        chosen = recommended_settings(folder)
+        digit = parse_digit_setting(chosen.get("digit", "none"))
+        digits = [] if digit in (None, NULL_DIGIT) else digit if isinstance(digit, list) else [digit]
+        return {"digits": [str(d) for d in digits], "cfg": float(chosen.get("cfg", 0.0)),
+                "temperature": float(chosen.get("temperature", 1.0)),
+                "keep_likeliest": float(chosen.get("keep_likeliest", 1.0)),
+                "top_k": int(chosen.get("top_k") or 0), "top_p": float(chosen.get("top_p") or 1.0)}
+
+    def require_models(self) -> Models:
+        """The loaded models, or the reason they are not (as a message for the page)."""
+        if self.models is None:
+            raise DemoError(self.error)
+        return self.models
+
+    def test_digit(self, index: int) -> torch.Tensor:
+        """Test-set digit `index` of the tokenizer's dataset, float [1,28,28]."""
+        if self._test_images is None:
+            from sampling.evaluate import tokenizer_dataset
+            from tokenizer.data import DataError, data_root, ensure_dataset, load_split
+            root = data_root(str(self.data_root or ""))
+            dataset = tokenizer_dataset(Path(self.tokenizer or self.require_models().prior_cfg.tokenizer))
+            try:
+                ensure_dataset(root, dataset)
+            except DataError as err:
+                raise DemoError(str(err)) from None
+            self._test_images = load_split(root, dataset, train=False)[0]
+        if not 0 <= index < len(self._test_images):
+            raise DemoError(f"test digit {index}: pick an index from 0 to {len(self._test_images) - 1}")
+        return self._test_images[index][None].float() / 255
+
+    def sample(self, digits: list[int] | None, n: int, cfg: float = 0.0, temperature: float = 1.0,
+               top_k: int | None = None, top_p: float | None = None, seed: int = 0,
+               keep_likeliest: float = 1.0) -> Sampled:
+        """What `python sampling/generate.py --n N --digit D --cfg ... --seed S` draws, image for image."""
+        if not 1 <= n <= MAX_SAMPLES:
+            raise DemoError(f"{n} samples: pick 1 to {MAX_SAMPLES}")
+        digit = digits if digits is None or len(digits) > 1 else digits[0]
+        return self._generate(n=n, digit=digit, temperature=temperature, top_k=top_k, top_p=top_p, cfg=cfg,
+                              seed=seed, keep_likeliest=keep_likeliest)
+
+    def complete(self, image: torch.Tensor, keep_rows: int, n: int = 8, temperature: float = 1.0,
+                 seed: int = 0) -> Sampled:
+        """n completions of image [1,28,28] from its first keep_rows code rows, like
+        `generate.py --complete FILE --keep-rows R` (no digit: the kept rows decide it)."""
+        if not 0 <= keep_rows <= GRID:
+            raise DemoError(f"keep {keep_rows} rows: pick 0 to {GRID}")
+        if not 1 <= n <= MAX_SAMPLES:
+            raise DemoError(f"{n} completions: pick 1 to {MAX_SAMPLES}")
+        with torch.no_grad():
+            grid = self.require_models().tokenizer.encode(image[None])
+        return self._generate(n=n, digit=NULL_DIGIT, temperature=temperature, seed=seed,
+                              keep=grid[:, :keep_rows].expand(n, -1, -1))
+
+    def tokenize(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """image [1,28,28] -> (its 7x7 codes, its reconstruction [1,28,28], PSNR in dB)."""
+        tok = self.require_models().tokenizer
+        with torch.no_grad():
+            grid = tok.encode(image[None])
+            recon = tok.decode(grid)[0]
+        return grid[0], recon, psnr(recon, image)
+
+    def _generate(self, **kwargs) -> Sampled:
+        """sampling.generate on the loaded models, timed; its argument checks become page messages."""
+        started = time.perf_counter()
+        try:
+            out = generate(models=self.require_models(), **kwargs)
+        except ValueError as err:
+            raise DemoError(str(err)) from None
+        return Sampled(out["images"], out["tokens"], out["labels"], time.perf_counter() - started)
+
+
+def choose_prior(given: str | None) -> tuple[str, str]:
+    """(prior, notice): the named one; else runs/prior; else, while that has none, the shipped
+    runs, with a notice that says so (never a silent switch)."""
+    if given is not None:
+        return given, ""
+    if is_run(find_run(OWN_RUNS, "prior")) or not is_run(find_run(SHIPPED_DEFAULT, "prior")):
+        return OWN_RUNS, ""
+    return SHIPPED_DEFAULT, (f"**Serving the shipped runs** (`pretrained/{SHIPPED_DEFAULT}`): there is no `{OWN_RUNS}` "
+                          "here yet. Train your own with `make demo`, then load `runs/prior` below.")
