@@ -41,6 +41,8 @@ class TrainConfig:
     min_lr_ratio: float = 0.05       # cosine decay ends at lr * min_lr_ratio
     weight_decay: float = 0.0        # decoupled weight decay (matrices only in the prior)
     grad_clip: float = 1.0           # max global grad norm; 0 disables clipping
+    weight_average: float = 0.0      # > 0: decay of an exponential moving average of the weights, which is
+                                     # what gets evaluated and saved for use (0 = the weights as trained)
     resume: str = "auto"             # auto | never | PATH to a checkpoint dir
     tracker: Literal["none", "wandb"] = "none"   # wandb: offline unless WANDB_MODE says otherwise
     eval_every: int = 0              # steps between evaluations (test metrics, plots); 0 = every epoch, -1 = at the end only
@@ -57,6 +59,7 @@ class TrainConfig:
         _require(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "must be in [0, 1]")
         _require(self.weight_decay >= 0, "weight_decay", "must be >= 0")
         _require(self.grad_clip >= 0, "grad_clip", "must be >= 0 (0 = off)")
+        _require(0 <= self.weight_average < 1, "weight_average", "must be in [0, 1) (0 = off; 0.999 is typical)")
         _require(self.eval_every >= -1, "eval_every", "must be >= 1 steps, 0 (every epoch) or -1 (at the end only)")
         _require(self.save_every >= 0, "save_every", "must be >= 0 (0 = every epoch)")
         _require(self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")

@@ -3,7 +3,8 @@
 A stage hands `fit` a `Task` (model, optimizer factory, loss, evaluation, plots);
 `fit` owns everything else: device placement, DDP sharding, the learning-rate
 schedule, an optional second model stepped beside the first (a GAN's
-discriminator, `SideModel`), progress, NaN detection, metrics.jsonl, tracking, atomic checkpoints
+discriminator, `SideModel`), an optional moving average of the weights
+(`WeightAverage`), progress, NaN detection, metrics.jsonl, tracking, atomic checkpoints
 every `save_every` steps (independent of evaluations), at the end and on
 SIGINT/SIGTERM, and exact resume.
 
@@ -13,6 +14,7 @@ the weights, so a resumed CPU run ends with the same bits as an unbroken one.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import signal
@@ -55,6 +57,42 @@ class SideModel:
     model: nn.Module
     loss_fn: Callable[[nn.Module, tuple[torch.Tensor, ...], object], tuple[torch.Tensor, dict[str, torch.Tensor]]]
     make_optimizer: Callable[[nn.Module], torch.optim.Optimizer]
+
+
+class WeightAverage:
+    """An exponential moving average of a model's floating-point parameters (Polyak averaging,
+    as in the EMA weights of GAN generators and diffusion models): it smooths the step-to-step
+    noise of training, most of all an adversarial one. `swapped_in` lends it to the model for
+    evaluation and export; the training weights come back afterwards."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.params = [p for p in model.parameters() if p.is_floating_point()]
+        self.average = [p.detach().clone() for p in self.params]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        torch._foreach_lerp_(self.average, [p.detach() for p in self.params], 1 - self.decay)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {str(i): a for i, a in enumerate(self.average)}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for i, a in enumerate(self.average):
+            a.copy_(state[str(i)])
+
+    @contextlib.contextmanager
+    def swapped_in(self):
+        trained = [p.detach().clone() for p in self.params]
+        with torch.no_grad():
+            for p, a in zip(self.params, self.average):
+                p.copy_(a)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, t in zip(self.params, trained):
+                    p.copy_(t)
 
 
 @dataclass
@@ -163,6 +201,7 @@ def fit(cfg, task: Task, accelerator=None, last: bool = True) -> dict:
     model, optimizer = accelerator.prepare(model, optimizer)
     raw_model = accelerator.unwrap_model(model)
     side = _prepare_side(task.side, accelerator)
+    average = WeightAverage(raw_model, cfg.weight_average) if cfg.weight_average > 0 else None
     data = tuple(t.to(accelerator.device) for t in task.train_tensors)
 
     n_train = data[0].shape[0]
@@ -181,6 +220,8 @@ def fit(cfg, task: Task, accelerator=None, last: bool = True) -> dict:
         if side is not None:
             side.raw.load_state_dict(state["side_model"])
             side.optimizer.load_state_dict(state["side_optimizer"])
+        if average is not None:
+            average.load_state_dict(state["weight_average"])
         torch.set_rng_state(state["rng"]["torch"])
         if torch.cuda.is_available() and "cuda" in state["rng"]:
             torch.cuda.set_rng_state(state["rng"]["cuda"])
@@ -207,6 +248,8 @@ def fit(cfg, task: Task, accelerator=None, last: bool = True) -> dict:
                      "rng": rng, "history": history}
             if side is not None:
                 parts.update(side_model=side.raw.state_dict(), side_optimizer=side.optimizer.state_dict())
+            if average is not None:
+                parts["weight_average"] = average.state_dict()
             save_checkpoint(out_dir / "checkpoints", step_now, parts, task.stage, cfg.keep_checkpoints)
         accelerator.wait_for_everyone()
 
@@ -215,16 +258,16 @@ def fit(cfg, task: Task, accelerator=None, last: bool = True) -> dict:
         result = {}
         if is_main:
             raw_model.eval()
-            with torch.no_grad():
+            with average.swapped_in() if average is not None else contextlib.nullcontext(), torch.no_grad():
                 result = {"step": step_now, "epoch": round(step_now / steps_per_epoch, 3),
                           **clock(),
                           **train_logs, **task.evaluate(raw_model)}
+                with open(out_dir / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(result) + "\n")
+                save_run_weights(out_dir, task.export(raw_model), task.stage)
+                if task.report is not None:
+                    task.report(out_dir, raw_model, history, _read_metrics(out_dir / "metrics.jsonl"))
             raw_model.train()
-            with open(out_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(result) + "\n")
-            save_run_weights(out_dir, task.export(raw_model), task.stage)
-            if task.report is not None:
-                task.report(out_dir, raw_model, history, _read_metrics(out_dir / "metrics.jsonl"))
             shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()}
             accelerator.print(f"[{task.stage}] " + " ".join(f"{k}={v}" for k, v in shown.items()))
         accelerator.log({k: v for k, v in result.items() if isinstance(v, (int, float))}, step=step_now)
@@ -269,6 +312,8 @@ def fit(cfg, task: Task, accelerator=None, last: bool = True) -> dict:
                 accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            if average is not None:
+                average.update()
             if side is not None:
                 logs = {**logs, **side.step(batch, handover, accelerator, cfg.grad_clip)}
 

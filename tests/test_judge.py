@@ -64,3 +64,18 @@ def test_evaluate_judges_with_the_tokenizers_dataset(tmp_path):
     assert tokenizer_dataset(tmp_path / "none") == "mnist"
     (tmp_path / "config.yaml").write_text("dataset: fashion\ncodebook_size: 64\n")
     assert tokenizer_dataset(tmp_path) == "fashion"
+
+
+def test_the_two_sample_test_is_blind_to_real_digits_sees_noise_and_repeats_itself(mnist_root):
+    from sampling.judge import real_digit_sets, two_sample_accuracy
+    train_x, _ = load_split(mnist_root, "mnist", train=True)
+    a, b = real_digit_sets(len(train_x), 3000)
+    assert not set(a.tolist()) & set(b.tolist())
+    real, other = to_float(train_x[a]), to_float(train_x[b])
+    halves = two_sample_accuracy(real, other, epochs=2)
+    assert 0.4 <= halves <= 0.6, halves   # two halves of real digits: a coin (1200 held out: +-3% is 2 sigma)
+    noise = torch.rand(3000, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    assert two_sample_accuracy(noise, other, epochs=2) > 0.99
+    blurred = torch.nn.functional.avg_pool2d(real, 3, 1, 1)   # what a blurry decoder would draw
+    assert two_sample_accuracy(blurred, other, epochs=2) > 0.9
+    assert two_sample_accuracy(real, other, epochs=2) == halves   # the same seed, the same figure

@@ -136,12 +136,16 @@ def test_decoder_phase_keeps_the_codes_and_sharpens_the_images(tmp_path, tiny_to
     assert [json.loads(l).get("phase") for l in again].count("decoder") == 1
 
 
-def test_adversarial_phase_moves_the_decoder_only(tiny_tokenizer_run, mnist_root):
+ISSUE_27_OPTIONS = ["decoder_disc_whole_digit=true", "decoder_r1=1.0", "decoder_weight_average=0.9"]
+
+
+@pytest.mark.parametrize("options", [[], ISSUE_27_OPTIONS], ids=["patch", "whole-digit-r1-average"])
+def test_adversarial_phase_moves_the_decoder_only(tiny_tokenizer_run, mnist_root, options):
     """The decoder's loss reaches neither the encoder, the codebook nor the discriminator;
-    the discriminator's loss reaches only the discriminator."""
+    the discriminator's loss (R1 penalty included) reaches only the discriminator."""
     from tokenizer.train import decoder_task, make_task
     cfg = load_config(TokenizerConfig, TINY_TOKENIZER + ["decoder_loss=gan", "decoder_gan_warmup=0",
-                                                         "ema=false"])   # a codebook that could take a gradient
+                                                         "ema=false", *options])   # a codebook that could take a gradient
     images = load_split(mnist_root, "mnist", train=True, subset=64)[0]
     joint = make_task(cfg, images, images)
     task = decoder_task(joint, images, cfg)
@@ -164,14 +168,16 @@ def test_adversarial_phase_moves_the_decoder_only(tiny_tokenizer_run, mnist_root
     assert all(p.grad is not None for p in disc.parameters())
     assert all(p.grad is None for p in vqvae.parameters())
     assert 0 <= disc_logs["disc_real_acc"] <= 1
+    assert ("r1" in disc_logs) == bool(options) and len(disc(batch[1][:, None].float())) == 1 + bool(options)
 
 
-def test_adversarial_phase_keeps_the_codes_and_resumes_exactly(tmp_path, tiny_tokenizer_run, mnist_root):
+@pytest.mark.parametrize("options", [[], ISSUE_27_OPTIONS], ids=["patch", "whole-digit-r1-average"])
+def test_adversarial_phase_keeps_the_codes_and_resumes_exactly(tmp_path, tiny_tokenizer_run, mnist_root, options):
     """decoder_loss=gan: same codes, a loadable tokenizer without the discriminator, and a run
     stopped inside the phase resumes bit-identically (the discriminator and its Adam state
     are in the checkpoints)."""
     common = TINY_TOKENIZER + [f"data_root={mnist_root}", "decoder_epochs=2", "decoder_loss=gan",
-                               "decoder_gan_warmup=20"]
+                               "decoder_gan_warmup=20", *options]
     for name in ("straight", "broken"):
         shutil.copytree(tiny_tokenizer_run, tmp_path / name)
     metrics = main(common + [f"out_dir={tmp_path}/straight"])
@@ -188,7 +194,8 @@ def test_adversarial_phase_keeps_the_codes_and_resumes_exactly(tmp_path, tiny_to
 
     main(common + [f"out_dir={tmp_path}/broken", "max_steps=170"])   # stopped inside phase two
     checkpoint = sorted((tmp_path / "broken" / "decoder" / "checkpoints").iterdir())[-1]
-    assert {"side_model.safetensors", "side_optimizer.safetensors"} <= {p.name for p in checkpoint.iterdir()}
+    parts = {"side_model.safetensors", "side_optimizer.safetensors"} | ({"weight_average.safetensors"} if options else set())
+    assert parts <= {p.name for p in checkpoint.iterdir()}
     main(common + [f"out_dir={tmp_path}/broken"])
     resumed = load_file(tmp_path / "broken" / "model.safetensors")
     assert all(torch.equal(resumed[k], weights[k]) for k in weights)

@@ -22,6 +22,10 @@ class TokenizerConfig(TrainConfig, VQVAEShape):
     decoder_gan_warmup: int = 200    # gan: steps over which that weight ramps up from 0
     decoder_disc_lr: float = 2e-4    # gan: the discriminator's Adam learning rate (constant)
     decoder_disc_channels: int = 32  # gan: width of the discriminator's first layer
+    decoder_disc_whole_digit: bool = False   # gan: a whole-digit head beside the patch head
+    decoder_seed: int = 0            # added to seed for the decoder phase: another draw of the phase alone
+    decoder_weight_average: float = 0.0   # the decoder phase's weight_average: > 0, its EMA is what ships
+    decoder_r1: float = 0.0          # gan: weight gamma of the R1 gradient penalty on real digits (0 = none)
 
     def validate(self) -> None:
         super().validate()
@@ -36,6 +40,8 @@ class TokenizerConfig(TrainConfig, VQVAEShape):
             (self.decoder_gan_warmup >= 0, "decoder_gan_warmup", "must be >= 0 steps"),
             (self.decoder_disc_lr > 0, "decoder_disc_lr", "must be > 0"),
             (self.decoder_disc_channels >= 1, "decoder_disc_channels", "must be >= 1"),
+            (0 <= self.decoder_weight_average < 1, "decoder_weight_average", "must be in [0, 1) (0 = off)"),
+            (self.decoder_r1 >= 0, "decoder_r1", "must be >= 0 (0 = no penalty)"),
             (self.beta >= 0, "beta", "must be >= 0"),
             (0 < self.ema_decay < 1, "ema_decay", "must be in (0, 1)"),
             (self.dead_code_steps >= 0, "dead_code_steps", "must be >= 0 (0 = never restart)"),

@@ -7,6 +7,12 @@ it this small net learnt slower, cost 20% more time a step, and at a higher
 learning rate made the decoder unstable (docs/RESULTS.md); the MSE term anchors
 the decoder instead. The decoder never needs it to decode: it lives only in the
 phase's checkpoints.
+
+A patch head alone never sees a whole digit, while a classifier that tells our
+digits from real ones does (issue 27's two-sample test). `whole_digit=True` adds a
+second head on the same features: one logit per image from all 7x7 positions.
+Each head's hinge loss is averaged over its own logits, so the single whole-digit
+logit weighs as much as the 49 patches together.
 """
 from __future__ import annotations
 
@@ -16,28 +22,40 @@ from torch import nn
 
 
 class PatchDiscriminator(nn.Module):
-    def __init__(self, channels: int = 32):
+    def __init__(self, channels: int = 32, whole_digit: bool = False):
         super().__init__()
         C = channels
-        self.net = nn.Sequential(
+        self.features = nn.Sequential(
             nn.Conv2d(1, C, 4, stride=2, padding=1), nn.LeakyReLU(0.2),        # 28 -> 14
             nn.Conv2d(C, 2 * C, 4, stride=2, padding=1), nn.LeakyReLU(0.2),    # 14 -> 7
-            nn.Conv2d(2 * C, 1, 3, padding=1),                                  # (B, 1, 7, 7)
         )
+        self.patch_head = nn.Conv2d(2 * C, 1, 3, padding=1)                     # (B, 1, 7, 7)
+        self.digit_head = nn.Sequential(nn.Flatten(), nn.Linear(2 * C * 49, 1)) if whole_digit else None
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """images (B, 1, 28, 28) in [-1, 1] -> patch logits (B, 1, 7, 7); > 0 means "real"."""
-        return self.net(images)
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """images (B, 1, 28, 28) in [-1, 1] -> each head's logits, > 0 meaning "real": patch
+        logits (B, 1, 7, 7), then with whole_digit one logit per image (B, 1)."""
+        h = self.features(images)
+        return [self.patch_head(h)] + ([self.digit_head(h)] if self.digit_head is not None else [])
 
 
-def hinge_discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-    """mean relu(1 - D(x)) + mean relu(1 + D(G(z))): the discriminator's side of the hinge game."""
-    return F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
+def hinge_discriminator_loss(real_logits: list[torch.Tensor], fake_logits: list[torch.Tensor]) -> torch.Tensor:
+    """Per head, mean relu(1 - D(x)) + mean relu(1 + D(G(z))): the discriminator's side of the hinge game."""
+    return sum(F.relu(1 - r).mean() + F.relu(1 + f).mean() for r, f in zip(real_logits, fake_logits))
 
 
-def hinge_generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
-    """-mean D(G(z)): the decoder pushes its patches' scores up."""
-    return -fake_logits.mean()
+def hinge_generator_loss(fake_logits: list[torch.Tensor]) -> torch.Tensor:
+    """Per head, -mean D(G(z)): the decoder pushes its scores up."""
+    return -sum(f.mean() for f in fake_logits)
+
+
+def r1_penalty(real_logits: list[torch.Tensor], real_images: torch.Tensor) -> torch.Tensor:
+    """R1 (Mescheder et al. 2018): mean over images of ||grad_x D(x)||^2 on real images, which
+    keeps the discriminator smooth where the data is, so it can be made stronger without
+    throwing the decoder around. real_images must require grad."""
+    total = sum(r.sum() for r in real_logits)
+    grad, = torch.autograd.grad(total, real_images, create_graph=True)
+    return grad.pow(2).flatten(1).sum(1).mean()
 
 
 def adversarial_weight(step: int, weight: float, warmup_steps: int) -> float:

@@ -33,7 +33,7 @@ from common.training import SideModel, Task, epoch_steps, find_resume_point, fit
 from tokenizer.config import TokenizerConfig
 from tokenizer.data import data_root, encode_digits, ensure_dataset, load_split, to_float
 from tokenizer.discriminator import (PatchDiscriminator, adversarial_weight, hinge_discriminator_loss,
-                                     hinge_generator_loss)
+                                     hinge_generator_loss, r1_penalty)
 from tokenizer.model import VQVAE
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "tokenizer.yaml"
@@ -139,17 +139,24 @@ def decoder_task(joint: Task, train_images: torch.Tensor, cfg: TokenizerConfig) 
         return recon + weight * adversarial, {"recon": recon, "adversarial": adversarial.detach()}, fake.detach()
 
     def disc_loss(disc, batch, fake):
-        logits = disc(torch.cat([to_model_range(batch[1]), fake]))   # real and fake in one pass
-        real_logits, fake_logits = logits.chunk(2)
+        real = to_model_range(batch[1]).requires_grad_(cfg.decoder_r1 > 0)
+        heads = disc(torch.cat([real, fake]))   # real and fake in one pass
+        real_logits, fake_logits = [h.chunk(2)[0] for h in heads], [h.chunk(2)[1] for h in heads]
         loss = hinge_discriminator_loss(real_logits, fake_logits)
-        return loss, {"disc": loss.detach(), "disc_real_acc": (real_logits > 0).float().mean(),
-                      "disc_fake_acc": (fake_logits < 0).float().mean()}
+        logs = {"disc": loss.detach(), "disc_real_acc": (real_logits[0] > 0).float().mean(),
+                "disc_fake_acc": (fake_logits[0] < 0).float().mean()}
+        if cfg.decoder_r1 > 0:
+            penalty = r1_penalty(real_logits, real)
+            loss = loss + cfg.decoder_r1 / 2 * penalty
+            logs["r1"] = penalty.detach()
+        return loss, logs
 
     side = None
     if cfg.decoder_loss == "gan":
         with torch.random.fork_rng():   # the same discriminator however the run got here (resume, straight)
             torch.manual_seed(cfg.seed + 1)
-            disc = PatchDiscriminator(cfg.decoder_disc_channels).to(memory_format=torch.channels_last)
+            disc = PatchDiscriminator(cfg.decoder_disc_channels, cfg.decoder_disc_whole_digit)
+            disc = disc.to(memory_format=torch.channels_last)
         side = SideModel(disc, disc_loss, lambda d: torch.optim.Adam(d.parameters(), lr=cfg.decoder_disc_lr,
                                                                      betas=(0.5, 0.9)))
     return Task(stage="tokenizer", model=model.decoder, train_tensors=(codes, train_images),
@@ -166,6 +173,7 @@ def decoder_phase_config(cfg: TokenizerConfig, joint_steps: int) -> TokenizerCon
         return None
     return dataclasses.replace(cfg, out_dir=str(Path(cfg.out_dir) / "decoder"), epochs=cfg.decoder_epochs,
                                lr=cfg.decoder_lr, warmup_steps=0, decoder_epochs=0,
+                               weight_average=cfg.decoder_weight_average, seed=cfg.seed + cfg.decoder_seed,
                                max_steps=cfg.max_steps - joint_steps if cfg.max_steps else 0)
 
 
