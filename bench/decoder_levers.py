@@ -32,6 +32,8 @@ VARIANTS = {   # name -> decoder-phase keys
     "whole-r1-3": {**GAN, "decoder_epochs": 3, "decoder_disc_whole_digit": True, "decoder_r1": 1.0,
                    "decoder_gan_weight": 0.3},
     "whole-ema3": {**GAN, "decoder_epochs": 3, "decoder_disc_whole_digit": True, "decoder_weight_average": 0.999},
+    "whole2": {**GAN, "decoder_epochs": 2, "decoder_disc_whole_digit": True},
+    "whole-ema2": {**GAN, "decoder_epochs": 2, "decoder_disc_whole_digit": True, "decoder_weight_average": 0.999},
     "whole-ema6": {**GAN, "decoder_epochs": 6, "decoder_disc_whole_digit": True, "decoder_weight_average": 0.999},
 }
 

@@ -63,7 +63,8 @@ class WeightAverage:
     """An exponential moving average of a model's floating-point parameters (Polyak averaging,
     as in the EMA weights of GAN generators and diffusion models): it smooths the step-to-step
     noise of training, most of all an adversarial one. `swapped_in` lends it to the model for
-    evaluation and export; the training weights come back afterwards."""
+    evaluation and export, the training weights coming back afterwards; at the end of fit it
+    stays in the model, which is what the caller goes on to use (the checkpoints keep both)."""
 
     def __init__(self, model: nn.Module, decay: float):
         self.decay = decay
@@ -81,18 +82,19 @@ class WeightAverage:
         for i, a in enumerate(self.average):
             a.copy_(state[str(i)])
 
+    @torch.no_grad()
+    def copy_to_model(self) -> None:
+        torch._foreach_copy_(self.params, self.average)
+
     @contextlib.contextmanager
     def swapped_in(self):
         trained = [p.detach().clone() for p in self.params]
-        with torch.no_grad():
-            for p, a in zip(self.params, self.average):
-                p.copy_(a)
+        self.copy_to_model()
         try:
             yield
         finally:
             with torch.no_grad():
-                for p, t in zip(self.params, trained):
-                    p.copy_(t)
+                torch._foreach_copy_(self.params, trained)
 
 
 @dataclass
@@ -350,6 +352,8 @@ def fit(cfg, task: Task, accelerator=None, last: bool = True) -> dict:
                 accelerator.end_training()
                 raise SystemExit(130 if stop.received == "SIGINT" else 143)
     _check_replicas_agree(raw_model, accelerator)
+    if average is not None:
+        average.copy_to_model()
     if side is not None:
         _check_replicas_agree(side.raw, accelerator)
     if last:

@@ -191,6 +191,14 @@ def test_adversarial_phase_keeps_the_codes_and_resumes_exactly(tmp_path, tiny_to
     weights = load_file(tmp_path / "straight" / "model.safetensors")
     assert set(weights) == set(before.state_dict()), "the saved tokenizer carries no discriminator"
     assert not torch.equal(weights["decoder.net.0.weight"], before.state_dict()["decoder.net.0.weight"])
+    if "decoder_weight_average=0.9" in options:   # what ships is the average, not the last step's weights
+        last = sorted((tmp_path / "straight" / "decoder" / "checkpoints").iterdir())[-1]
+        from common.checkpoint import load_checkpoint
+        state = load_checkpoint(last, "tokenizer")
+        average, trained = state["weight_average"], state["model"]
+        names = [f"decoder.{name}" for name, _ in before.decoder.named_parameters()]
+        assert all(torch.equal(average[str(i)], weights[name]) for i, name in enumerate(names))
+        assert not torch.equal(trained["net.0.weight"], weights["decoder.net.0.weight"])
 
     main(common + [f"out_dir={tmp_path}/broken", "max_steps=170"])   # stopped inside phase two
     checkpoint = sorted((tmp_path / "broken" / "decoder" / "checkpoints").iterdir())[-1]
