@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> dict:
         labels = torch.from_numpy(data["labels"]).long() if "labels" in data else None
     if images.dim() != 3 or tuple(images.shape[1:]) != (28, 28) or images.dtype != torch.uint8:
         raise ValueError(f"{path}: 'images' must be uint8 [N,28,28], got {images.dtype} {tuple(images.shape)}")
+    if len(images) < 10:
+        raise ValueError(f"{path}: {len(images)} images; judging needs at least 10 (10000 for the README's figures)")
 
     dataset = args.dataset or tokenizer_dataset(Path(args.tokenizer))
     root = data_root()
@@ -71,10 +73,10 @@ def main(argv: list[str] | None = None) -> dict:
         from tokenizer import load_tokenizer
         sets["tokenizer recon"] = (reconstructions(load_tokenizer(args.tokenizer), test)[:n], None)
     rows = {}
-    for kind in JUDGES:   # judge a gives every figure, judge b a second distance (keys with _b)
+    suffixes = {kind: "" if kind == "a" else f"_{kind}" for kind in JUDGES}
+    for kind, suffix in suffixes.items():   # judge a gives every figure, judge b a second distance (keys with _b)
         model = load_classifier(root, dataset, kind=kind)
         _, test_feats = classify(model, test)
-        suffix = "" if kind == "a" else f"_{kind}"
         for name, (x, y) in sets.items():
             if kind == "a":
                 rows[name] = judge(model, x, test_feats, y)
@@ -86,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name, (x, _) in sets.items():
         rows[name]["c2st"] = two_sample_accuracy(x, c2st_reference, seed=args.c2st_seed)
     for r in rows.values():
-        r["x_real_worst"] = max(r[f"x_real{'' if kind == 'a' else f'_{kind}'}"] for kind in JUDGES)
+        r["x_real_worst"] = max(r[f"x_real{suffix}"] for suffix in suffixes.values())
     keys = ["n", "frechet", "x_real", "frechet_b", "x_real_b", "c2st", "confident", "class_kl", "precision",
             "recall", "cond_acc"]
     print(f"{'':20s}" + "".join(f"{k:>10s}" for k in keys))

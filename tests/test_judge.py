@@ -79,3 +79,11 @@ def test_the_two_sample_test_is_blind_to_real_digits_sees_noise_and_repeats_itse
     blurred = torch.nn.functional.avg_pool2d(real, 3, 1, 1)   # what a blurry decoder would draw
     assert two_sample_accuracy(blurred, other, epochs=2) > 0.9
     assert two_sample_accuracy(real, other, epochs=2) == halves   # the same seed, the same figure
+
+
+def test_evaluate_refuses_too_few_images_before_any_work(tmp_path):
+    import numpy as np
+    from sampling.evaluate import main
+    np.savez(tmp_path / "few.npz", images=np.zeros((5, 28, 28), np.uint8))
+    with pytest.raises(ValueError, match="5 images; judging needs at least 10"):
+        main([str(tmp_path / "few.npz"), "--tokenizer", str(tmp_path / "none")])
