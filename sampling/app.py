@@ -23,8 +23,8 @@ import numpy as np
 from common.errors import OneLineArgumentParser, run_main
 from common.pretrained import SHIPPED_DEFAULT
 from prior.model import GRID
-from sampling.demo import MAX_SAMPLES, OWN_RUNS, Demo, choose_prior, parse_digits
-from sampling.digit_image import INK_CHOICES, DemoError, kept_part, to_mnist, to_uint8
+from sampling.demo import MAX_SAMPLES, OWN_RUNS, Demo, DemoError, choose_prior, parse_digits
+from sampling.digit_image import INK_CHOICES, kept_part, to_mnist, to_uint8
 from sampling.page_cache import PageCache
 
 

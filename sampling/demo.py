@@ -16,10 +16,13 @@ from common.pretrained import SHIPPED_DEFAULT, find_run, is_run, parse_digits as
     recommended_settings, shown_path
 from prior.model import GRID
 from sampling import NULL_DIGIT, Models, generate, load_models
-from sampling.digit_image import DemoError
 
 MAX_SAMPLES = 64
 OWN_RUNS = "runs/prior"     # the page's prior when none is named; while it has none, SHIPPED_DEFAULT
+
+
+class DemoError(VQGenError):
+    """A problem the page shows as a message: empty canvas, missing run, value out of range."""
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -7,16 +7,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common.errors import VQGenError
 from prior.model import GRID
+from sampling.demo import DemoError
 
 BOX, FIELD = 20, 28         # MNIST: the ink's bounding box scaled to 20x20, centred by mass in 28x28
 INK_CHOICES = ("auto", "white on black", "black on white")
 SHOW_SCALE = 4              # pixels per MNIST pixel in the page
-
-
-class DemoError(VQGenError):
-    """A problem the page shows as a message: empty canvas, missing run, value out of range."""
 
 
 def to_mnist(image: np.ndarray, ink: str = "auto") -> torch.Tensor:

@@ -4,7 +4,8 @@ gradio writes every answer's images to its cache folder (GRADIO_TEMP_DIR) and ke
 them. Its own delete_cache walks the same file sets without copying them, so under
 concurrent requests it dies on "Set changed size during iteration" and the files pile
 up (measured: 32k files after 512 requests). An age bound alone is not enough either:
-500 requests of 64 digits in 5 minutes left 254 MB inside a 600 s window. So we delete,
+issue 26 saw 500 requests of 64 digits in 5 minutes leave 254 MB inside the 600 s
+window. So we delete,
 oldest first, every file past the age bound and as many more as it takes to bring
 the folder under the size bound: twice a second, and before each request.
 """
@@ -16,8 +17,8 @@ import sys
 import threading
 import time
 
-SWEEP_PERIOD = 0.5   # seconds between sweeps: what the page writes in that time is the size bound's slack
-TRIM_TO = 0.8        # a sweep over the size bound deletes down to this share of it, so the next writes fit
+SWEEP_PERIOD = 0.5   # seconds between sweeps: what the page writes in that time needs room below the bound
+TRIM_TO = 0.8        # a sweep keeps the folder under this share of the bound until it has seen a burst
 
 
 def cache_size(folder) -> tuple[int, int, int]:
@@ -33,25 +34,32 @@ def cache_size(folder) -> tuple[int, int, int]:
     return files, folders, size
 
 
-def sweep_cache(page, max_age: float, max_bytes: int, trim_to: int | None = None) -> tuple[int, int]:
-    """Delete files in the page's cache folder (page.GRADIO_CACHE: each answer's images),
-    oldest first: all older than max_age seconds, then more while they hold over trim_to
-    bytes (default TRIM_TO of max_bytes), leaving room below max_bytes for what is written
-    before the next sweep. Returns (files deleted, bytes left). The folder is walked, not gradio's
-    lists of its files, which miss files it is writing (measured: 3% over the bound).
-    Files the page keeps for good (the canvases' backgrounds) count, but are never deleted."""
+def list_cache(page) -> tuple[list[tuple[float, int, str]], int]:
+    """(ctime, bytes, path) of each file in the page's cache folder (page.GRADIO_CACHE) that may
+    be deleted, oldest first, and the bytes of those the page keeps for good (the canvases'
+    backgrounds), which fill the folder too. The folder is walked, not gradio's lists of its
+    files, which miss the files it is still writing (measured: 3% over the bound)."""
     keep = set().union(*(getattr(block, "keep_in_cache", set()) for block in page.blocks.values()))
-    found, kept_bytes = [], 0   # (ctime, bytes, path) of the files we may delete
+    found, kept_bytes = [], 0
     for root, _, names in os.walk(page.GRADIO_CACHE):
         for name in names:
             path = os.path.join(root, name)
             with contextlib.suppress(OSError):   # deleted under us
                 info = os.lstat(path)
                 if path in keep:
-                    kept_bytes += info.st_size   # they fill the folder too
+                    kept_bytes += info.st_size
                 else:
                     found.append((info.st_ctime, info.st_size, path))
-    found.sort()
+    return sorted(found), kept_bytes
+
+
+def sweep_cache(page, max_age: float, max_bytes: int, trim_to: float | None = None,
+                listed: tuple[list, int] | None = None) -> tuple[int, int]:
+    """Delete the page's cached files (each answer's images), oldest first: all older than
+    max_age seconds, then more while the folder holds over trim_to bytes (default TRIM_TO of
+    max_bytes), leaving room below max_bytes for what is written before the next sweep.
+    Returns (files deleted, bytes left)."""
+    found, kept_bytes = listed or list_cache(page)
     now, total, gone = time.time(), kept_bytes + sum(f[1] for f in found), []
     trim_to = TRIM_TO * max_bytes if trim_to is None else trim_to
     for ctime, size, path in found:
@@ -84,10 +92,11 @@ class PageCache:
         if self.page is None:
             return 0
         with self._lock:
-            before = cache_size(self.page.GRADIO_CACHE)[2]
-            self.headroom = min(max(self.headroom, before - self._left), self.max_bytes)
+            found, kept_bytes = listed = list_cache(self.page)
+            written = kept_bytes + sum(f[1] for f in found) - self._left   # since the last sweep
+            self.headroom = min(max(self.headroom, written), self.max_bytes)
             deleted, self._left = sweep_cache(self.page, self.max_age, self.max_bytes,
-                                              trim_to=self.max_bytes - self.headroom)
+                                              trim_to=self.max_bytes - self.headroom, listed=listed)
             return deleted
 
     def keep_sweeping(self, page) -> None:

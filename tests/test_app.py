@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from conftest import run_cli
-from sampling.demo import Demo
-from sampling.digit_image import DemoError, to_mnist
+from sampling.demo import Demo, DemoError
+from sampling.digit_image import to_mnist
 
 
 @pytest.fixture(scope="module")
