@@ -36,9 +36,12 @@ class TrainConfig:
     max_steps: int = 0               # > 0: stop after this many optimizer steps (smoke runs)
     train_subset: int = 0            # > 0: use only the first N training images
     batch_size: int = 128            # per process; DDP multiplies it by the world size
-    lr: float = 1e-3                 # peak learning rate, after warmup; cosine decay to lr * min_lr_ratio
-    warmup_steps: int = 100          # linear warmup from 0 to lr
-    min_lr_ratio: float = 0.05       # cosine decay ends at lr * min_lr_ratio
+    lr: float = 1e-3                 # peak learning rate, after warmup; then lr_schedule's decay
+    warmup_steps: int = 100          # linear warmup from 0 to lr, in steps of one process (N processes: /N steps)
+    min_lr_ratio: float = 0.05       # the decay ends at lr * min_lr_ratio
+    lr_schedule: Literal["cosine", "wsd"] = "cosine"   # after warmup: cosine decay, or warmup-stable-decay
+                                     # (constant, then a linear decay over the last cooldown_share of steps)
+    cooldown_share: float = 0.2      # wsd: share of the run spent decaying
     weight_decay: float = 0.0        # decoupled weight decay (matrices only in the prior)
     grad_clip: float = 1.0           # max global grad norm; 0 disables clipping
     weight_average: float = 0.0      # > 0: decay of an exponential moving average of the weights, which is
@@ -57,6 +60,7 @@ class TrainConfig:
         _require(self.lr > 0, "lr", "must be > 0")
         _require(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
         _require(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "must be in [0, 1]")
+        _require(0 < self.cooldown_share <= 1, "cooldown_share", "must be in (0, 1]")
         _require(self.weight_decay >= 0, "weight_decay", "must be >= 0")
         _require(self.grad_clip >= 0, "grad_clip", "must be >= 0 (0 = off)")
         _require(0 <= self.weight_average < 1, "weight_average", "must be in [0, 1) (0 = off; 0.999 is typical)")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Literal
 
 from common.config import ConfigError, TrainConfig
 from prior.data import AUGMENT_MODES
@@ -16,10 +17,13 @@ class PriorConfig(TrainConfig, PriorShape):
     batch_size: int = 128
     lr: float = 2e-3                      # AdamW peak learning rate
     weight_decay: float = 0.01            # on weight matrices and embeddings only
-    warmup_steps: int = 100               # linear warmup steps
+    warmup_steps: int = 100               # linear warmup, in steps of one process (N processes: /N, the same samples)
     augment: bool = False          # each epoch: fresh code grids of slightly distorted training digits
     augment_share: float = 0.5     # share of the digits distorted in each augmented epoch
     augment_mode: str = "warp"     # warp: small shift, rotation and scale (bilinear); shift: 1-pixel moves, exact
+    label_smoothing: float = 0.0   # share of each target's probability spread over all codes (training loss only)
+    z_loss: float = 0.0            # weight of log(sum(exp(logits)))^2, which keeps the logits from drifting
+    optimizer: Literal["adamw", "muon"] = "adamw"   # muon: Muon on the blocks' weight matrices, AdamW on the rest
 
     def validate(self) -> None:
         super().validate()
@@ -34,6 +38,10 @@ class PriorConfig(TrainConfig, PriorShape):
             (0 <= self.augment_share <= 1, "augment_share", "must be in [0, 1]"),
             (self.augment_mode in AUGMENT_MODES, "augment_mode", f"must be one of {', '.join(AUGMENT_MODES)}"),
             (self.augment or not self.augment_token, "augment_token", "needs augment=true"),
+            (0 <= self.label_smoothing < 1, "label_smoothing", "must be in [0, 1)"),
+            (self.z_loss >= 0, "z_loss", "must be >= 0"),
+            (self.rope == "none" or (self.n_embd // self.n_head) % 4 == 0, "rope",
+             "needs a head width (n_embd / n_head) divisible by 4"),
         ]
         for ok, key, message in checks:
             if not ok:

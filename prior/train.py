@@ -26,6 +26,7 @@ from common.training import Task, find_resume_point, fit
 from prior.config import PriorConfig
 from prior.data import augmented_codes, load_code_grids
 from prior.model import DISTORTED, GPT, NULL_CLASS, NUM_CLASSES
+from prior.muon import MuonWithAdamW
 from tokenizer import load_tokenizer
 from tokenizer.data import data_root, ensure_dataset, load_split
 
@@ -72,7 +73,11 @@ def make_task(cfg: PriorConfig, tokenizer, grids: dict, train_images: torch.Tens
             labels = torch.where(drop, null, labels)
         else:
             labels = null
-        _, loss = m(codes, labels, targets=codes)
+        logits, _ = m(codes, labels)
+        logits = logits.flatten(0, 1).float()
+        loss = torch.nn.functional.cross_entropy(logits, codes.flatten(), label_smoothing=cfg.label_smoothing)
+        if cfg.z_loss > 0:
+            return loss + cfg.z_loss * logits.logsumexp(-1).square().mean(), {}
         return loss, {}
 
     def evaluate(m):
@@ -86,7 +91,7 @@ def make_task(cfg: PriorConfig, tokenizer, grids: dict, train_images: torch.Tens
 
     def report(out_dir: Path, m, history, metrics):
         device = next(m.parameters()).device
-        gen = torch.Generator(device=device).manual_seed(cfg.seed)
+        gen = torch.Generator().manual_seed(cfg.seed)
         if cfg.class_conditional:   # one row per digit
             labels = torch.arange(NUM_CLASSES, device=device).repeat_interleave(8)
         else:
@@ -106,8 +111,11 @@ def make_task(cfg: PriorConfig, tokenizer, grids: dict, train_images: torch.Tens
         # Weight decay on matrices only (nanoGPT): not on biases, norms or position embeddings.
         def decays(name, p):
             return p.dim() >= 2 and not name.endswith(("pos_emb", "row_emb", "col_emb"))
-        decay = [p for n, p in m.named_parameters() if decays(n, p)]
-        no_decay = [p for n, p in m.named_parameters() if not decays(n, p)]
+        named = list(m.named_parameters())
+        if cfg.optimizer == "muon":
+            return MuonWithAdamW(named, cfg.lr, cfg.weight_decay, decays)
+        decay = [p for n, p in named if decays(n, p)]
+        no_decay = [p for n, p in named if not decays(n, p)]
         return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
 
@@ -132,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
         find_resume_point(cfg, "prior")
         accelerator = make_accelerator(cfg.tracker)
         root = data_root(cfg.data_root)
-        with accelerator.main_process_first():
+        with accelerator.local_main_process_first():   # data and code cache are per machine
             ensure_dataset(root, cfg.dataset)
             tokenizer.to(accelerator.device)
             grids = load_code_grids(tokenizer, root, cfg.dataset, Path(cfg.out_dir) / "codes", cfg.train_subset)

@@ -147,3 +147,16 @@ def test_sampling_help_shows_each_flag_with_its_default(script, flags):
     for flag in flags:
         assert flag in text
     assert text.count("(default:") >= len(flags)
+
+
+def test_learning_rate_schedules_warm_up_hold_and_end_at_the_floor():
+    from common.config import TrainConfig
+    from common.training import lr_at
+    cosine = TrainConfig(lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
+    wsd = TrainConfig(lr=1.0, warmup_steps=10, min_lr_ratio=0.1, lr_schedule="wsd", cooldown_share=0.2)
+    for cfg in (cosine, wsd):
+        assert lr_at(0, 100, cfg) == pytest.approx(0.1) and lr_at(9, 100, cfg) == pytest.approx(1.0)
+        assert lr_at(100, 100, cfg) == pytest.approx(0.1)
+    assert lr_at(50, 100, cosine) < 0.9 * 1.0                          # cosine decays from the peak on
+    assert [lr_at(s, 100, wsd) for s in (10, 50, 80)] == [1.0, 1.0, 1.0]  # wsd holds until the last 20 steps
+    assert lr_at(90, 100, wsd) == pytest.approx(0.55)                   # then falls linearly

@@ -44,14 +44,59 @@ def test_dropout_acts_in_training_only_and_keeps_causality():
     torch.testing.assert_close(logits[:, :21], base[:, :21])
 
 
-@pytest.mark.parametrize("switch", [{"rowcol_pos": True}, {"token_dropout": 0.3}])
-def test_shape_switches_keep_the_prior_causal(switch):
+SHAPE_SWITCHES = [{"rowcol_pos": True}, {"token_dropout": 0.3}, {"qk_norm": True}, {"rope": "1d"}, {"rope": "2d"},
+                  {"norm": "rms"}, {"activation": "relu2"}, {"activation": "swiglu"},
+                  {"tie_embeddings": True, "token_dropout": 0.3}, {"zero_init": True}]
+
+
+@pytest.mark.parametrize("switch", SHAPE_SWITCHES, ids=lambda s: "-".join(f"{k}={v}" for k, v in s.items()))
+def test_shape_switches_keep_the_prior_causal_and_the_cache_exact(switch):
     model = tiny_gpt(**switch)
+    if switch.get("zero_init"):   # zero-initialised outputs predict uniformly; give them weights to test
+        assert torch.equal(model(torch.randint(32, (1, 49)), torch.tensor([3]))[0], torch.zeros(1, 49, 32))
+        torch.manual_seed(1)
+        for p in model.parameters():
+            p.data.normal_(0, 0.2)
     codes, labels = torch.randint(32, (2, 49)), torch.tensor([3, NULL_CLASS])
     changed = codes.clone()
     changed[:, 20] = (changed[:, 20] + 1) % 32
-    torch.testing.assert_close(model(changed, labels)[0][:, :21], model(codes, labels)[0][:, :21])
-    assert model.head.out_features == 32          # the mask token is an input only, never predicted
+    logits, changed_logits = model(codes, labels)[0], model(changed, labels)[0]
+    torch.testing.assert_close(changed_logits[:, :21], logits[:, :21])
+    assert not torch.allclose(changed_logits[:, 21:], logits[:, 21:])
+    assert logits.shape[-1] == 32                  # the mask token is an input only, never predicted
+    caches = [KVCache() for _ in model.blocks]
+    for t in range(5, 49):   # prefill 5 codes, then one at a time, as generation does
+        torch.testing.assert_close(model.next_logits(labels, codes[:, :t], caches),
+                                   model.next_logits(labels, codes[:, :t], None), atol=1e-5, rtol=1e-4)
+
+
+def test_2d_rotary_positions_are_grid_offsets():
+    from prior.model import rotary_angles
+    angles = rotary_angles(PriorShape(vocab_size=8, n_embd=32, n_head=2, rope="2d"))   # 8 angle pairs per head
+    assert torch.equal(angles[1], torch.zeros(8))                # cell (0, 0)
+    down = angles[1 + 7:] - angles[1:-7]                         # one row down, same column
+    assert torch.allclose(down, down[0].expand_as(down)) and torch.all(down[:, 4:] == 0)
+    right = angles[2:8] - angles[1:7]                            # one column right within row 0
+    assert torch.allclose(right, right[0].expand_as(right)) and torch.all(right[:, :4] == 0)
+
+
+def test_muon_orthogonalizes_and_trains_a_model():
+    from prior.muon import MuonWithAdamW, orthogonalize
+    g = torch.randn(64, 16, generator=torch.Generator().manual_seed(0))
+    singular = torch.linalg.svdvals(orthogonalize(g))
+    assert singular.min() > 0.5 and singular.max() < 1.3          # Newton-Schulz's band around 1
+    model = tiny_gpt().train()
+    optimizer = MuonWithAdamW(model.named_parameters(), 3e-3, 0.01, lambda n, p: p.dim() >= 2)
+    assert sum(len(g["params"]) for g in optimizer.param_groups if g["muon"]) == 2 * 4   # qkv, proj, 2 MLP
+    codes, labels = torch.randint(8, (16, 49)), torch.randint(10, (16,))   # a learnable corner of the vocab
+    losses = []
+    for _ in range(30):
+        _, loss = model(codes, labels, targets=codes)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0]
 
 
 def test_token_dropout_hides_inputs_in_training_only():
@@ -154,7 +199,8 @@ def test_prior_refuses_mismatched_vocab_and_missing_tokenizer(tmp_path, tiny_tok
     assert result.stderr.strip().count("\n") == 0
 
 
-@pytest.mark.parametrize("augment", [[], ["augment=true"], ["augment=true", "augment_token=true"]])
+@pytest.mark.parametrize("augment", [[], ["augment=true"], ["augment=true", "augment_token=true"],
+                                     ["optimizer=muon", "weight_average=0.9", "lr_schedule=wsd", "z_loss=1e-4"]])
 def test_prior_resume_is_bit_identical(tmp_path, tiny_tokenizer_run, mnist_root, augment):
     from prior.train import main
     common = TINY_PRIOR + [f"tokenizer={tiny_tokenizer_run}", f"data_root={mnist_root}", "eval_every=8", *augment]
@@ -285,7 +331,7 @@ def test_augment_token_marks_the_distorted_digits_and_keeps_them_marked(tiny_tok
     assert task.model.cond_emb.num_embeddings == 2 * DISTORTED
     # Label dropout turns a distorted digit into the distorted no-label token, never the clean one.
     seen = []
-    task.model.forward = lambda c, y, targets=None: (seen.append(y), (None, torch.zeros(())))[1]
+    task.model.forward = lambda c, y, targets=None: (seen.append(y), (torch.zeros(len(c), 49, 32), None))[1]
     task.loss_fn(task.model, (codes[:256], marked[:256]))
     dropped = seen[0] != marked[:256]
     assert dropped.any() and torch.equal(seen[0][dropped] >= DISTORTED, marked[:256][dropped] >= DISTORTED)
