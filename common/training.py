@@ -9,8 +9,11 @@ every `save_every` steps (independent of evaluations), at the end and on
 SIGINT/SIGTERM, and exact resume.
 
 Exact resume holds because nothing random is left to chance: the data order of
-an epoch is a function of (seed, epoch), and the torch RNG state is saved with
-the weights, so a resumed CPU run ends with the same bits as an unbroken one.
+an epoch is a function of (seed, epoch), and every process's RNG state is saved
+with the weights, so a resumed CPU run ends with the same bits as an unbroken one,
+under DDP too. Under DDP the processes also agree on which checkpoint to resume,
+when to stop on a signal and when a loss went non-finite, so none is left waiting
+alone in a collective.
 """
 from __future__ import annotations
 
@@ -113,12 +116,31 @@ class Task:
     side: SideModel | None = None                         # a second model stepped beside this one
 
 
-def lr_at(step: int, total: int, cfg) -> float:
-    """Linear warmup, then cosine decay to lr * min_lr_ratio."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+def processes() -> int:
+    """How many processes train together (1 outside torch.distributed)."""
+    import torch.distributed as dist
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def warmup_for(steps: int, processes: int) -> int:
+    """A warmup of `steps` steps of one process, in steps of `processes` processes: the same
+    number of samples, so 8 GPUs do not spend most of a short run warming up."""
+    return math.ceil(steps / processes)
+
+
+def lr_at(step: int, total: int, cfg, processes: int = 1) -> float:
+    """Linear warmup (warmup_steps counted in steps of one process), then a decay to
+    lr * min_lr_ratio: cosine over the rest of the run, or (wsd) the peak held until
+    the last cooldown_share of the steps, then linear."""
+    warmup = warmup_for(cfg.warmup_steps, processes)
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
     floor = cfg.lr * cfg.min_lr_ratio
+    if cfg.lr_schedule == "wsd":
+        cooldown = max(1, round(total * cfg.cooldown_share))
+        progress = min(1.0, max(0.0, (step - (total - cooldown)) / cooldown))
+        return cfg.lr - (cfg.lr - floor) * progress
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * progress))
 
 
@@ -136,8 +158,11 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=gen)
 
 
+STOP_SIGNALS = ("SIGINT", "SIGTERM")
+
+
 class _StopSignal:
-    """Turns SIGINT/SIGTERM into a flag the loop checks after each step."""
+    """Turns SIGINT/SIGTERM into a flag the loop checks after each step (see _agreed_stop)."""
 
     def __init__(self):
         self.received = None
@@ -215,8 +240,10 @@ def fit(cfg, task: Task, accelerator=None, last: bool = True) -> dict:
     save_every = cfg.save_every or steps_per_epoch
 
     step, history = 0, []
+    resume_from = _agree_on_resume_point(resume_from, accelerator)
     if resume_from is not None:
         state = load_checkpoint(resume_from, task.stage)
+        _check_layout(state, resume_from, world, cfg.batch_size)
         raw_model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if side is not None:
@@ -224,9 +251,7 @@ def fit(cfg, task: Task, accelerator=None, last: bool = True) -> dict:
             side.optimizer.load_state_dict(state["side_optimizer"])
         if average is not None:
             average.load_state_dict(state["weight_average"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if torch.cuda.is_available() and "cuda" in state["rng"]:
-            torch.cuda.set_rng_state(state["rng"]["cuda"])
+        _restore_rng(state["rng"], rank, accelerator)
         step, history = state["step"], state["history"]
         if is_main:
             _truncate_metrics(out_dir / "metrics.jsonl", step)
@@ -235,19 +260,21 @@ def fit(cfg, task: Task, accelerator=None, last: bool = True) -> dict:
         torch.manual_seed(cfg.seed + rank)
     if is_main:
         save_run_config(out_dir, cfg)
+    # Plain `accelerate launch` on a machine with several GPUs uses them all: say so.
+    accelerator.print(f"{task.stage}: {world} process(es) on {accelerator.device.type}, batch {cfg.batch_size} each "
+                      f"({world * cfg.batch_size} a step), {accelerator.mixed_precision} mixed precision, "
+                      f"{total_steps} steps")
     start_tracking(accelerator, cfg.tracker, task.stage, config_to_dict(cfg), str(out_dir))
 
     stop_at = min(total_steps, cfg.max_steps) if cfg.max_steps else total_steps
     metrics = _read_last_metrics(out_dir / "metrics.jsonl") if step >= stop_at else {}
 
     def save(step_now: int):
-        _raise_if_nonfinite(bad_step, out_dir)
+        _raise_if_nonfinite(bad_step, out_dir, accelerator)
+        rng = _rng_states(accelerator)   # a collective: every process takes part
         if is_main:
-            rng = {"torch": torch.get_rng_state()}
-            if torch.cuda.is_available():
-                rng["cuda"] = torch.cuda.get_rng_state()
             parts = {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "rng": rng, "history": history}
+                     "rng": rng, "history": history, "layout": {"processes": world, "batch_size": cfg.batch_size}}
             if side is not None:
                 parts.update(side_model=side.raw.state_dict(), side_optimizer=side.optimizer.state_dict())
             if average is not None:
@@ -256,11 +283,14 @@ def fit(cfg, task: Task, accelerator=None, last: bool = True) -> dict:
         accelerator.wait_for_everyone()
 
     def evaluate(step_now: int, train_logs: dict) -> dict:
-        _raise_if_nonfinite(bad_step, out_dir)
+        _raise_if_nonfinite(bad_step, out_dir, accelerator)
         result = {}
         if is_main:
             raw_model.eval()
-            with average.swapped_in() if average is not None else contextlib.nullcontext(), torch.no_grad():
+            # Under mixed precision, every phase evaluates under the same autocast (accelerate
+            # wraps only the prepared module's forward: phase one's decode would run in fp32).
+            with average.swapped_in() if average is not None else contextlib.nullcontext(), torch.no_grad(), \
+                    accelerator.autocast():
                 result = {"step": step_now, "epoch": round(step_now / steps_per_epoch, 3),
                           **clock(),
                           **train_logs, **task.evaluate(raw_model)}
@@ -302,7 +332,7 @@ def fit(cfg, task: Task, accelerator=None, last: bool = True) -> dict:
             batch = tuple(t[batch_ids] for t in data)
 
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, total_steps, cfg)
+                group["lr"] = lr_at(step, total_steps, cfg, world)
             if side is None:
                 loss, logs = task.loss_fn(model, batch)
             else:
@@ -329,7 +359,7 @@ def fit(cfg, task: Task, accelerator=None, last: bool = True) -> dict:
             progress.update(1)
 
             if step % LOG_EVERY == 0 or step == stop_at:
-                _raise_if_nonfinite(bad_step, out_dir)
+                _raise_if_nonfinite(bad_step, out_dir, accelerator)
                 means = {f"train_{k}": (v / n_logged).item() for k, v in sums.items()}
                 history.append({"step": step, **clock(), **means})
                 progress.set_postfix(loss=f"{means['train_loss']:.4f}")
@@ -344,13 +374,14 @@ def fit(cfg, task: Task, accelerator=None, last: bool = True) -> dict:
                 if due_save:
                     save(step)
                 paused += time.perf_counter() - pause_start
-            if stop.received:
+            signal_name = _agreed_stop(stop, step, accelerator)
+            if signal_name and step < stop_at:
                 save(step)
                 progress.close()
-                accelerator.print(f"{stop.received}: saved a checkpoint at step {step} in {out_dir}/checkpoints; "
+                accelerator.print(f"{signal_name}: saved a checkpoint at step {step} in {out_dir}/checkpoints; "
                                   f"run the same command again to resume")
                 accelerator.end_training()
-                raise SystemExit(130 if stop.received == "SIGINT" else 143)
+                raise SystemExit(130 if signal_name == "SIGINT" else 143)
     _check_replicas_agree(raw_model, accelerator)
     if average is not None:
         average.copy_to_model()
@@ -409,7 +440,76 @@ def _default_optimizer(cfg):
     return make
 
 
-def _raise_if_nonfinite(bad_step: torch.Tensor, out_dir: Path) -> None:
+def _agree_on_resume_point(resume_from: Path | None, accelerator) -> Path | None:
+    """The main process chooses the checkpoint; every process must see that very one, or all
+    stop with one line (several machines without shared storage would resume from different steps)."""
+    if accelerator.num_processes == 1:
+        return resume_from
+    import torch.distributed as dist
+    chosen = [str(resume_from) if resume_from is not None else None]
+    dist.broadcast_object_list(chosen, src=0)
+    path = Path(chosen[0]) if chosen[0] is not None else None
+    missing = torch.tensor(int(path is not None and not path.is_dir()), device=accelerator.device)
+    dist.all_reduce(missing)
+    if missing.item():
+        raise ConfigError(f"{int(missing.item())} process(es) cannot see {path}, the checkpoint the main process "
+                          f"resumes from; on several machines point out_dir= at storage they all share, "
+                          f"or pass resume=never")
+    return path
+
+
+def _check_layout(state: dict, path: Path, processes: int, batch_size: int) -> None:
+    """A run resumes on as many processes as it started with: the step counter, the
+    schedule and each process's share of the data all depend on it."""
+    saved = state.get("layout", {"processes": 1, "batch_size": batch_size})   # before layouts were saved: 1
+    if saved["processes"] != processes:
+        raise ConfigError(f"{path} was written by {saved['processes']} process(es) x batch_size "
+                          f"{saved['batch_size']}, this run has {processes}; resume with --num_processes "
+                          f"{saved['processes']}, or start afresh with another out_dir=")
+
+
+def _rng_states(accelerator) -> dict[str, torch.Tensor]:
+    """Every process's RNG states, one row per rank: each draws its own dropout masks,
+    so each must get its own state back on resume."""
+    states = {"torch": torch.get_rng_state()}
+    if accelerator.device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state()
+    if accelerator.num_processes == 1:
+        return {k: v[None] for k, v in states.items()}
+    return {k: accelerator.gather(v[None].to(accelerator.device)).cpu() for k, v in states.items()}
+
+
+def _restore_rng(saved: dict[str, torch.Tensor], rank: int, accelerator) -> None:
+    def mine(t: torch.Tensor) -> torch.Tensor:   # checkpoints before per-rank states hold one row, unstacked
+        return (t[rank] if t.dim() == 2 else t).clone()   # a fresh tensor: set_rng_state misreads a view of a row
+    torch.set_rng_state(mine(saved["torch"]))
+    if accelerator.device.type == "cuda" and "cuda" in saved:
+        torch.cuda.set_rng_state(mine(saved["cuda"]))
+
+
+def _agreed_stop(stop: _StopSignal, step: int, accelerator) -> str | None:
+    """The signal to stop on, the same answer on every process. A signal may reach one process
+    only, or reach them at different steps; all of them ask together at the logging steps,
+    so none enters save()'s barrier while another waits in a gradient all-reduce."""
+    if accelerator.num_processes == 1:
+        return stop.received
+    if step % LOG_EVERY:
+        return None
+    import torch.distributed as dist
+    flag = torch.tensor(STOP_SIGNALS.index(stop.received) + 1 if stop.received else 0, device=accelerator.device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return STOP_SIGNALS[int(flag.item()) - 1] if flag.item() else None
+
+
+def _raise_if_nonfinite(bad_step: torch.Tensor, out_dir: Path, accelerator) -> None:
+    """Every process raises the same line when any one saw a non-finite loss (called at the same
+    steps everywhere), instead of one raising while the others wait in an all-reduce."""
+    if accelerator.num_processes > 1:   # the earliest bad step of any process (the rest follow from it)
+        import torch.distributed as dist
+        never = torch.iinfo(torch.long).max
+        first = torch.where(bad_step < 0, never, bad_step)
+        dist.all_reduce(first, op=dist.ReduceOp.MIN)
+        bad_step = torch.where(first == never, -1, first)
     bad = int(bad_step.item())
     if bad >= 0:
         last = list_checkpoints(out_dir / "checkpoints")

@@ -30,15 +30,15 @@ def load_code_grids(tokenizer, root: Path, dataset: str, cache_dir: Path,
     if cache.is_file():
         try:
             return load_weights(cache, "codes")
-        except CheckpointError:
-            cache.unlink(missing_ok=True)   # a damaged cache is just recomputed
+        except (CheckpointError, FileNotFoundError):   # damaged, or removed by another machine meanwhile:
+            cache.unlink(missing_ok=True)               # just recomputed
     train_x, train_y = load_split(root, dataset, train=True, subset=train_subset)
     test_x, test_y = load_split(root, dataset, train=False)
     grids = {"train_codes": encode_all(tokenizer, train_x), "train_labels": train_y,
              "test_codes": encode_all(tokenizer, test_x), "test_labels": test_y}
     Path(cache_dir).mkdir(parents=True, exist_ok=True)
     for old in Path(cache_dir).glob("codes-*.safetensors"):
-        old.unlink()
+        old.unlink(missing_ok=True)   # another machine sharing the folder may have removed it
     save_weights(cache, grids, "codes")
     return grids
 

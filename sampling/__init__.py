@@ -110,16 +110,17 @@ def generate(n: int = 64, digit=None, temperature: float = 1.0, top_k: int | Non
     keep_likeliest: draw more and keep this share of each condition's likeliest (module doc)."""
     check_sampling_args(n, temperature, top_k, top_p, digit, batch_size, cfg_schedule, keep_likeliest, seed, cfg)
     gpt, prior_cfg, tok = (models or load_models(prior, tokenizer, device))[:3]
+    device = next(gpt.parameters()).device   # given models may live anywhere
     if not prior_cfg.class_conditional:
         if digit not in (None, NULL_DIGIT):
             raise ValueError(f"--digit needs a class-conditional prior; {prior} was trained with class_conditional=false")
         if cfg:
             raise ValueError(f"--cfg needs a class-conditional prior; {prior} was trained with class_conditional=false")
         digit = NULL_DIGIT   # its only start token
-    gen = torch.Generator(device=device).manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)   # on the CPU: the same seed gives the same digits on any device
     labels = labels_for(n, digit, gen)
     cond = labels if labels is not None else torch.full((n,), NULL_CLASS, dtype=torch.long)
-    prefix = None if keep is None else grid_to_sequence(keep).long()
+    prefix = None if keep is None else grid_to_sequence(keep).long().cpu()   # moved per chunk below
     candidates = torch.arange(n)   # the output row each drawn sample is a candidate for
     if keep_likeliest < 1:
         conditions = cond[:, None] if prefix is None else torch.cat([cond[:, None], prefix], 1)

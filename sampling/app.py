@@ -235,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"run folder of a trained prior, or a shipped run's name (default: {OWN_RUNS}, or the "
                         f"shipped '{SHIPPED_DEFAULT}' runs while {OWN_RUNS} has none; the page says which)")
     p.add_argument("--tokenizer", default=None, help="default: the one the prior was trained on")
+    p.add_argument("--device", default="cpu", help="where the models run: cpu, cuda, cuda:1, ...")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=7860, help="port to listen on")
     p.add_argument("--cache-max-age", type=int, default=600, metavar="SECONDS",
@@ -259,7 +260,7 @@ def main(argv: list[str] | None = None) -> None:
         import gradio  # noqa: F401
     except ImportError:
         raise ValueError("the browser demo needs gradio: pip install -e '.[app]' (or run `make app`)") from None
-    demo = Demo(*choose_prior(args.prior), tokenizer=args.tokenizer)
+    demo = Demo(*choose_prior(args.prior), tokenizer=args.tokenizer, device=args.device)
     print(demo.status().replace("**", "").replace("`", "").replace("\n\n", " "), file=sys.stderr)
     if demo.models is None:
         print("warning: the page shows this until the run exists", file=sys.stderr)

@@ -52,8 +52,8 @@ class Demo:
     """The page's work: models loaded once, then sample / complete / tokenize."""
 
     def __init__(self, prior: str | Path = OWN_RUNS, notice: str = "", tokenizer: str | Path | None = None,
-                 data_root: str | Path | None = None):
-        self.prior, self.tokenizer = str(prior), tokenizer
+                 data_root: str | Path | None = None, device: str = "cpu"):
+        self.prior, self.tokenizer, self.device = str(prior), tokenizer, device
         self.data_root = data_root
         self.notice = notice   # said on the page above the run line, e.g. why these runs are served
         self.models: Models | None = None
@@ -64,7 +64,7 @@ class Demo:
     def load(self) -> str:
         """(Re)load the two runs; on failure keep the message for the page instead of raising."""
         try:
-            self.models, self.error = load_models(self.prior, self.tokenizer), ""
+            self.models, self.error = load_models(self.prior, self.tokenizer, self.device), ""
         except (VQGenError, OSError, ValueError) as err:
             self.models, self.error = None, str(err)
         return self.status()
@@ -131,7 +131,7 @@ class Demo:
         if not 1 <= n <= MAX_SAMPLES:
             raise DemoError(f"{n} completions: pick 1 to {MAX_SAMPLES}")
         with torch.no_grad():
-            grid = self.require_models().tokenizer.encode(image[None])
+            grid = self.require_models().tokenizer.encode(image[None].to(self.device)).cpu()
         return self._generate(n=n, digit=NULL_DIGIT, temperature=temperature, seed=seed,
                               keep=grid[:, :keep_rows].expand(n, -1, -1))
 
@@ -139,9 +139,9 @@ class Demo:
         """image [1,28,28] -> (its 7x7 codes, its reconstruction [1,28,28], PSNR in dB)."""
         tok = self.require_models().tokenizer
         with torch.no_grad():
-            grid = tok.encode(image[None])
-            recon = tok.decode(grid)[0]
-        return grid[0], recon, psnr(recon, image)
+            grid = tok.encode(image[None].to(self.device))
+            recon = tok.decode(grid)[0].cpu()
+        return grid[0].cpu(), recon, psnr(recon, image)
 
     def _generate(self, **kwargs) -> Sampled:
         """sampling.generate on the loaded models, timed; its argument checks become page messages."""

@@ -14,12 +14,12 @@ class TokenizerConfig(TrainConfig, VQVAEShape):
     epochs: int = 3                  # passes over the 60k training digits
     batch_size: int = 64
     lr: float = 2e-3                 # Adam peak learning rate
-    warmup_steps: int = 20           # linear warmup steps
+    warmup_steps: int = 20           # linear warmup, in steps of one process (N processes: /N, the same samples)
     decoder_epochs: int = 0          # then this many epochs of the decoder alone on the frozen codes (same codes, sharper images)
     decoder_lr: float = 1e-3         # peak learning rate of those epochs (no warmup, cosine decay)
     decoder_loss: Literal["mse", "gan"] = "mse"   # gan: MSE plus a patch discriminator's hinge loss (sharper strokes)
     decoder_gan_weight: float = 0.1  # gan: weight of the adversarial term beside the MSE
-    decoder_gan_warmup: int = 200    # gan: steps over which that weight ramps up from 0
+    decoder_gan_warmup: int = 200    # gan: steps (of one process; N processes: /N) over which that weight ramps up from 0
     decoder_disc_lr: float = 2e-4    # gan: the discriminator's Adam learning rate (constant)
     decoder_disc_channels: int = 32  # gan: width of the discriminator's first layer
     decoder_disc_whole_digit: bool = False   # gan: a whole-digit head beside the patch head

@@ -76,6 +76,13 @@ def _all_gather_rows(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def _broadcast(t: torch.Tensor) -> torch.Tensor:
+    """The main process's copy of t on every process (DDP never re-broadcasts a codebook)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.broadcast(t, src=0)
+    return t
+
+
 def kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator) -> torch.Tensor:
     """Lloyd's k-means on rows of x (N, D); empty clusters keep their seed point."""
     pick = torch.randperm(x.shape[0], generator=generator)[:k]
@@ -107,6 +114,7 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("initialized", torch.tensor(not shape.kmeans_init))
         self.register_buffer("code_age", torch.zeros(K))       # training steps since last use
         self.register_buffer("train_steps", torch.zeros((), dtype=torch.long))
+        self._known_initialized = False   # a host-side copy of `initialized` once it is True
 
     def lookup_codebook(self) -> torch.Tensor:
         return F.normalize(self.codebook, dim=1) if self.shape.normalize_codes else self.codebook
@@ -139,8 +147,9 @@ class VectorQuantizer(nn.Module):
                 self._maintain_codebook(flat.detach())
             indices = self.nearest(flat)
             codes = self.codes(indices)
-            if self.training:
-                counts = _all_reduce(torch.bincount(indices, minlength=self.shape.codebook_size).float())
+            if self.training:   # counted by index_add_, not bincount: no wait for the device to answer
+                counts = _all_reduce(torch.zeros(self.shape.codebook_size, device=flat.device)
+                                     .index_add_(0, indices, torch.ones_like(indices, dtype=torch.float)))
                 if self.shape.ema:
                     self._ema_update(flat.detach(), indices, counts)
                 self._age(counts)
@@ -155,21 +164,31 @@ class VectorQuantizer(nn.Module):
         indices = rearrange(indices, "(b h w) -> b h w", b=z.shape[0], h=height)
         return QuantizerOutput(quantized, indices, loss, codebook_loss, commitment_loss)
 
+    def _generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed * 7919 + int(self.train_steps))
+
     @torch.no_grad()
     def _maintain_codebook(self, flat: torch.Tensor) -> None:
-        """k-means init on the first batch; restart codes dead for dead_code_steps steps."""
-        gen = torch.Generator().manual_seed(self.seed * 7919 + int(self.train_steps))
-        if not bool(self.initialized):
-            centers = kmeans(_all_gather_rows(flat), self.shape.codebook_size, iters=10, generator=gen)
+        """k-means init on the first batch; restart codes dead for dead_code_steps steps.
+        Host syncs (a GPU waits for each): one per step for the dead-code check, none else
+        once initialised (the flag is read from the device once, the step only when needed)."""
+        if not self._known_initialized:
+            self._known_initialized = bool(self.initialized)
+        if not self._known_initialized:
+            gen = self._generator()
+            # Same rows and seed everywhere, but index_add_ on a GPU adds in any order: replicas
+            # could start a few ulps apart, and with ema=false nothing would ever realign them.
+            centers = _broadcast(kmeans(_all_gather_rows(flat), self.shape.codebook_size, iters=10, generator=gen))
             self._set_codes(torch.arange(self.shape.codebook_size, device=flat.device), centers)
             self.initialized.fill_(True)
+            self._known_initialized = True
         elif self.shape.dead_code_steps > 0:
             dead = (self.code_age >= self.shape.dead_code_steps).nonzero().squeeze(1)
             if dead.numel() > 0:
                 # Re-seed from this step's encoder outputs (gathered: identical on all ranks).
                 candidates = _all_gather_rows(flat)
-                pick = torch.randint(candidates.shape[0], (dead.numel(),), generator=gen).to(flat.device)
-                self._set_codes(dead, candidates[pick])
+                pick = torch.randint(candidates.shape[0], (dead.numel(),), generator=self._generator())
+                self._set_codes(dead, candidates[pick.to(flat.device)])
         self.train_steps += 1
 
     def _set_codes(self, which: torch.Tensor, vectors: torch.Tensor) -> None:
@@ -312,8 +331,14 @@ class VQVAE(nn.Module):
         # AVX2 CPU (bench in the README); the (b h w) d view of z is then free.
         self.to(memory_format=torch.channels_last)
 
+    def latents(self, x: torch.Tensor) -> torch.Tensor:
+        """The encoder's output, always in fp32: the codes chosen in training under bf16
+        autocast are then the very codes encode() gives a prior (the encoder is small)."""
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return self.encoder(x.float())
+
     def forward(self, x: torch.Tensor) -> VQVAEOutput:
-        q = self.quantizer(self.encoder(x))
+        q = self.quantizer(self.latents(x))
         reconstruction = self.decoder(q.quantized)
         recon_loss = F.mse_loss(reconstruction, x)
         return VQVAEOutput(reconstruction, q.indices, recon_loss + q.loss, recon_loss,
@@ -333,8 +358,8 @@ class VQVAE(nn.Module):
         if images.numel() and (images.min() < 0 or images.max() > 1):
             raise ValueError(f"encode expects pixels in [0,1], got [{images.min():.3g}, {images.max():.3g}]; "
                              "divide uint8 images by 255")
-        z = self.encoder(images * 2 - 1)
-        flat = rearrange(z.float(), "b d h w -> (b h w) d")
+        z = self.latents(images * 2 - 1)
+        flat = rearrange(z, "b d h w -> (b h w) d")
         return rearrange(self.quantizer.indices(flat), "(b h w) -> b h w", b=z.shape[0], h=z.shape[-2])
 
     @torch.no_grad()

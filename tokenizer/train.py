@@ -29,7 +29,7 @@ from common.plots import save_bars, save_curves, save_image_grid
 from common.tracking import make_accelerator
 from common.errors import run_main
 from common.runs import run_lock, save_run_weights
-from common.training import SideModel, Task, epoch_steps, find_resume_point, fit
+from common.training import SideModel, Task, epoch_steps, find_resume_point, fit, processes, warmup_for
 from tokenizer.config import TokenizerConfig
 from tokenizer.data import data_root, encode_digits, ensure_dataset, load_split, to_float
 from tokenizer.discriminator import (PatchDiscriminator, adversarial_weight, hinge_discriminator_loss,
@@ -135,7 +135,7 @@ def decoder_task(joint: Task, train_images: torch.Tensor, cfg: TokenizerConfig) 
         fake = reconstruct(decoder, indices)
         recon = F.mse_loss(fake, to_model_range(images))
         adversarial = hinge_generator_loss(disc(fake))
-        weight = adversarial_weight(step, cfg.decoder_gan_weight, cfg.decoder_gan_warmup)
+        weight = adversarial_weight(step, cfg.decoder_gan_weight, warmup_for(cfg.decoder_gan_warmup, processes()))
         return recon + weight * adversarial, {"recon": recon, "adversarial": adversarial.detach()}, fake.detach()
 
     def disc_loss(disc, batch, fake):
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> dict:
         find_resume_point(cfg, "tokenizer")   # refuse a mismatched run dir before loading anything
         accelerator = make_accelerator(cfg.tracker)
         root = data_root(cfg.data_root)
-        with accelerator.main_process_first():
+        with accelerator.local_main_process_first():   # each machine needs its own copy
             ensure_dataset(root, cfg.dataset)
         train_images, _ = load_split(root, cfg.dataset, train=True, subset=cfg.train_subset)
         test_images, _ = load_split(root, cfg.dataset, train=False)
