@@ -3,6 +3,7 @@
     python pretrained/build.py                   # train, prune, measure, write cards + SHA256SUMS (~50 min, 2 cores)
     python pretrained/build.py --skip-training   # keep the weights; re-measure, rewrite cards + SHA256SUMS
     python pretrained/build.py --set mnist --only tokenizer   # retrain one run, keep the others, re-measure
+    python pretrained/build.py --set mnist --only priors      # retrain the priors over the shipped tokenizer
 
 Each run is trained in place by `accelerate launch --cpu` (the same commands give the
 same weights on CPU), then pruned to what using it needs: config.yaml,
@@ -260,8 +261,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--skip-training", action="store_true", help="keep the weights; re-measure and rewrite cards")
     p.add_argument("--skip-cards", action="store_true", help="train and prune only")
     p.add_argument("--set", action="append", choices=sorted(SETS), help="only this set (repeatable; default: all)")
-    p.add_argument("--only", choices=["tokenizer"], default=None,
-                   help="retrain only the tokenizer, which must give its priors the same codes")
+    p.add_argument("--only", choices=["tokenizer", "priors"], default=None,
+                   help="retrain only the tokenizer (which must give its priors the same codes), "
+                        "or only the priors (over the shipped tokenizer)")
     args = p.parse_args(argv)
     for set_name, spec in SETS.items():
         if args.set and set_name not in args.set:
@@ -270,7 +272,8 @@ def main(argv: list[str] | None = None) -> None:
             retrain_tokenizer_only(set_name, spec)
         elif not args.skip_training:
             for run, run_spec in spec["runs"].items():
-                train(set_name, run, run_spec)
+                if args.only != "priors" or run_spec["stage"] == "prior":
+                    train(set_name, run, run_spec)
         if not args.skip_cards:
             write_card(set_name, spec, trained_here=not args.skip_training)
     if not args.skip_cards:
