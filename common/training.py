@@ -31,6 +31,7 @@ from torch import nn
 
 from common.checkpoint import atomic_write_text, list_checkpoints, load_checkpoint, save_checkpoint
 from common.config import ConfigError, config_from_file, config_to_dict
+from common.distributed import all_reduce, broadcast, broadcast_object
 from common.errors import VQGenError
 from common.runs import CONFIG, save_run_config, save_run_weights
 from common.tracking import make_accelerator, start_tracking
@@ -114,12 +115,6 @@ class Task:
     # data; must be a function of the epoch alone so that resume stays exact.
     epoch_tensors: Callable[[int], tuple[torch.Tensor, ...]] | None = None
     side: SideModel | None = None                         # a second model stepped beside this one
-
-
-def processes() -> int:
-    """How many processes train together (1 outside torch.distributed)."""
-    import torch.distributed as dist
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def warmup_for(steps: int, processes: int) -> int:
@@ -421,14 +416,12 @@ def _check_replicas_agree(model: nn.Module, accelerator) -> None:
     """Under DDP every process must hold the same weights and codebook statistics."""
     if accelerator.num_processes == 1:
         return
-    import torch.distributed as dist
     worst = torch.zeros((), device=accelerator.device)
     state = model.state_dict()
     for tensor in state.values():
-        reference = tensor.detach().clone()
-        dist.broadcast(reference, src=0)
+        reference = broadcast(tensor.detach().clone())
         worst = torch.maximum(worst, (reference.float() - tensor.float()).abs().max())
-    dist.all_reduce(worst, op=dist.ReduceOp.MAX)
+    all_reduce(worst, "max")
     if worst.item() > 0:
         raise TrainingError(f"DDP replicas disagree (max difference {worst.item():.3g}); please report this")
     accelerator.print(f"replicas agree: {len(state)} tensors identical on {accelerator.num_processes} processes")
@@ -445,12 +438,9 @@ def _agree_on_resume_point(resume_from: Path | None, accelerator) -> Path | None
     stop with one line (several machines without shared storage would resume from different steps)."""
     if accelerator.num_processes == 1:
         return resume_from
-    import torch.distributed as dist
-    chosen = [str(resume_from) if resume_from is not None else None]
-    dist.broadcast_object_list(chosen, src=0)
-    path = Path(chosen[0]) if chosen[0] is not None else None
-    missing = torch.tensor(int(path is not None and not path.is_dir()), device=accelerator.device)
-    dist.all_reduce(missing)
+    chosen = broadcast_object(str(resume_from) if resume_from is not None else None)
+    path = Path(chosen) if chosen is not None else None
+    missing = all_reduce(torch.tensor(int(path is not None and not path.is_dir()), device=accelerator.device))
     if missing.item():
         raise ConfigError(f"{int(missing.item())} process(es) cannot see {path}, the checkpoint the main process "
                           f"resumes from; on several machines point out_dir= at storage they all share, "
@@ -495,9 +485,8 @@ def _agreed_stop(stop: _StopSignal, step: int, accelerator) -> str | None:
         return stop.received
     if step % LOG_EVERY:
         return None
-    import torch.distributed as dist
     flag = torch.tensor(STOP_SIGNALS.index(stop.received) + 1 if stop.received else 0, device=accelerator.device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    all_reduce(flag, "max")
     return STOP_SIGNALS[int(flag.item()) - 1] if flag.item() else None
 
 
@@ -505,10 +494,8 @@ def _raise_if_nonfinite(bad_step: torch.Tensor, out_dir: Path, accelerator) -> N
     """Every process raises the same line when any one saw a non-finite loss (called at the same
     steps everywhere), instead of one raising while the others wait in an all-reduce."""
     if accelerator.num_processes > 1:   # the earliest bad step of any process (the rest follow from it)
-        import torch.distributed as dist
         never = torch.iinfo(torch.long).max
-        first = torch.where(bad_step < 0, never, bad_step)
-        dist.all_reduce(first, op=dist.ReduceOp.MIN)
+        first = all_reduce(torch.where(bad_step < 0, never, bad_step), "min")
         bad_step = torch.where(first == never, -1, first)
     bad = int(bad_step.item())
     if bad >= 0:

@@ -20,10 +20,11 @@ from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
+
+from common.distributed import all_gather_rows, all_reduce, broadcast
 
 
 @dataclass
@@ -59,28 +60,6 @@ class QuantizerOutput(NamedTuple):
     loss: torch.Tensor           # codebook + beta * commitment (commitment only with EMA)
     codebook_loss: torch.Tensor
     commitment_loss: torch.Tensor
-
-
-def _all_reduce(t: torch.Tensor) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t)
-    return t
-
-
-def _all_gather_rows(t: torch.Tensor) -> torch.Tensor:
-    """Concatenate a (N, D) tensor from every process (same N everywhere)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, t.contiguous())
-        return torch.cat(parts)
-    return t
-
-
-def _broadcast(t: torch.Tensor) -> torch.Tensor:
-    """The main process's copy of t on every process (DDP never re-broadcasts a codebook)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.broadcast(t, src=0)
-    return t
 
 
 def kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator) -> torch.Tensor:
@@ -148,7 +127,7 @@ class VectorQuantizer(nn.Module):
             indices = self.nearest(flat)
             codes = self.codes(indices)
             if self.training:   # counted by index_add_, not bincount: no wait for the device to answer
-                counts = _all_reduce(torch.zeros(self.shape.codebook_size, device=flat.device)
+                counts = all_reduce(torch.zeros(self.shape.codebook_size, device=flat.device)
                                      .index_add_(0, indices, torch.ones_like(indices, dtype=torch.float)))
                 if self.shape.ema:
                     self._ema_update(flat.detach(), indices, counts)
@@ -178,7 +157,7 @@ class VectorQuantizer(nn.Module):
             gen = self._generator()
             # Same rows and seed everywhere, but index_add_ on a GPU adds in any order: replicas
             # could start a few ulps apart, and with ema=false nothing would ever realign them.
-            centers = _broadcast(kmeans(_all_gather_rows(flat), self.shape.codebook_size, iters=10, generator=gen))
+            centers = broadcast(kmeans(all_gather_rows(flat), self.shape.codebook_size, iters=10, generator=gen))
             self._set_codes(torch.arange(self.shape.codebook_size, device=flat.device), centers)
             self.initialized.fill_(True)
             self._known_initialized = True
@@ -186,7 +165,7 @@ class VectorQuantizer(nn.Module):
             dead = (self.code_age >= self.shape.dead_code_steps).nonzero().squeeze(1)
             if dead.numel() > 0:
                 # Re-seed from this step's encoder outputs (gathered: identical on all ranks).
-                candidates = _all_gather_rows(flat)
+                candidates = all_gather_rows(flat)
                 pick = torch.randint(candidates.shape[0], (dead.numel(),), generator=self._generator())
                 self._set_codes(dead, candidates[pick.to(flat.device)])
         self.train_steps += 1
@@ -201,7 +180,7 @@ class VectorQuantizer(nn.Module):
     @torch.no_grad()
     def _ema_update(self, flat: torch.Tensor, indices: torch.Tensor, counts: torch.Tensor) -> None:
         K, decay = self.shape.codebook_size, self.shape.ema_decay
-        onehot_sum = _all_reduce(torch.zeros(K, flat.shape[1], device=flat.device).index_add_(0, indices, flat))
+        onehot_sum = all_reduce(torch.zeros(K, flat.shape[1], device=flat.device).index_add_(0, indices, flat))
         self.ema_count.mul_(decay).add_(counts, alpha=1 - decay)
         self.ema_sum.mul_(decay).add_(onehot_sum, alpha=1 - decay)
         # Laplace smoothing keeps rarely used codes from dividing by ~0.

@@ -29,7 +29,8 @@ from common.plots import save_bars, save_curves, save_image_grid
 from common.tracking import make_accelerator
 from common.errors import run_main
 from common.runs import run_lock, save_run_weights
-from common.training import SideModel, Task, epoch_steps, find_resume_point, fit, processes, warmup_for
+from common.distributed import processes
+from common.training import SideModel, Task, epoch_steps, find_resume_point, fit, warmup_for
 from tokenizer.config import TokenizerConfig
 from tokenizer.data import data_root, encode_digits, ensure_dataset, load_split, to_float
 from tokenizer.discriminator import (PatchDiscriminator, adversarial_weight, hinge_discriminator_loss,
