@@ -6,9 +6,10 @@ Each variant trains `prior/train.py --config configs/prior.yaml` (default budget
 `configs/prior-large.yaml` (quality budget) with its own keys, over one tokenizer
 (--tokenizer, the shipped one by default: bits/token only compare on one codebook),
 in runs/prior-levers/BUDGET/NAME-sSEED, and prints the test bits/token, the training
-seconds (steps only, `train_s`) and the change against `today`, measured in the same
-session. A `*-half` variant gets half the epochs: the seconds it needs to reach a figure.
-Results go to runs/prior-levers/BUDGET/results.jsonl as they come (rerun: skipped).
+seconds (steps only, `train_s`) and the change against `--reference` (`today`: the
+config as it stands), measured in the same session. A `*-half` variant gets half the epochs: the seconds it needs to reach a figure.
+Results go to runs/prior-levers/BUDGET-CONFIGHASH/results.jsonl as they come (rerun:
+skipped; a changed config starts a new folder, since every variant is relative to it).
 
     python bench/prior_levers.py --step-times [--variants ...]
 
@@ -19,6 +20,7 @@ runs themselves may share the cores (VQGEN_THREADS=1, two at a time). Run it alo
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -32,7 +34,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = {"default": "configs/prior.yaml", "quality": "configs/prior-large.yaml"}
 VARIANTS = {   # name -> keys on top of the budget's config
-    "today": {},
+    "today": {},   # the budget's config as it stands
+    # the recipe before issue 28 adopted Muon, rotary positions, wsd, lr 4e-3 and 112 wide
+    "before28": {"n_embd": 128, "rope": "none", "optimizer": "adamw", "lr_schedule": "cosine", "lr": 0.002},
     "ema": {"weight_average": 0.995},
     "wsd": {"lr_schedule": "wsd"},
     "qknorm": {"qk_norm": True},
@@ -47,8 +51,12 @@ VARIANTS = {   # name -> keys on top of the budget's config
     "smooth": {"label_smoothing": 0.1},
     "zloss": {"z_loss": 1e-4},
     "muon": {"optimizer": "muon"},
+    "lr3": {"lr": 0.003},
+    "lr4": {"lr": 0.004},
+    "wu30": {"warmup_steps": 30},
     "batch64": {"batch_size": 64, "lr": 0.0014},
     "deep": {"n_layer": 3, "n_embd": 96},
+    "w112": {"n_embd": 112},
     "wide": {"n_layer": 1, "n_embd": 192},
 }
 
@@ -112,6 +120,9 @@ def keys_of(name: str, budget: str) -> dict:
     half = name.endswith("-half")
     keys = {}
     for part in name.removesuffix("-half").split("+"):
+        if part not in VARIANTS:
+            from common.config import ConfigError
+            raise ConfigError(f"unknown variant {part!r} in {name!r}; known: {', '.join(VARIANTS)}")
         keys.update(VARIANTS[part])
     if half:
         keys["epochs"] = {"default": 1, "quality": 4}[budget]
@@ -126,18 +137,24 @@ def main() -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--tokenizer", default="pretrained/mnist/tokenizer")
     p.add_argument("--out", default="runs/prior-levers")
+    p.add_argument("--reference", default="today", help="the variant the others are compared with")
     p.add_argument("--step-times", action="store_true", help="time one training step of each variant instead")
     args = p.parse_args()
-    for name in args.variants:
-        keys_of(name, args.budget)   # a typo fails before any training
+    import yaml
+    from common.config import apply_overrides
+    from prior.config import PriorConfig
+    base = apply_overrides(PriorConfig(), yaml.safe_load((REPO / CONFIGS[args.budget]).read_text()), CONFIGS[args.budget])
+    for name in args.variants:   # a typo in a name or a key fails before any training
+        apply_overrides(base, keys_of(name, args.budget), name)
     if args.step_times:
         ms = step_times(args.variants, args.budget)
-        reference = ms.get("today")
+        reference = ms.get(args.reference)
         print(f"{cpu_name()}, {args.budget} budget: ms per training step (median, interleaved)")
         for name, value in ms.items():
-            print(f"{name:24s} {value:7.1f} ms" + (f"  {value / reference:.2f}x today" if reference else ""))
+            print(f"{name:24s} {value:7.1f} ms" + (f"  {value / reference:.2f}x {args.reference}" if reference else ""))
         return
-    out = Path(args.out) / args.budget
+    config_hash = hashlib.sha256((REPO / CONFIGS[args.budget]).read_bytes()).hexdigest()[:8]
+    out = Path(args.out) / f"{args.budget}-{config_hash}"
     out.mkdir(parents=True, exist_ok=True)
     results_file = out / "results.jsonl"
     done = {(r["variant"], r["seed"]): r for r in map(json.loads, results_file.read_text().splitlines())} \
@@ -153,10 +170,10 @@ def main() -> None:
                     f.write(json.dumps(done[(name, seed)]) + "\n")
             r = done[(name, seed)]
             print(f"{name:24s} seed {seed}: {r['bits']:.4f} bits/token in {r['train_s']:.0f} s", flush=True)
-    base = [done[("today", s)] for s in args.seeds if ("today", s) in done]
+    base = [done[(args.reference, s)] for s in args.seeds if (args.reference, s) in done]
     base_bits = statistics.mean(r["bits"] for r in base) if base else None
     base_s = statistics.mean(r["train_s"] for r in base) if base else None
-    print(f"\n{'variant':24s} {'bits/token':>10s} {'vs today':>9s} {'train s':>8s} {'vs today':>9s}")
+    print(f"\n{'variant':24s} {'bits/token':>10s} {'vs ref':>9s} {'train s':>8s} {'vs ref':>9s}")
     for name in args.variants:
         rows = [done[(name, s)] for s in args.seeds if (name, s) in done]
         bits, seconds = statistics.mean(r["bits"] for r in rows), statistics.mean(r["train_s"] for r in rows)
@@ -166,4 +183,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from common.config import ConfigError
+    try:
+        main()
+    except ConfigError as err:   # a bad variant name or key: one line, nothing trained
+        sys.exit(f"prior_levers.py: {err}")
