@@ -234,18 +234,13 @@ def fit(cfg, task: Task, accelerator=None, last: bool = True) -> dict:
     eval_every = {0: steps_per_epoch, -1: total_steps}.get(cfg.eval_every, cfg.eval_every)
     save_every = cfg.save_every or steps_per_epoch
 
+    trained = _TrainedState(raw_model, optimizer, side, average)
     step, history = 0, []
     resume_from = _agree_on_resume_point(resume_from, accelerator)
     if resume_from is not None:
         state = load_checkpoint(resume_from, task.stage)
         _check_layout(state, resume_from, world, cfg.batch_size)
-        raw_model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if side is not None:
-            side.raw.load_state_dict(state["side_model"])
-            side.optimizer.load_state_dict(state["side_optimizer"])
-        if average is not None:
-            average.load_state_dict(state["weight_average"])
+        trained.load_state_dict(state)
         _restore_rng(state["rng"], rank, accelerator)
         step, history = state["step"], state["history"]
         if is_main:
@@ -268,12 +263,8 @@ def fit(cfg, task: Task, accelerator=None, last: bool = True) -> dict:
         _raise_if_nonfinite(bad_step, out_dir, accelerator)
         rng = _rng_states(accelerator)   # a collective: every process takes part
         if is_main:
-            parts = {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "rng": rng, "history": history, "layout": {"processes": world, "batch_size": cfg.batch_size}}
-            if side is not None:
-                parts.update(side_model=side.raw.state_dict(), side_optimizer=side.optimizer.state_dict())
-            if average is not None:
-                parts["weight_average"] = average.state_dict()
+            parts = {**trained.state_dict(), "rng": rng, "history": history,
+                     "layout": {"processes": world, "batch_size": cfg.batch_size}}
             save_checkpoint(out_dir / "checkpoints", step_now, parts, task.stage, cfg.keep_checkpoints)
         accelerator.wait_for_everyone()
 
@@ -385,6 +376,33 @@ def fit(cfg, task: Task, accelerator=None, last: bool = True) -> dict:
     if last:
         accelerator.end_training()
     return metrics
+
+
+@dataclass
+class _TrainedState:
+    """What training changes besides the counters and the RNG: one place knows the keys
+    a checkpoint stores them under, for saving and for resuming alike."""
+    model: nn.Module             # unwrapped
+    optimizer: torch.optim.Optimizer
+    side: _PreparedSide | None
+    average: WeightAverage | None
+
+    def state_dict(self) -> dict:
+        parts = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+        if self.side is not None:
+            parts.update(side_model=self.side.raw.state_dict(), side_optimizer=self.side.optimizer.state_dict())
+        if self.average is not None:
+            parts["weight_average"] = self.average.state_dict()
+        return parts
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.side is not None:
+            self.side.raw.load_state_dict(state["side_model"])
+            self.side.optimizer.load_state_dict(state["side_optimizer"])
+        if self.average is not None:
+            self.average.load_state_dict(state["weight_average"])
 
 
 @dataclass
