@@ -21,6 +21,28 @@ def test_shapes_and_index_range():
     assert out.reconstruction.abs().max() <= 1
 
 
+def test_nearest_code_is_found_without_tf32_whoever_turned_it_on():
+    """accelerate turns TF32 on for CUDA matmuls under --dynamo_backend; the distances that
+    choose a code must stay exact fp32, so training and encode() choose the same codes."""
+    class Spy(torch.overrides.TorchFunctionMode):
+        seen = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if func is torch.addmm:
+                self.seen.append(torch.backends.cuda.matmul.allow_tf32)
+            return func(*args, **(kwargs or {}))
+
+    vq = VectorQuantizer(small_shape()).eval()
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        with Spy():
+            vq.nearest(torch.randn(10, 4))
+        assert torch.backends.cuda.matmul.allow_tf32   # the caller's setting is given back
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = False
+    assert Spy.seen == [False]
+
+
 def test_quantized_equals_lookup_of_its_indices():
     torch.manual_seed(0)
     vq = VectorQuantizer(small_shape()).eval()

@@ -15,6 +15,7 @@ calls are all-reduces that keep codebook statistics identical across processes.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
@@ -62,6 +63,20 @@ class QuantizerOutput(NamedTuple):
     commitment_loss: torch.Tensor
 
 
+@contextlib.contextmanager
+def _exact_fp32_matmul():
+    """TF32 off for the matmuls inside: accelerate turns it on for CUDA under --dynamo_backend,
+    and a nearest code must not depend on how the run was launched (encode() runs without it)."""
+    if not torch.backends.cuda.matmul.allow_tf32:
+        yield
+        return
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = True
+
+
 def kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator) -> torch.Tensor:
     """Lloyd's k-means on rows of x (N, D); empty clusters keep their seed point."""
     pick = torch.randperm(x.shape[0], generator=generator)[:k]
@@ -105,7 +120,8 @@ class VectorQuantizer(nn.Module):
         # ||x - e||^2 = ||x||^2 - 2 x.e + ||e||^2, and ||x||^2 is the same for every
         # code, so it cannot move the argmin: one fused matmul instead of three
         # passes over the (N, K) matrix (encoding the 70k images got 2x faster).
-        return torch.addmm(codebook.pow(2).sum(1), flat, codebook.t(), alpha=-2).argmin(1)
+        with _exact_fp32_matmul():
+            return torch.addmm(codebook.pow(2).sum(1), flat, codebook.t(), alpha=-2).argmin(1)
 
     def indices(self, flat: torch.Tensor) -> torch.Tensor:
         """(N, D) encoder outputs -> (N,) code indices (inference)."""
