@@ -51,7 +51,7 @@ SETS = {
                       "sampling": {"digit": "none", "cfg": 0.2, "temperature": 1.0, "keep_likeliest": 1.0},
                       "about": "the quality prior (configs/prior-large.yaml): 4 layers x 112, 8 epochs, augmented, Muon"},
             "prior-default": {"stage": "prior", "train": ["tokenizer=pretrained/mnist/tokenizer"],
-                              "sampling": {"digit": "all", "cfg": 0.5, "temperature": 1.0, "keep_likeliest": 1.0},
+                              "sampling": {"digit": "all", "cfg": 0.35, "temperature": 1.0, "keep_likeliest": 1.0},
                               "about": "the default prior (configs/prior.yaml): what `make demo` trains (2 layers x 112, Muon)"},
         },
     },
