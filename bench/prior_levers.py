@@ -5,9 +5,10 @@
 Each variant trains `prior/train.py --config configs/prior.yaml` (default budget) or
 `configs/prior-large.yaml` (quality budget) with its own keys, over one tokenizer
 (--tokenizer, the shipped one by default: bits/token only compare on one codebook),
-in runs/prior-levers/BUDGET/NAME-sSEED, and prints the test bits/token, the training
+in runs/prior-levers/BUDGET-CONFIGHASH/NAME-sSEED, and prints the test bits/token, the training
 seconds (steps only, `train_s`) and the change against `--reference` (`today`: the
-config as it stands), measured in the same session. A `*-half` variant gets half the epochs: the seconds it needs to reach a figure.
+config as it stands), measured in the same session. A `*-half` variant gets half the
+epochs: the seconds it needs to reach a figure.
 Results go to runs/prior-levers/BUDGET-CONFIGHASH/results.jsonl as they come (rerun:
 skipped; a changed config starts a new folder, since every variant is relative to it).
 
@@ -30,6 +31,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import yaml
+
+from common.config import ConfigError, apply_overrides
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = {"default": "configs/prior.yaml", "quality": "configs/prior-large.yaml"}
@@ -83,14 +88,17 @@ def run_variant(budget: str, out: Path, keys: dict, seed: int, tokenizer: str, c
     return {"bits": last["test_nll_bits_per_token"], "train_s": last["train_s"], "steps": last["step"]}
 
 
+def budget_config(budget: str):
+    """The budget's PriorConfig, as prior/train.py would read it."""
+    from prior.config import PriorConfig
+    return apply_overrides(PriorConfig(), yaml.safe_load((REPO / CONFIGS[budget]).read_text()), CONFIGS[budget])
+
+
 def step_times(names: list[str], budget: str, rounds: int = 5, steps: int = 6) -> dict[str, float]:
     """Median milliseconds per optimizer step (forward, backward, clip, step) of each variant."""
     import torch
-    import yaml
-    from common.config import apply_overrides
-    from prior.config import PriorConfig
     from prior.train import make_task
-    base = apply_overrides(PriorConfig(), yaml.safe_load((REPO / CONFIGS[budget]).read_text()), CONFIGS[budget])
+    base = budget_config(budget)
     grids = {"train_codes": torch.randint(64, (4096, 49)), "train_labels": torch.randint(10, (4096,)),
              "test_codes": torch.randint(64, (10, 49)), "test_labels": torch.randint(10, (10,))}
     trainers = {}
@@ -121,7 +129,6 @@ def keys_of(name: str, budget: str) -> dict:
     keys = {}
     for part in name.removesuffix("-half").split("+"):
         if part not in VARIANTS:
-            from common.config import ConfigError
             raise ConfigError(f"unknown variant {part!r} in {name!r}; known: {', '.join(VARIANTS)}")
         keys.update(VARIANTS[part])
     if half:
@@ -140,10 +147,7 @@ def main() -> None:
     p.add_argument("--reference", default="today", help="the variant the others are compared with")
     p.add_argument("--step-times", action="store_true", help="time one training step of each variant instead")
     args = p.parse_args()
-    import yaml
-    from common.config import apply_overrides
-    from prior.config import PriorConfig
-    base = apply_overrides(PriorConfig(), yaml.safe_load((REPO / CONFIGS[args.budget]).read_text()), CONFIGS[args.budget])
+    base = budget_config(args.budget)
     for name in args.variants:   # a typo in a name or a key fails before any training
         apply_overrides(base, keys_of(name, args.budget), name)
     if args.step_times:
@@ -183,7 +187,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    from common.config import ConfigError
     try:
         main()
     except ConfigError as err:   # a bad variant name or key: one line, nothing trained
