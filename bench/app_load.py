@@ -3,13 +3,15 @@
     python bench/app_load.py [--prior mnist] [--clients 32] [--requests 512] [--n 64]
                              [--max-seconds 600] [--cache-max-age 60] [--cache-max-mb 50] [--no-settle]
 
-Serves the page in a child process with a gradio cache folder of its own, then sends
-`--requests` Sample calls (n digits each, a new seed each) from `--clients` threads
-through gradio's Python client, the page's own API. Prints requests/s, median and
-max latency, errors, and the cache's files and bytes: before the first call, at
-its largest while serving (sampled every second), right after the last, and once
-the page's age rule has had time to run (age + 2 s; --no-settle skips that wait).
-Needs the app extra (`make app` installs it).
+Serves the page in a child process, GRADIO_TEMP_DIR a fresh folder that also holds another
+app's file (which must survive), then sends `--requests` Sample calls (n digits each, a new
+seed each) from `--clients` threads through gradio's Python client, the page's own API, and
+downloads each answer's picture as soon as it arrives, as a browser would. An answer refused
+as "busy" (the cache full of pictures not yet fetched) is retried after a second and counted.
+Prints requests/s, median and max latency, errors, failed downloads, and the page's folder
+by files and bytes on disk (what `du` counts): before the first call, at its largest while
+serving (sampled every 0.2 s), right after the last, and once the page's age rule has had
+time to run (age + 2 s; --no-settle skips that wait). Needs the app extra (`make app`).
 """
 from __future__ import annotations
 
@@ -35,18 +37,24 @@ def main() -> None:
     p.add_argument("--no-settle", action="store_true", help="do not wait for the age rule after the last request")
     args = p.parse_args()
 
+    import urllib.request
     from gradio_client import Client
     from gradio_client.exceptions import AppError
     from sampling.page_cache import cache_size
     from sampling.serving import free_port, served
 
-    cache = Path(tempfile.mkdtemp(prefix="vqgen-app-cache-"))
+    shared = Path(tempfile.mkdtemp(prefix="vqgen-app-shared-"))
+    other_app = shared / "another-app" / "their.bin"
+    other_app.parent.mkdir()
+    other_app.write_bytes(bytes(2 * 2**20))
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     with served(["--prior", args.prior, "--cache-max-age", str(args.cache_max_age),
                  "--cache-max-mb", str(args.cache_max_mb)], free_port(),
-                env={"GRADIO_TEMP_DIR": str(cache)}) as url:
-        before = cache_size(cache)
+                env={"GRADIO_TEMP_DIR": str(shared)}) as url:
+        (folder,) = shared.glob("vqgen-page-*")
+        before = cache_size(folder)
         numbers, lock = itertools.count(), threading.Lock()
-        latencies, errors = [], []
+        latencies, errors, busy, failed_downloads = [], [], [], []
         started = time.perf_counter()
 
         def client_loop(_):
@@ -57,17 +65,29 @@ def main() -> None:
                 if i >= args.requests or time.perf_counter() - started > args.max_seconds:
                     return
                 t = time.perf_counter()
+                while True:
+                    try:
+                        picture, *_ = client.predict([], args.n, 0.5, 1.0, 0, 1.0, i, 1.0, api_name="/on_sample")
+                        break
+                    except (AppError, OSError) as err:
+                        if "the page is busy" not in str(err):
+                            errors.append(str(err).splitlines()[0] if str(err) else type(err).__name__)
+                            return
+                        busy.append(i)
+                        time.sleep(1.0)
+                latencies.append(time.perf_counter() - t)
                 try:
-                    client.predict([], args.n, 0.5, 1.0, 0, 1.0, i, 1.0, api_name="/on_sample")
-                    latencies.append(time.perf_counter() - t)
-                except (AppError, OSError) as err:
-                    errors.append(str(err).splitlines()[0] if str(err) else type(err).__name__)
+                    with opener.open(picture["url"], timeout=60) as got:
+                        if got.read(8) != b"\x89PNG\r\n\x1a\n":
+                            failed_downloads.append(i)
+                except OSError:
+                    failed_downloads.append(i)
 
         peak, sending = [before], threading.Event()
 
-        def watch_cache():   # the most bytes the cache holds while the requests come in
-            while not sending.wait(1.0):
-                peak.append(max(peak[-1], cache_size(cache), key=lambda s: s[2]))   # by bytes
+        def watch_cache():   # the most bytes the page's folder holds while the requests come in
+            while not sending.wait(0.2):
+                peak.append(max(peak[-1], cache_size(folder), key=lambda s: s[1]))
 
         watcher = threading.Thread(target=watch_cache)
         watcher.start()
@@ -76,22 +96,26 @@ def main() -> None:
         seconds = time.perf_counter() - started
         sending.set()
         watcher.join()
-        after = cache_size(cache)
+        after = cache_size(folder)
         if not args.no_settle:
             time.sleep(args.cache_max_age + 2)
-        settled = cache_size(cache)
+        settled = cache_size(folder)
+    removed = not folder.exists()
 
     done = len(latencies)
     print(f"{done + len(errors)} requests of {args.n} digits from {args.clients} clients in {seconds:.1f} s: "
-          f"{done / seconds:.2f} requests/s")
+          f"{done / seconds:.2f} requests/s; 'busy' answers retried: {len(busy)}")
     if latencies:
         print(f"latency: median {statistics.median(latencies):.2f} s, max {max(latencies):.2f} s "
               "(queued behind the other clients: the page answers one request at a time)")
-    print(f"errors: {len(errors)}" + (f" (first: {errors[0]})" if errors else ""))
-    for name, (files, folders, size) in [("before", before), ("at its largest while serving", peak[-1]),
+    print(f"errors: {len(errors)}" + (f" (first: {errors[0]})" if errors else "")
+          + f"; pictures that could not be downloaded on arrival: {len(failed_downloads)}")
+    for name, (files, size) in [("before", before), ("at its largest while serving", peak[-1]),
                                 ("after the last request", after),
                                 *([] if args.no_settle else [(f"{args.cache_max_age}+ s later", settled)])]:
-        print(f"cache {name}: {files} files in {folders} folders, {size / 2**20:.1f} MB")
+        print(f"page folder {name}: {files} files, {size / 2**20:.1f} MB on disk")
+    print(f"another app's file in GRADIO_TEMP_DIR intact: {other_app.is_file() and other_app.stat().st_size == 2 * 2**20}; "
+          f"the page's folder removed at exit: {removed}")
 
 
 if __name__ == "__main__":

@@ -53,11 +53,23 @@ def file_digest(path: Path, algorithm: str = "sha256") -> str:
     return digest.hexdigest()
 
 
+def temporary_name(path: Path) -> Path:
+    """A hidden name beside path for a file in the making: unique to this process and call."""
+    return path.with_name(f".tmp-{path.name}-{os.getpid()}-{os.urandom(4).hex()}")
+
+
+def open_new(path: Path, mode: str = "wb"):
+    """Open a file that must not exist yet (O_EXCL), never through a symlink (O_NOFOLLOW): a name
+    planted in a shared folder cannot redirect the write."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
+    return os.fdopen(fd, mode)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
-    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+    tmp = temporary_name(path)
     try:
-        with open(tmp, "wb") as f:
+        with open_new(tmp) as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -109,7 +121,7 @@ def _current_umask() -> int:
 def save_weights(path: Path, tensors: dict[str, torch.Tensor], stage: str) -> None:
     """Write a safetensors file atomically; `stage` and the digest are checked on load."""
     path = Path(path)
-    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+    tmp = temporary_name(path)
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     metadata = {"stage": stage, "format": "vqgen-1", "sha256": tensors_digest(tensors)}
     try:
@@ -164,14 +176,29 @@ def flatten_state(obj: Any, prefix: str = "", tensors: dict | None = None):
     raise TypeError(f"cannot store {type(obj).__name__} at {prefix!r} in a checkpoint")
 
 
-def unflatten_state(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
+MAX_DEPTH = 32   # flatten_state of an optimizer's state nests 5 deep; more means a tampered file
+
+
+def unflatten_state(skeleton: Any, tensors: dict[str, torch.Tensor], depth: int = 0) -> Any:
+    """The inverse of flatten_state; a skeleton it could not have written raises ValueError."""
+    if depth > MAX_DEPTH:
+        raise ValueError(f"nested more than {MAX_DEPTH} deep")
     if isinstance(skeleton, dict):
         if "__tensor__" in skeleton:
-            return tensors[skeleton["__tensor__"]]
-        if "__dict__" in skeleton:
-            return {k: unflatten_state(v, tensors) for k, v in skeleton["__dict__"]}
-        if "__list__" in skeleton:
-            return [unflatten_state(v, tensors) for v in skeleton["__list__"]]
+            name = skeleton["__tensor__"]
+            if not isinstance(name, str) or name not in tensors:
+                raise ValueError(f"names a tensor that is not in the file: {str(name)[:40]!r}")
+            return tensors[name]
+        if "__dict__" in skeleton and isinstance(skeleton["__dict__"], list):
+            pairs = skeleton["__dict__"]
+            if not all(isinstance(p, list) and len(p) == 2 and isinstance(p[0], (str, int)) for p in pairs):
+                raise ValueError("a mapping that is not a list of [key, value] pairs")
+            return {k: unflatten_state(v, tensors, depth + 1) for k, v in pairs}
+        if "__list__" in skeleton and isinstance(skeleton["__list__"], list):
+            return [unflatten_state(v, tensors, depth + 1) for v in skeleton["__list__"]]
+        raise ValueError(f"an unknown entry {str(list(skeleton))[:40]}")
+    if isinstance(skeleton, list):
+        raise ValueError("a bare list")
     return skeleton
 
 
@@ -242,11 +269,20 @@ def load_checkpoint(path: Path, stage: str) -> dict[str, Any]:
     try:
         meta = json.loads(meta_file.read_text())
         found, step, parts = meta.get("stage"), int(meta["step"]), dict(meta["parts"])
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
-        raise CheckpointError(f"{meta_file}: unreadable checkpoint metadata ({err})") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as err:
+        reason = "nested too deeply" if isinstance(err, RecursionError) else str(err)[:200]
+        raise CheckpointError(f"{meta_file}: unreadable checkpoint metadata ({reason}); "
+                              "delete this checkpoint to resume from an older one") from None
     if found != stage:
         raise CheckpointError(f"{path}: holds a {found or 'foreign'} checkpoint, expected a {stage} one")
     out = {"step": step}
     for name, skeleton in parts.items():
-        out[name] = unflatten_state(skeleton, load_weights(path / f"{name}.safetensors", stage))
+        if not isinstance(name, str) or "/" in name or name.startswith("."):
+            raise CheckpointError(f"{meta_file}: names a part {str(name)[:40]!r} it could not have written")
+        tensors = load_weights(path / f"{name}.safetensors", stage)
+        try:
+            out[name] = unflatten_state(skeleton, tensors)
+        except ValueError as err:
+            raise CheckpointError(f"{meta_file}: tampered or corrupted: its {name} part {err}; "
+                                  "delete this checkpoint to resume from an older one") from None
     return out

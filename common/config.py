@@ -30,9 +30,13 @@ class TrainConfig:
     """Keys every training entry understands (DESIGN.md)."""
     out_dir: str = "runs/run"          # the run folder: config, weights, checkpoints, metrics, plots
     data_root: str = ""              # "" -> $VQGEN_DATA or data/
-    dataset: Literal["mnist", "fashion"] = "mnist"   # fashion: Fashion-MNIST (Debian package dataset-fashion-mnist)
+    dataset: str = "mnist"           # mnist, fashion (Debian package dataset-fashion-mnist), or PATH: a folder
+                                     # of images (class subfolders = labels) or an .npz with images [N,H,W(,C)]
+    skip_bad_images: bool = False    # dataset=PATH: leave unreadable image files out (counted) instead of stopping
     seed: int = 0                    # weights, data order and sampling all follow it
-    epochs: int = 1                  # passes over the training set (the schedule spans them all)
+    epochs: int = 1                  # epochs of epoch_samples each (the schedule spans them all)
+    epoch_samples: int = 0           # samples an epoch counts; 0 = the training set's size for mnist and fashion,
+                                     # 60000 for dataset=PATH (a small folder gets as many updates as MNIST)
     max_steps: int = 0               # > 0: stop after this many optimizer steps (smoke runs)
     train_subset: int = 0            # > 0: use only the first N training images
     batch_size: int = 128            # per process; DDP multiplies it by the world size
@@ -54,6 +58,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         _require(self.epochs >= 1, "epochs", "must be >= 1")
+        _require(self.epoch_samples >= 0, "epoch_samples", "must be >= 0 (0 = from the data set)")
         _require(self.max_steps >= 0, "max_steps", "must be >= 0 (0 = no limit)")
         _require(self.train_subset >= 0, "train_subset", "must be >= 0 (0 = all)")
         _require(self.batch_size >= 1, "batch_size", "must be >= 1")
@@ -223,6 +228,10 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
         data = yaml.safe_load(Path(path).read_text()) or {}
     except OSError as err:
         raise ConfigError(f"cannot read {path}: {err.strerror or err}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a UTF-8 text file; a YAML config was expected") from None
+    except RecursionError:
+        raise ConfigError(f"{path} nests too deeply to be a config") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -233,5 +242,11 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
 
 
 def config_from_file(cls, path: Path):
-    """Rebuild a saved config (config.yaml beside the weights); unknown keys are an error."""
-    return apply_overrides(cls(), read_yaml_mapping(path), str(path))
+    """Rebuild a saved config (config.yaml beside the weights); unknown keys and values a
+    training would refuse are an error that names the file."""
+    cfg = apply_overrides(cls(), read_yaml_mapping(path), str(path))
+    try:   # resume= may name a checkpoint long gone: it says nothing about the saved model
+        dataclasses.replace(cfg, resume="auto").validate()
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    return cfg

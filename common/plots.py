@@ -1,9 +1,12 @@
 """Figures written into run directories (matplotlib, headless)."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import torch
+
+from common.checkpoint import atomic_write_bytes
 
 
 def _pyplot():
@@ -15,11 +18,14 @@ def _pyplot():
 
 
 def image_grid(images: torch.Tensor, nrow: int) -> torch.Tensor:
-    """[N,1,H,W] or [N,H,W] in [0,1] -> one [rows*H, nrow*W] tensor with 2-pixel gaps."""
-    images = images.detach().float().cpu().reshape(-1, *images.shape[-2:])
-    n, h, w = images.shape
+    """[N,C,H,W] or [N,H,W] in [0,1] -> one [rows*H, nrow*W] (grey) or [rows*H, nrow*W, 3]
+    (colour) tensor with 2-pixel gaps."""
+    images = images.detach().float().cpu()
+    images = images[:, 0] if images.dim() == 4 and images.shape[1] == 1 else images
+    images = images.permute(0, 2, 3, 1) if images.dim() == 4 else images   # colour: [N,H,W,3]
+    n, h, w = images.shape[:3]
     rows = (n + nrow - 1) // nrow
-    grid = torch.ones(rows * (h + 2) - 2, nrow * (w + 2) - 2)
+    grid = torch.ones(rows * (h + 2) - 2, nrow * (w + 2) - 2, *images.shape[3:])
     for i in range(n):
         r, c = divmod(i, nrow)
         grid[r * (h + 2): r * (h + 2) + h, c * (w + 2): c * (w + 2) + w] = images[i]
@@ -29,17 +35,18 @@ def image_grid(images: torch.Tensor, nrow: int) -> torch.Tensor:
 def save_png(path: Path, images: torch.Tensor, nrow: int = 8, scale: int = 2) -> None:
     """A plain sample grid (white background, dark ink), without matplotlib."""
     from PIL import Image
-    images = images.detach().float().cpu().reshape(-1, *images.shape[-2:])
-    blanks = (-len(images)) % nrow   # fill the last row with empty (white) cells
+    images = images.detach().float().cpu()
+    colour = images.dim() == 4 and images.shape[1] == 3
+    blanks = (-len(images)) % nrow   # fill the last row with empty cells
     images = torch.cat([images, images.new_zeros(blanks, *images.shape[1:])])
-    grid = 1 - image_grid(images, nrow)
+    # grey digits print as dark ink on white; colour pictures as they are
+    grid = image_grid(images, nrow) if colour else 1 - image_grid(images, nrow)
     pixels = (grid.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-    image = Image.fromarray(pixels, mode="L")
+    image = Image.fromarray(pixels, mode="RGB" if colour else "L")
     image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
-    path = Path(path)
-    tmp = path.with_name(f".tmp-{path.name}")
-    image.save(tmp, format="PNG")
-    tmp.replace(path)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    atomic_write_bytes(Path(path), buffer.getvalue())
 
 
 def save_image_grid(path: Path, images: torch.Tensor, nrow: int = 8, title: str | None = None,
@@ -107,7 +114,7 @@ def save_bars(path: Path, values: torch.Tensor, xlabel: str, ylabel: str, title:
 def _save(fig, path: Path) -> None:
     """Write to a temporary name and rename, like every other file we write."""
     path = Path(path)
-    tmp = path.with_name(f".tmp-{path.name}")
-    fig.savefig(tmp, dpi=100, format=path.suffix.lstrip("."))
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=100, format=path.suffix.lstrip("."))
     _pyplot().close(fig)
-    tmp.replace(path)
+    atomic_write_bytes(path, buffer.getvalue())

@@ -31,7 +31,7 @@ def find_run(location: str | Path, stage: str) -> Path:
     """The run folder `location` names (module doc); the path as given when none matches,
     so that the caller's own error names what the user typed."""
     path = Path(location)
-    if is_run(path) or path.is_absolute():
+    if is_run(path) or path.is_absolute() or ".." in path.parts:   # a name never climbs out of pretrained/
         return path
     if path.parts[:1] == ("pretrained",):
         candidates = [REPO / path]
@@ -100,18 +100,20 @@ def recommended_settings(run_dir: Path) -> dict:
 
 
 def parse_digits(text: str):
-    """The digit setting: 'none' -> None, 'null' -> "null", 'all' -> [0..9], '3' -> 3, '1,4,7' -> [1, 4, 7]."""
+    """The class (MNIST: digit) setting: 'none' -> None, 'null' -> "null", 'all' -> "all" (every class,
+    in order), '3' -> 3, '1,4,7' -> [1, 4, 7]. Whether a class exists is for the prior to say."""
     word = str(text).strip().lower()
     if word == "none":
         return None
     if word == "null":   # sampling.NULL_DIGIT, spelled out: parsing flags must not import torch
         return "null"
     if word == "all":
-        return list(range(10))
+        return "all"
     try:
         digits = [int(t) for t in word.split(",") if t.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: give a digit 0-9, a list like 1,4,7, 'all', 'none' or 'null'") from None
-    if not digits or any(not 0 <= d <= 9 for d in digits):
-        raise argparse.ArgumentTypeError(f"{text!r}: digits must be 0-9")
+        raise argparse.ArgumentTypeError(f"{text!r}: give a class number (MNIST: a digit 0-9), a list like 1,4,7, "
+                                         "'all', 'none' or 'null'") from None
+    if not digits or any(d < 0 for d in digits):
+        raise argparse.ArgumentTypeError(f"{text!r}: class numbers start at 0")
     return digits[0] if len(digits) == 1 else digits

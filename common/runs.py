@@ -12,8 +12,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from common.checkpoint import CheckpointError, atomic_write_text, load_weights, save_weights
+from common.checkpoint import CheckpointError, CheckpointWriteError, atomic_write_text, load_weights, save_weights
 from common.config import ConfigError, config_from_file, config_to_dict
+from common.distributed import together
 from common.pretrained import CONFIG, WEIGHTS, find_run, is_run, missing_run_message
 
 LOCK = ".lock"
@@ -29,26 +30,107 @@ def run_lock(run_dir: Path):
 
     flock(2) is released by the kernel when its holder dies, so a killed run never
     leaves a lock that blocks the next one; the pid inside is only for the message.
-    Under DDP only global rank 0 takes it (the other ranks write nothing there).
+    Under DDP only global rank 0 takes it (the other ranks write nothing there), and
+    whether it could is agreed by every process (start the process group first), so
+    a refused lock is one line on each, not one line and a hang.
     """
-    if int(os.environ.get("RANK", "0")) != 0:
-        yield
-        return
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = together(lambda: _take_lock(Path(run_dir)))
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise RunInUseError(f"{run_dir} is in use by another training (pid {holder}); wait for it to "
-                                f"finish or choose another out_dir=") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
-        os.close(fd)   # releases the lock
+        if fd is not None:
+            os.close(fd)   # releases the lock
+
+
+def _take_lock(run_dir: Path) -> int | None:
+    if int(os.environ.get("RANK", "0")) != 0:   # launched, but the process group is not up yet
+        return None
+    prepare_out_dir(run_dir)
+    try:   # O_NOFOLLOW: a planted .lock symlink is refused, never followed to overwrite its target
+        fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as err:
+        reason = "it is a symlink; delete it" if (run_dir / LOCK).is_symlink() else err.strerror or str(err)
+        raise CheckpointError(f"{run_dir / LOCK}: cannot take the run's lock ({reason})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise RunInUseError(f"{run_dir} is in use by another training (pid {holder}); wait for it to "
+                            f"finish or choose another out_dir=") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def prepare_out_dir(run_dir: Path) -> None:
+    """Create a run folder, or say in one line why it cannot be one (a file is in the way, no
+    permission, a read-only disk) before any work."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CheckpointError(f"out_dir={run_dir} is a file, not a folder; choose another out_dir=")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CheckpointError(f"out_dir={run_dir}: cannot create it ({err.strerror or err}); "
+                              "choose another out_dir=") from None
+    if not os.access(run_dir, os.W_OK | os.X_OK):
+        raise CheckpointError(f"out_dir={run_dir}: not writable by this user; choose another out_dir=")
+
+
+def load_weights_into(model: torch.nn.Module, weights: dict[str, torch.Tensor], path: Path) -> None:
+    """model.load_state_dict(weights), or one line that names the file and keeps torch's reason
+    (which it puts on the lines after its first)."""
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as err:
+        reason = " ".join(line.strip() for line in str(err).splitlines()[1:] if line.strip()) or str(err)
+        raise CheckpointError(f"{path}: weights do not match its config.yaml ({reason[:400]}); "
+                              "retrain the run or restore the file") from None
+
+
+def append_metrics(path: Path, row: dict) -> None:
+    """One JSON line at the end of metrics.jsonl; a full disk is one line, like a failed checkpoint."""
+    import json
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+    except OSError as err:
+        raise CheckpointWriteError(Path(path), err.strerror or str(err)) from None
+
+
+def read_metrics(path: Path) -> list[dict]:
+    return parse_metrics(Path(path).read_text()) if Path(path).is_file() else []
+
+
+def parse_metrics(text: str) -> list[dict]:
+    """Rows of metrics.jsonl; a last line torn by a kill mid-append is dropped."""
+    import json
+    rows = []
+    for line in text.splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return rows
+
+
+def read_last_metrics(path: Path) -> dict:
+    rows = read_metrics(path)
+    return rows[-1] if rows else {}
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop evaluations logged after the checkpoint we resume from (they will be redone)."""
+    import json
+    path = Path(path)
+    if not path.is_file():
+        return
+    old = path.read_text()
+    new = "".join(json.dumps(r) + "\n" for r in parse_metrics(old) if r.get("step", 0) <= step)
+    if new != old:  # later rows, or a line torn by a kill
+        atomic_write_text(path, new)
 
 
 def save_run_config(run_dir: Path, cfg) -> None:

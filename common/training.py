@@ -18,9 +18,7 @@ alone in a collective.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,11 +27,12 @@ from typing import Callable
 import torch
 from torch import nn
 
-from common.checkpoint import atomic_write_text, list_checkpoints, load_checkpoint, save_checkpoint
+from common.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, save_checkpoint
 from common.config import ConfigError, config_from_file, config_to_dict
-from common.distributed import all_reduce, broadcast, broadcast_object
-from common.errors import VQGenError
-from common.runs import CONFIG, save_run_config, save_run_weights
+from common.distributed import (StopSignal, TrainingError, agree_on_resume_point, agreed_stop, check_layout,
+                                check_replicas_agree, raise_if_nonfinite, restore_rng, rng_states, together)
+from common.runs import (CONFIG, append_metrics, read_last_metrics, read_metrics, save_run_config,
+                         save_run_weights, truncate_metrics)
 from common.tracking import make_accelerator, start_tracking
 
 # Keys that may change between a run and its resumption; any other difference
@@ -43,10 +42,6 @@ RESUMABLE_KEYS = {"epochs", "max_steps", "eval_every", "save_every", "tracker", 
                   "out_dir", "data_root", "log_every"}
 RESUMABLE_PREFIX = "decoder_"
 LOG_EVERY = 25
-
-
-class TrainingError(VQGenError):
-    """Training cannot go on (non-finite loss, ...); printed as one line."""
 
 
 @dataclass
@@ -68,10 +63,14 @@ class WeightAverage:
     as in the EMA weights of GAN generators and diffusion models): it smooths the step-to-step
     noise of training, most of all an adversarial one. `swapped_in` lends it to the model for
     evaluation and export, the training weights coming back afterwards; at the end of fit it
-    stays in the model, which is what the caller goes on to use (the checkpoints keep both)."""
+    stays in the model, which is what the caller goes on to use (the checkpoints keep both).
 
-    def __init__(self, model: nn.Module, decay: float):
-        self.decay = decay
+    `decay` is per step of one process, i.e. per batch_size samples: a step of N processes sees
+    N times the samples, so it decays by decay**N, and the average keeps the same half-life in
+    samples whatever the process count (8 GPUs would otherwise ship a decoder 5x older)."""
+
+    def __init__(self, model: nn.Module, decay: float, processes: int = 1):
+        self.decay = decay ** processes
         self.params = [p for p in model.parameters() if p.is_floating_point()]
         self.average = [p.detach().clone() for p in self.params]
 
@@ -147,36 +146,14 @@ def epoch_steps(n_train: int, world: int, batch_size: int) -> int:
     return steps
 
 
-def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
-    """The shuffled order of epoch `epoch`: the same on every process and after resume."""
-    gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    return torch.randperm(n, generator=gen)
-
-
-STOP_SIGNALS = ("SIGINT", "SIGTERM")
-
-
-class _StopSignal:
-    """Turns SIGINT/SIGTERM into a flag the loop checks after each step (see _agreed_stop)."""
-
-    def __init__(self):
-        self.received = None
-        self._previous = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread (e.g. inside some test runners)
-                pass
-        return self
-
-    def _handle(self, signum, frame):
-        self.received = signal.Signals(signum).name
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+def epoch_order(n: int, seed: int, epoch: int, length: int | None = None) -> torch.Tensor:
+    """The shuffled order of epoch `epoch` (`length` samples of n, n by default): the same on
+    every process and after resume. An epoch longer than the set cycles through fresh shuffles."""
+    length = length or n
+    rounds = -(-length // n)
+    orders = [torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch * rounds + r))
+              for r in range(rounds)]
+    return torch.cat(orders)[:length]
 
 
 def _check_resume_config(out_dir: Path, cfg) -> None:
@@ -206,7 +183,11 @@ def find_resume_point(cfg, stage: str) -> Path | None:
         if found:
             _check_resume_config(out_dir, cfg)
         return found[-1] if found else None
-    return Path(cfg.resume)
+    chosen = Path(cfg.resume)   # checkpoints/step_N of some run: that run's config must match too
+    _check_resume_config(chosen.parent.parent, cfg)
+    if found:
+        _check_resume_config(out_dir, cfg)
+    return chosen
 
 
 def fit(cfg, task: Task, accelerator=None, last: bool = True) -> dict:
@@ -223,11 +204,12 @@ def fit(cfg, task: Task, accelerator=None, last: bool = True) -> dict:
     model, optimizer = accelerator.prepare(model, optimizer)
     raw_model = accelerator.unwrap_model(model)
     side = _prepare_side(task.side, accelerator)
-    average = WeightAverage(raw_model, cfg.weight_average) if cfg.weight_average > 0 else None
+    average = WeightAverage(raw_model, cfg.weight_average, world) if cfg.weight_average > 0 else None
     data = tuple(t.to(accelerator.device) for t in task.train_tensors)
 
     n_train = data[0].shape[0]
-    steps_per_epoch = epoch_steps(n_train, world, cfg.batch_size)
+    per_epoch = cfg.epoch_samples or n_train
+    steps_per_epoch = epoch_steps(per_epoch, world, cfg.batch_size)
     total_steps = cfg.epochs * steps_per_epoch
     # An evaluation (full test set, plots) costs seconds, a checkpoint almost nothing:
     # the two cadences are separate so a run can checkpoint often and evaluate rarely.
@@ -236,20 +218,17 @@ def fit(cfg, task: Task, accelerator=None, last: bool = True) -> dict:
 
     trained = _TrainedState(raw_model, optimizer, side, average)
     step, history = 0, []
-    resume_from = _agree_on_resume_point(resume_from, accelerator)
+    resume_from = agree_on_resume_point(resume_from, accelerator.device)
     if resume_from is not None:
-        state = load_checkpoint(resume_from, task.stage)
-        _check_layout(state, resume_from, world, cfg.batch_size)
-        trained.load_state_dict(state)
-        _restore_rng(state["rng"], rank, accelerator)
+        state = together(lambda: _load_resume_state(resume_from, task.stage, trained), on="local-first")
+        check_layout(state, resume_from, world, cfg.batch_size)
+        restore_rng(state["rng"], rank, accelerator)
         step, history = state["step"], state["history"]
-        if is_main:
-            _truncate_metrics(out_dir / "metrics.jsonl", step)
-            accelerator.print(f"resuming {task.stage} from {resume_from} (step {step}/{total_steps})")
+        together(lambda: truncate_metrics(out_dir / "metrics.jsonl", step))
+        accelerator.print(f"resuming {task.stage} from {resume_from} (step {step}/{total_steps})")
     else:
         torch.manual_seed(cfg.seed + rank)
-    if is_main:
-        save_run_config(out_dir, cfg)
+    together(lambda: save_run_config(out_dir, cfg))
     # Plain `accelerate launch` on a machine with several GPUs uses them all: say so.
     accelerator.print(f"{task.stage}: {world} process(es) on {accelerator.device.type}, batch {cfg.batch_size} each "
                       f"({world * cfg.batch_size} a step), {accelerator.mixed_precision} mixed precision, "
@@ -257,39 +236,38 @@ def fit(cfg, task: Task, accelerator=None, last: bool = True) -> dict:
     start_tracking(accelerator, cfg.tracker, task.stage, config_to_dict(cfg), str(out_dir))
 
     stop_at = min(total_steps, cfg.max_steps) if cfg.max_steps else total_steps
-    metrics = _read_last_metrics(out_dir / "metrics.jsonl") if step >= stop_at else {}
+    metrics = read_last_metrics(out_dir / "metrics.jsonl") if step >= stop_at else {}
 
     def save(step_now: int):
-        _raise_if_nonfinite(bad_step, out_dir, accelerator)
-        rng = _rng_states(accelerator)   # a collective: every process takes part
-        if is_main:
-            parts = {**trained.state_dict(), "rng": rng, "history": history,
-                     "layout": {"processes": world, "batch_size": cfg.batch_size}}
-            save_checkpoint(out_dir / "checkpoints", step_now, parts, task.stage, cfg.keep_checkpoints)
-        accelerator.wait_for_everyone()
+        raise_if_nonfinite(bad_step, out_dir)
+        rng = rng_states(accelerator)   # a collective: every process takes part
+        parts = lambda: {**trained.state_dict(), "rng": rng, "history": history,  # noqa: E731
+                         "layout": {"processes": world, "batch_size": cfg.batch_size}}
+        # main only; a failure there (a full disk, a folder in the way) stops every process in one line
+        together(lambda: save_checkpoint(out_dir / "checkpoints", step_now, parts(), task.stage,
+                                         cfg.keep_checkpoints))
+
+    def evaluate_on_main(step_now: int, train_logs: dict) -> dict:
+        raw_model.eval()
+        # Under mixed precision, every phase evaluates under the same autocast (accelerate
+        # wraps only the prepared module's forward: phase one's decode would run in fp32).
+        with average.swapped_in() if average is not None else contextlib.nullcontext(), torch.no_grad(), \
+                accelerator.autocast():
+            result = {"step": step_now, "epoch": round(step_now / steps_per_epoch, 3), **clock(),
+                      **train_logs, **task.evaluate(raw_model)}
+            append_metrics(out_dir / "metrics.jsonl", result)
+            save_run_weights(out_dir, task.export(raw_model), task.stage)
+            if task.report is not None:
+                task.report(out_dir, raw_model, history, read_metrics(out_dir / "metrics.jsonl"))
+        raw_model.train()
+        shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()}
+        accelerator.print(f"[{task.stage}] " + " ".join(f"{k}={v}" for k, v in shown.items()))
+        return result
 
     def evaluate(step_now: int, train_logs: dict) -> dict:
-        _raise_if_nonfinite(bad_step, out_dir, accelerator)
-        result = {}
-        if is_main:
-            raw_model.eval()
-            # Under mixed precision, every phase evaluates under the same autocast (accelerate
-            # wraps only the prepared module's forward: phase one's decode would run in fp32).
-            with average.swapped_in() if average is not None else contextlib.nullcontext(), torch.no_grad(), \
-                    accelerator.autocast():
-                result = {"step": step_now, "epoch": round(step_now / steps_per_epoch, 3),
-                          **clock(),
-                          **train_logs, **task.evaluate(raw_model)}
-                with open(out_dir / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(result) + "\n")
-                save_run_weights(out_dir, task.export(raw_model), task.stage)
-                if task.report is not None:
-                    task.report(out_dir, raw_model, history, _read_metrics(out_dir / "metrics.jsonl"))
-            raw_model.train()
-            shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()}
-            accelerator.print(f"[{task.stage}] " + " ".join(f"{k}={v}" for k, v in shown.items()))
+        raise_if_nonfinite(bad_step, out_dir)
+        result = together(lambda: evaluate_on_main(step_now, train_logs)) or {}
         accelerator.log({k: v for k, v in result.items() if isinstance(v, (int, float))}, step=step_now)
-        accelerator.wait_for_everyone()
         return result
 
     bad_step = torch.full((), -1, dtype=torch.long, device=accelerator.device)
@@ -307,11 +285,12 @@ def fit(cfg, task: Task, accelerator=None, last: bool = True) -> dict:
     progress = _progress(is_main, stop_at, step, task.stage)
     model.train()
     order_epoch, order = -1, None
-    with _StopSignal() as stop, progress:  # the bar is closed on errors too, so they print last
+    with StopSignal() as stop, progress:  # the bar is closed on errors too, so they print last
         while step < stop_at:
             epoch, index = divmod(step, steps_per_epoch)
             if epoch != order_epoch:  # each process takes its own stride of the shared order
-                order_epoch, order = epoch, epoch_order(n_train, cfg.seed, epoch)[rank::world].to(accelerator.device)
+                order_epoch = epoch
+                order = epoch_order(n_train, cfg.seed, epoch, per_epoch)[rank::world].to(accelerator.device)
                 if task.epoch_tensors is not None:   # its cost counts in train_s
                     data = tuple(t.to(accelerator.device) for t in task.epoch_tensors(epoch))
             batch_ids = order[index * cfg.batch_size:(index + 1) * cfg.batch_size]
@@ -332,11 +311,13 @@ def fit(cfg, task: Task, accelerator=None, last: bool = True) -> dict:
             optimizer.zero_grad(set_to_none=True)
             if average is not None:
                 average.update()
+            finite = torch.isfinite(loss.detach())
             if side is not None:
-                logs = {**logs, **side.step(batch, handover, accelerator, cfg.grad_clip)}
+                side_loss, side_logs = side.step(batch, handover, accelerator, cfg.grad_clip)
+                logs = {**logs, **side_logs}
+                finite = finite & torch.isfinite(side_loss.detach())   # a NaN discriminator must not be saved
 
             # Remember the first bad step on the device: no host sync per step.
-            finite = torch.isfinite(loss.detach())
             bad_step = torch.where(~finite & (bad_step < 0), torch.full_like(bad_step, step), bad_step)
             for k, v in {"loss": loss, **logs}.items():
                 sums[k] = sums.get(k, 0.0) + v.detach().float()
@@ -345,7 +326,7 @@ def fit(cfg, task: Task, accelerator=None, last: bool = True) -> dict:
             progress.update(1)
 
             if step % LOG_EVERY == 0 or step == stop_at:
-                _raise_if_nonfinite(bad_step, out_dir, accelerator)
+                raise_if_nonfinite(bad_step, out_dir)
                 means = {f"train_{k}": (v / n_logged).item() for k, v in sums.items()}
                 history.append({"step": step, **clock(), **means})
                 progress.set_postfix(loss=f"{means['train_loss']:.4f}")
@@ -360,7 +341,7 @@ def fit(cfg, task: Task, accelerator=None, last: bool = True) -> dict:
                 if due_save:
                     save(step)
                 paused += time.perf_counter() - pause_start
-            signal_name = _agreed_stop(stop, step, accelerator)
+            signal_name = agreed_stop(stop, step)
             if signal_name and step < stop_at:
                 save(step)
                 progress.close()
@@ -368,11 +349,12 @@ def fit(cfg, task: Task, accelerator=None, last: bool = True) -> dict:
                                   f"run the same command again to resume")
                 accelerator.end_training()
                 raise SystemExit(130 if signal_name == "SIGINT" else 143)
-    _check_replicas_agree(raw_model, accelerator)
+    for model_now in [raw_model] + ([side.raw] if side is not None else []):
+        said = check_replicas_agree(model_now, accelerator.device)
+        if said:
+            accelerator.print(said)
     if average is not None:
         average.copy_to_model()
-    if side is not None:
-        _check_replicas_agree(side.raw, accelerator)
     if last:
         accelerator.end_training()
     return metrics
@@ -412,15 +394,15 @@ class _PreparedSide:
     optimizer: torch.optim.Optimizer
     loss_fn: Callable
 
-    def step(self, batch, handover, accelerator, grad_clip: float) -> dict:
-        """One optimizer step of the side model; returns its logs."""
+    def step(self, batch, handover, accelerator, grad_clip: float) -> tuple[torch.Tensor, dict]:
+        """One optimizer step of the side model; returns its loss and logs."""
         loss, logs = self.loss_fn(self.model, batch, handover)
         accelerator.backward(loss)
         if grad_clip > 0:
             accelerator.clip_grad_norm_(self.model.parameters(), grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return logs
+        return loss, logs
 
 
 def _prepare_side(side: SideModel | None, accelerator) -> _PreparedSide | None:
@@ -430,130 +412,27 @@ def _prepare_side(side: SideModel | None, accelerator) -> _PreparedSide | None:
     return _PreparedSide(model, accelerator.unwrap_model(model), optimizer, side.loss_fn)
 
 
-def _check_replicas_agree(model: nn.Module, accelerator) -> None:
-    """Under DDP every process must hold the same weights and codebook statistics."""
-    if accelerator.num_processes == 1:
-        return
-    worst = torch.zeros((), device=accelerator.device)
-    state = model.state_dict()
-    for tensor in state.values():
-        reference = broadcast(tensor.detach().clone())
-        worst = torch.maximum(worst, (reference.float() - tensor.float()).abs().max())
-    all_reduce(worst, "max")
-    if worst.item() > 0:
-        raise TrainingError(f"DDP replicas disagree (max difference {worst.item():.3g}); please report this")
-    accelerator.print(f"replicas agree: {len(state)} tensors identical on {accelerator.num_processes} processes")
-
-
 def _default_optimizer(cfg):
     def make(model: nn.Module) -> torch.optim.Optimizer:
         return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     return make
 
 
-def _agree_on_resume_point(resume_from: Path | None, accelerator) -> Path | None:
-    """The main process chooses the checkpoint; every process must see that very one, or all
-    stop with one line (several machines without shared storage would resume from different steps)."""
-    if accelerator.num_processes == 1:
-        return resume_from
-    chosen = broadcast_object(str(resume_from) if resume_from is not None else None)
-    path = Path(chosen) if chosen is not None else None
-    missing = all_reduce(torch.tensor(int(path is not None and not path.is_dir()), device=accelerator.device))
-    if missing.item():
-        raise ConfigError(f"{int(missing.item())} process(es) cannot see {path}, the checkpoint the main process "
-                          f"resumes from; on several machines point out_dir= at storage they all share, "
-                          f"or pass resume=never")
-    return path
-
-
-def _check_layout(state: dict, path: Path, processes: int, batch_size: int) -> None:
-    """A run resumes on as many processes as it started with: the step counter, the
-    schedule and each process's share of the data all depend on it."""
-    saved = state.get("layout", {"processes": 1, "batch_size": batch_size})   # before layouts were saved: 1
-    if saved["processes"] != processes:
-        raise ConfigError(f"{path} was written by {saved['processes']} process(es) x batch_size "
-                          f"{saved['batch_size']}, this run has {processes}; resume with --num_processes "
-                          f"{saved['processes']}, or start afresh with another out_dir=")
-
-
-def _rng_states(accelerator) -> dict[str, torch.Tensor]:
-    """Every process's RNG states, one row per rank: each draws its own dropout masks,
-    so each must get its own state back on resume."""
-    states = {"torch": torch.get_rng_state()}
-    if accelerator.device.type == "cuda":
-        states["cuda"] = torch.cuda.get_rng_state()
-    if accelerator.num_processes == 1:
-        return {k: v[None] for k, v in states.items()}
-    return {k: accelerator.gather(v[None].to(accelerator.device)).cpu() for k, v in states.items()}
-
-
-def _restore_rng(saved: dict[str, torch.Tensor], rank: int, accelerator) -> None:
-    def mine(t: torch.Tensor) -> torch.Tensor:   # checkpoints before per-rank states hold one row, unstacked
-        return (t[rank] if t.dim() == 2 else t).clone()   # a fresh tensor: set_rng_state misreads a view of a row
-    torch.set_rng_state(mine(saved["torch"]))
-    if accelerator.device.type == "cuda" and "cuda" in saved:
-        torch.cuda.set_rng_state(mine(saved["cuda"]))
-
-
-def _agreed_stop(stop: _StopSignal, step: int, accelerator) -> str | None:
-    """The signal to stop on, the same answer on every process. A signal may reach one process
-    only, or reach them at different steps; all of them ask together at the logging steps,
-    so none enters save()'s barrier while another waits in a gradient all-reduce."""
-    if accelerator.num_processes == 1:
-        return stop.received
-    if step % LOG_EVERY:
-        return None
-    flag = torch.tensor(STOP_SIGNALS.index(stop.received) + 1 if stop.received else 0, device=accelerator.device)
-    all_reduce(flag, "max")
-    return STOP_SIGNALS[int(flag.item()) - 1] if flag.item() else None
-
-
-def _raise_if_nonfinite(bad_step: torch.Tensor, out_dir: Path, accelerator) -> None:
-    """Every process raises the same line when any one saw a non-finite loss (called at the same
-    steps everywhere), instead of one raising while the others wait in an all-reduce."""
-    if accelerator.num_processes > 1:   # the earliest bad step of any process (the rest follow from it)
-        never = torch.iinfo(torch.long).max
-        first = all_reduce(torch.where(bad_step < 0, never, bad_step), "min")
-        bad_step = torch.where(first == never, -1, first)
-    bad = int(bad_step.item())
-    if bad >= 0:
-        last = list_checkpoints(out_dir / "checkpoints")
-        kept = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was written"
-        raise TrainingError(f"non-finite loss at step {bad}; stopped without saving it ({kept}); "
-                            "try a lower lr= or grad_clip=")
+def _load_resume_state(path: Path, stage: str, trained: _TrainedState) -> dict:
+    """A checkpoint's state, loaded into the model and optimizers; one line when it does not fit."""
+    state = load_checkpoint(path, stage)
+    try:
+        trained.load_state_dict(state)
+    except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as err:
+        raise CheckpointError(f"{path}: does not fit this run's model or optimizer "
+                              f"({str(err).splitlines()[0][:200]}); resume=never or another out_dir= "
+                              "starts afresh") from None
+    if not isinstance(state.get("step"), int) or not isinstance(state.get("history"), list) or "rng" not in state:
+        raise CheckpointError(f"{path}: its counters are missing or damaged; delete it to resume from an older one")
+    return state
 
 
 def _progress(enabled: bool, total: int, initial: int, stage: str):
     from tqdm.auto import tqdm
     return tqdm(total=total, initial=initial, disable=not enabled, desc=stage, dynamic_ncols=True,
                 mininterval=1.0)
-
-
-def _read_metrics(path: Path) -> list[dict]:
-    return _parse_metrics(path.read_text()) if path.is_file() else []
-
-
-def _parse_metrics(text: str) -> list[dict]:
-    """Rows of metrics.jsonl; a last line torn by a kill mid-append is dropped."""
-    rows = []
-    for line in text.splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            continue
-    return rows
-
-
-def _read_last_metrics(path: Path) -> dict:
-    rows = _read_metrics(path)
-    return rows[-1] if rows else {}
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop evaluations logged after the checkpoint we resume from (they will be redone)."""
-    if not path.is_file():
-        return
-    old = path.read_text()
-    new = "".join(json.dumps(r) + "\n" for r in _parse_metrics(old) if r.get("step", 0) <= step)
-    if new != old:  # later rows, or a line torn by a kill
-        atomic_write_text(path, new)

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from common.checkpoint import CheckpointError
-from common.runs import load_run
+from common.runs import load_run, load_weights_into
 from prior.config import PriorConfig
 from prior.model import GPT
 
@@ -21,11 +21,7 @@ def load_prior(run_dir: str | Path = "runs/prior", device: str | torch.device = 
     if cfg.vocab_size < 2:
         raise CheckpointError(f"{run_dir / 'config.yaml'}: vocab_size={cfg.vocab_size} is not a trained prior's")
     model = GPT(cfg.shape())
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as err:
-        raise CheckpointError(f"{run_dir / 'model.safetensors'}: weights do not match its config.yaml "
-                              f"({str(err).splitlines()[0]})") from None
+    load_weights_into(model, weights, run_dir / "model.safetensors")
     return model.to(device).eval(), cfg
 
 

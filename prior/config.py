@@ -13,6 +13,7 @@ from prior.model import PriorShape
 class PriorConfig(TrainConfig, PriorShape):
     out_dir: str = "runs/prior"           # the run folder
     tokenizer: str = "runs/tokenizer"     # run dir of the frozen stage-one model
+    dataset: str = ""                     # "" = the tokenizer's data set (given, it must name the same one)
     epochs: int = 2                       # passes over the 60k code grids
     batch_size: int = 128
     lr: float = 2e-3                      # AdamW peak learning rate
@@ -40,7 +41,7 @@ class PriorConfig(TrainConfig, PriorShape):
             (self.augment or not self.augment_token, "augment_token", "needs augment=true"),
             (0 <= self.label_smoothing < 1, "label_smoothing", "must be in [0, 1)"),
             (self.z_loss >= 0, "z_loss", "must be >= 0"),
-            (self.rope == "none" or (self.n_embd // self.n_head) % 4 == 0, "rope",
+            (self.rope == "none" or (self.n_embd // max(self.n_head, 1)) % 4 == 0, "rope",
              "needs a head width (n_embd / n_head) divisible by 4"),
         ]
         for ok, key, message in checks:

@@ -7,6 +7,7 @@ so retraining the tokenizer invalidates it instead of silently training on stale
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from pathlib import Path
 
@@ -14,28 +15,27 @@ import torch
 import torch.nn.functional as F
 from common.checkpoint import CheckpointError, load_weights, save_weights, tensors_digest
 from common.grid import grid_to_sequence
-from tokenizer.data import encode_digits, load_split
+from tokenizer.data import encode_digits
 
 
 def encode_all(tokenizer, images_uint8: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    """uint8 [N,28,28] -> int16 [N,49] codes in raster order."""
+    """uint8 [N,H,W] or [N,C,H,W] -> int16 [N,h*w] codes in raster order (MNIST: [N,49])."""
     return grid_to_sequence(encode_digits(tokenizer, images_uint8, batch_size)).to(torch.int16)
 
 
-def load_code_grids(tokenizer, root: Path, dataset: str, cache_dir: Path,
-                    train_subset: int = 0) -> dict[str, torch.Tensor]:
-    """{train_codes, train_labels, test_codes, test_labels}, from cache when still valid."""
-    key = f"{dataset}-{train_subset}-{tensors_digest(tokenizer.state_dict())[:16]}"
+def load_code_grids(tokenizer, data, dataset: str, cache_dir: Path, train_subset: int = 0) -> dict[str, torch.Tensor]:
+    """{train_codes, train_labels, test_codes, test_labels} of a tokenizer.data.DataSet, from
+    cache when still valid (the key names the set, its sizes and the tokenizer's weights)."""
+    name = hashlib.sha256(f"{dataset}|{len(data.train)}|{len(data.test)}".encode()).hexdigest()[:12]
+    key = f"{name}-{train_subset}-{tensors_digest(tokenizer.state_dict())[:16]}"
     cache = Path(cache_dir) / f"codes-{key}.safetensors"
     if cache.is_file():
         try:
             return load_weights(cache, "codes")
         except (CheckpointError, FileNotFoundError):   # damaged, or removed by another machine meanwhile:
             cache.unlink(missing_ok=True)               # just recomputed
-    train_x, train_y = load_split(root, dataset, train=True, subset=train_subset)
-    test_x, test_y = load_split(root, dataset, train=False)
-    grids = {"train_codes": encode_all(tokenizer, train_x), "train_labels": train_y,
-             "test_codes": encode_all(tokenizer, test_x), "test_labels": test_y}
+    grids = {"train_codes": encode_all(tokenizer, data.train), "train_labels": data.train_labels,
+             "test_codes": encode_all(tokenizer, data.test), "test_labels": data.test_labels}
     Path(cache_dir).mkdir(parents=True, exist_ok=True)
     for old in Path(cache_dir).glob("codes-*.safetensors"):
         old.unlink(missing_ok=True)   # another machine sharing the folder may have removed it
@@ -71,7 +71,8 @@ def distort(images_uint8: torch.Tensor, generator: torch.Generator, share: float
         return _moved(images_uint8, chosen, torch.randint(len(ONE_PIXEL_MOVES), (n,), generator=generator))
     angle = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(MAX_ROTATION_DEG)
     scale = 1 + (torch.rand(n, generator=generator) * 2 - 1) * MAX_SCALE_CHANGE
-    shift = (torch.rand(n, 2, generator=generator) * 2 - 1) * (MAX_SHIFT_PX * 2 / 28)   # grid units: 28 px = 2
+    side = images_uint8.shape[-1]
+    shift = (torch.rand(n, 2, generator=generator) * 2 - 1) * (MAX_SHIFT_PX * 2 / side)   # grid units: side = 2
     cos, sin = angle.cos() / scale, angle.sin() / scale
     theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1),
                          torch.stack([sin, cos, shift[:, 1]], 1)], 1)                # (N, 2, 3)
@@ -90,9 +91,10 @@ def _moved(images_uint8: torch.Tensor, chosen: torch.Tensor, move: torch.Tensor)
     """The chosen images moved by ONE_PIXEL_MOVES[move], the edge they leave filled with black."""
     padded = F.pad(images_uint8, (1, 1, 1, 1))
     out = images_uint8.clone()
+    height, width = images_uint8.shape[-2:]
     for k, (dy, dx) in enumerate(ONE_PIXEL_MOVES):
         rows = (chosen & (move == k)).nonzero().squeeze(1)
-        out[rows] = padded[rows, 1 - dy:29 - dy, 1 - dx:29 - dx]
+        out[rows] = padded[rows, 1 - dy:1 + height - dy, 1 - dx:1 + width - dx]
     return out, chosen.nonzero().squeeze(1)
 
 

@@ -1,9 +1,10 @@
-"""A small causal Transformer (GPT) over the 49 code indices of a 7x7 grid.
+"""A small causal Transformer (GPT) over the code indices of a grid x grid code grid
+(MNIST: 49 codes of a 7x7 grid; the shape comes from the tokenizer).
 
 The sequence is [cond, c_0, ..., c_47] -> predicts [c_0, ..., c_48] (raster order,
-common.grid). The first token doubles as start and class token: digits 0-9, or
-NULL_CLASS for "no label". Trained with label dropout, one model samples
-unconditionally (NULL_CLASS), conditionally, and with classifier-free guidance
+common.grid). The first token doubles as start and class token: classes 0..num_classes-1
+(MNIST's digits), or null_class (= num_classes) for "no label". Trained with label dropout, one model samples
+unconditionally (null_class), conditionally, and with classifier-free guidance
 (Ho & Salimans 2022): logits = cond + scale * (cond - uncond).
 
 Pre-norm blocks and F.scaled_dot_product_attention as in nanoGPT; a KV cache
@@ -18,18 +19,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# MNIST's shape: the defaults, and what a run saved before grid and num_classes were keys had
 GRID = 7
-SEQ_LEN = GRID * GRID  # 7x7 codes
 NUM_CLASSES = 10
-NULL_CLASS = NUM_CLASSES   # "no label": unconditional start token
-# With augment_token, a distorted training digit starts with its own token, its class
-# token + DISTORTED (NULL_CLASS + DISTORTED for no label). Sampling uses the clean ones.
-DISTORTED = NUM_CLASSES + 1
+NULL_CLASS = NUM_CLASSES        # PriorShape().null_class
+DISTORTED = NUM_CLASSES + 1     # PriorShape().distorted
 
 
 @dataclass
 class PriorShape:
     vocab_size: int = 0          # codebook size K; 0 = take it from the tokenizer
+    grid: int = GRID             # side of the tokenizer's code grid (taken from it in training)
+    num_classes: int = NUM_CLASSES   # classes of the data set (taken from it in training; 0: none)
     n_layer: int = 4             # Transformer blocks
     n_head: int = 4              # attention heads (must divide n_embd)
     n_embd: int = 128            # width of the residual stream
@@ -37,7 +38,7 @@ class PriorShape:
     activation: Literal["gelu", "relu", "relu2", "swiglu"] = "gelu"   # MLP nonlinearity; relu is ~15% faster
                                  # on CPU than gelu; relu2 = relu(x)^2; swiglu has a 2/3-wide gated hidden layer
     class_conditional: bool = True   # start token = the digit (with label dropout) or always no-label
-    label_dropout: float = 0.1   # share of labels replaced by NULL_CLASS in training
+    label_dropout: float = 0.1   # share of labels replaced by the null class in training
     token_dropout: float = 0.0   # share of input codes replaced by a mask token in training
     rowcol_pos: bool = False     # add row and column embeddings of the 7x7 cell being predicted
     augment_token: bool = False  # augment: distorted digits get their own start tokens, so samples stay clean
@@ -48,6 +49,21 @@ class PriorShape:
     zero_init: bool = False      # zero the attention and MLP output projections and the head at init
     tie_embeddings: bool = False  # the head reuses the input code embeddings
 
+    @property
+    def seq_len(self) -> int:
+        return self.grid * self.grid
+
+    @property
+    def null_class(self) -> int:
+        """The "no label" start token: unconditional."""
+        return self.num_classes
+
+    @property
+    def distorted(self) -> int:
+        """With augment_token, a distorted training image starts with its own token, its class
+        token + distorted (null_class + distorted for no label). Sampling uses the clean ones."""
+        return self.num_classes + 1
+
 
 class KVCache:
     """One layer's keys and values, preallocated for the whole sequence.
@@ -56,14 +72,14 @@ class KVCache:
     which costs O(T^2) copies and dominated generation at n=10000.
     """
 
-    def __init__(self):
+    def __init__(self, length: int):
         self.k = self.v = None
-        self.length = 0
+        self.size, self.length = length, 0
 
     def append(self, k: torch.Tensor, v: torch.Tensor):
         if self.k is None:
             B, nh, _, hs = k.shape
-            self.k, self.v = k.new_empty(B, nh, SEQ_LEN, hs), v.new_empty(B, nh, SEQ_LEN, hs)
+            self.k, self.v = k.new_empty(B, nh, self.size, hs), v.new_empty(B, nh, self.size, hs)
         start, end = self.length, self.length + k.shape[2]
         self.k[:, :, start:end], self.v[:, :, start:end] = k, v
         self.length = end
@@ -71,15 +87,15 @@ class KVCache:
 
 
 def rotary_angles(shape: PriorShape) -> torch.Tensor:
-    """(SEQ_LEN, head_dim / 2) rotation angles. Input position p holds the code of cell p - 1
+    """(seq_len, head_dim / 2) rotation angles. Input position p holds the code of cell p - 1
     (the class token sits just before cell 0), so 2d rotates half of each head by that
     cell's row and half by its column: attention then sees grid offsets, not sequence gaps."""
     half = shape.n_embd // shape.n_head // 2
-    position = torch.arange(SEQ_LEN, dtype=torch.float64)
+    position = torch.arange(shape.seq_len, dtype=torch.float64)
     if shape.rope == "1d":
         coords, freqs = position[:, None], 10000.0 ** (-torch.arange(half, dtype=torch.float64) / half)
         return (coords * freqs).float()
-    row, col = torch.div(position - 1, GRID, rounding_mode="floor"), (position - 1) % GRID
+    row, col = torch.div(position - 1, shape.grid, rounding_mode="floor"), (position - 1) % shape.grid
     quarter = half // 2
     freqs = 100.0 ** (-torch.arange(half - quarter, dtype=torch.float64) / max(1, half - quarter))
     return torch.cat([row[:, None] * freqs[:quarter], col[:, None] * freqs], 1).float()
@@ -172,12 +188,12 @@ class GPT(nn.Module):
         self.shape = shape
         # One extra input id, vocab_size, is the mask token of token_dropout (never predicted).
         self.tok_emb = nn.Embedding(shape.vocab_size + (shape.token_dropout > 0), shape.n_embd)
-        # digits + NULL_CLASS, and again for distorted digits with augment_token
-        self.cond_emb = nn.Embedding(DISTORTED * (2 if shape.augment_token else 1), shape.n_embd)
-        self.pos_emb = nn.Parameter(torch.zeros(1, SEQ_LEN, shape.n_embd))
-        if shape.rowcol_pos:   # input position p predicts the code at cell (p // 7, p % 7)
-            self.row_emb = nn.Parameter(torch.zeros(GRID, shape.n_embd))
-            self.col_emb = nn.Parameter(torch.zeros(GRID, shape.n_embd))
+        # classes + the null class, and again for distorted images with augment_token
+        self.cond_emb = nn.Embedding(shape.distorted * (2 if shape.augment_token else 1), shape.n_embd)
+        self.pos_emb = nn.Parameter(torch.zeros(1, shape.seq_len, shape.n_embd))
+        if shape.rowcol_pos:   # input position p predicts the code at cell (p // grid, p % grid)
+            self.row_emb = nn.Parameter(torch.zeros(shape.grid, shape.n_embd))
+            self.col_emb = nn.Parameter(torch.zeros(shape.grid, shape.n_embd))
         self.blocks = nn.ModuleList([Block(shape) for _ in range(shape.n_layer)])
         self.ln_f = make_norm(shape, shape.n_embd)
         self.head = None if shape.tie_embeddings else nn.Linear(shape.n_embd, shape.vocab_size, bias=False)
@@ -218,17 +234,17 @@ class GPT(nn.Module):
         pos = self.pos_emb[:, start:start + x.shape[1]]
         if self.shape.rowcol_pos:
             cells = torch.arange(start, start + x.shape[1], device=x.device)
-            pos = pos + self.row_emb[cells // GRID] + self.col_emb[cells % GRID]
+            pos = pos + self.row_emb[cells // self.shape.grid] + self.col_emb[cells % self.shape.grid]
         return x + pos
 
     def forward(self, codes: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None = None):
-        """codes: (B, 49) long; labels: (B,) long in 0..10 (0..21 with augment_token)
-        -> (logits (B, 49, V), loss or None)."""
+        """codes: (B, T) long, T = grid**2 (MNIST 49); labels: (B,) long in 0..num_classes
+        (more with augment_token) -> (logits (B, T, V), loss or None)."""
         inputs = codes[:, :-1]
         if self.training and self.shape.token_dropout > 0:   # the model must fill in a hidden context code
             hide = torch.rand(inputs.shape, device=inputs.device) < self.shape.token_dropout
             inputs = inputs.masked_fill(hide, self.shape.vocab_size)
-        x = self._embed(labels, inputs, start=0)                        # (B, 49, C)
+        x = self._embed(labels, inputs, start=0)                        # (B, T, C)
         for block in self.blocks:
             x = block(x)
         logits = self.logits(x)
@@ -237,7 +253,7 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def log_likelihood(self, codes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced log p(codes | label), summed over the 49 codes: (B,) in nats.
+        """Teacher-forced log p(codes | label), summed over the codes: (B,) in nats.
         Unguided: it asks how likely the prior finds a grid, not how far guidance pushed it."""
         logits, _ = self(codes, labels)
         return logits.float().log_softmax(-1).gather(-1, codes[..., None]).squeeze(-1).sum(1)
@@ -263,7 +279,7 @@ class GPT(nn.Module):
                  top_p: float | None = None, cfg: float = 0.0, prefix: torch.Tensor | None = None,
                  generator: torch.Generator | None = None, use_cache: bool = True,
                  cfg_schedule: str = "constant") -> torch.Tensor:
-        """Sample (B, 49) codes. labels: (B,) in 0..10; prefix: (B, t) codes to keep.
+        """Sample (B, T) codes. labels: (B,) in 0..num_classes; prefix: (B, t) codes to keep.
 
         cfg_schedule: "constant" guides every token by cfg; "linear" ramps the scale
         from 0 at the first code to 2 * cfg at the last (the same mean).
@@ -273,13 +289,13 @@ class GPT(nn.Module):
         tokens = prefix if prefix is not None else torch.empty(B, 0, dtype=torch.long, device=device)
         guided = cfg != 0.0
         if guided:  # one batch: conditional rows, then the same rows unconditioned
-            labels = torch.cat([labels, torch.full_like(labels, NULL_CLASS)])
-        caches = [KVCache() for _ in self.blocks] if use_cache else None
-        while tokens.shape[1] < SEQ_LEN:
+            labels = torch.cat([labels, torch.full_like(labels, self.shape.null_class)])
+        caches = [KVCache(self.shape.seq_len) for _ in self.blocks] if use_cache else None
+        while tokens.shape[1] < self.shape.seq_len:
             logits = self.next_logits(labels, torch.cat([tokens, tokens]) if guided else tokens, caches)
             if guided:
                 cond, uncond = logits.chunk(2)
-                logits = cond + guidance_scale(cfg, cfg_schedule, tokens.shape[1]) * (cond - uncond)
+                logits = cond + guidance_scale(cfg, cfg_schedule, tokens.shape[1], self.shape.seq_len) * (cond - uncond)
             nxt = sample_logits(logits, temperature, top_k, top_p, generator)
             tokens = torch.cat([tokens, nxt[:, None]], 1)
         return tokens
@@ -288,12 +304,12 @@ class GPT(nn.Module):
 CFG_SCHEDULES = ("constant", "linear")
 
 
-def guidance_scale(cfg: float, schedule: str, position: int) -> float:
-    """The guidance scale for the code at `position` (0..48) under a schedule."""
+def guidance_scale(cfg: float, schedule: str, position: int, length: int = GRID * GRID) -> float:
+    """The guidance scale for the code at `position` (0..length-1) under a schedule."""
     if schedule == "constant":
         return cfg
     if schedule == "linear":
-        return cfg * 2 * position / (SEQ_LEN - 1)
+        return cfg * 2 * position / (length - 1)
     raise ValueError(f"cfg_schedule={schedule!r}: expected one of {', '.join(CFG_SCHEDULES)}")
 
 

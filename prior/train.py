@@ -21,14 +21,15 @@ from common.grid import sequence_to_grid
 from common.plots import save_curves, save_image_grid
 from common.tracking import make_accelerator
 from common.errors import run_main
+from common.distributed import together
 from common.runs import run_lock
 from common.training import Task, find_resume_point, fit
 from prior.config import PriorConfig
 from prior.data import augmented_codes, load_code_grids
-from prior.model import DISTORTED, GPT, NULL_CLASS, NUM_CLASSES
+from prior.model import GPT
 from prior.muon import MuonWithAdamW
 from tokenizer import load_tokenizer
-from tokenizer.data import data_root, ensure_dataset, load_split
+from tokenizer.data import data_root, epoch_samples_for, is_own_dataset, load_dataset
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "prior.yaml"
 
@@ -59,15 +60,19 @@ def test_nll_bits(model: GPT, codes: torch.Tensor, labels: torch.Tensor, batch_s
     return total / count / math.log(2)
 
 
-def make_task(cfg: PriorConfig, tokenizer, grids: dict, train_images: torch.Tensor | None = None) -> Task:
-    """train_images (uint8, the digits behind grids["train_codes"]) are needed with augment=true."""
+def make_task(cfg: PriorConfig, tokenizer, grids: dict, train_images: torch.Tensor | None = None,
+              class_names: list[str] | None = None) -> Task:
+    """train_images (uint8, the images behind grids["train_codes"]) are needed with augment=true."""
     torch.manual_seed(cfg.seed)
     model = GPT(cfg.shape())
     test_codes, test_labels = grids["test_codes"].long(), grids["test_labels"]
 
+    shape = cfg.shape()
+    null_class, distorted, tokens = shape.null_class, shape.distorted, shape.seq_len
+
     def loss_fn(m, batch):
         codes, labels = batch
-        null = torch.where(labels >= DISTORTED, NULL_CLASS + DISTORTED, NULL_CLASS)   # a distorted digit stays so
+        null = torch.where(labels >= distorted, null_class + distorted, null_class)   # a distorted image stays so
         if cfg.class_conditional:   # label dropout teaches the same model the unconditional task
             drop = torch.rand(labels.shape, device=labels.device) < cfg.label_dropout
             labels = torch.where(drop, null, labels)
@@ -81,25 +86,26 @@ def make_task(cfg: PriorConfig, tokenizer, grids: dict, train_images: torch.Tens
         return loss, {}
 
     def evaluate(m):
-        null = torch.full_like(test_labels, NULL_CLASS)
+        null = torch.full_like(test_labels, null_class)
         bits = test_nll_bits(m, test_codes, test_labels if cfg.class_conditional else null)
-        result = {"test_nll_bits_per_token": bits, "test_nll_bits_per_image": bits * 49,
-                  "uniform_bits_per_image": 49 * math.log2(cfg.vocab_size)}
+        result = {"test_nll_bits_per_token": bits, "test_nll_bits_per_image": bits * tokens,
+                  "uniform_bits_per_image": tokens * math.log2(cfg.vocab_size)}
         if cfg.class_conditional:
-            result["test_nll_bits_per_image_unconditional"] = test_nll_bits(m, test_codes, null) * 49
+            result["test_nll_bits_per_image_unconditional"] = test_nll_bits(m, test_codes, null) * tokens
         return result
 
     def report(out_dir: Path, m, history, metrics):
         device = next(m.parameters()).device
         gen = torch.Generator().manual_seed(cfg.seed)
-        if cfg.class_conditional:   # one row per digit
-            labels = torch.arange(NUM_CLASSES, device=device).repeat_interleave(8)
+        if cfg.class_conditional:   # one row per class (the first ten)
+            labels = torch.arange(min(cfg.num_classes, 10), device=device).repeat_interleave(8)
         else:
-            labels = torch.full((64,), NULL_CLASS, device=device)
-        tokens = m.generate(labels, generator=gen)
-        images = tokenizer.to(device).decode(sequence_to_grid(tokens))
+            labels = torch.full((64,), null_class, device=device)
+        grids = sequence_to_grid(m.generate(labels, generator=gen), height=cfg.grid)
+        images = tokenizer.to(device).decode(grids)
+        names = class_names or [str(c) for c in range(cfg.num_classes)]
         save_image_grid(out_dir / "samples.png", images, nrow=8, title=f"samples at step {metrics[-1]['step']}",
-                        row_labels=[str(d) for d in range(NUM_CLASSES)] if cfg.class_conditional else None)
+                        row_labels=names[:10] if cfg.class_conditional else None)
         if history:
             steps = [h["step"] for h in history]
             curves = {"train_loss (nats/token)": (steps, [h["train_loss"] for h in history]),
@@ -124,7 +130,7 @@ def make_task(cfg: PriorConfig, tokenizer, grids: dict, train_images: torch.Tens
                                        cfg.augment_share, cfg.augment_mode)
         labels = grids["train_labels"].clone()
         if cfg.augment_token:
-            labels[which] += DISTORTED
+            labels[which] += distorted
         return codes.long(), labels
 
     return Task(stage="prior", model=model, train_tensors=(grids["train_codes"].long(), grids["train_labels"]),
@@ -132,20 +138,47 @@ def make_task(cfg: PriorConfig, tokenizer, grids: dict, train_images: torch.Tens
                 epoch_tensors=epoch_tensors if cfg.augment else None)
 
 
+def resolve_data(cfg: PriorConfig, tokenizer) -> tuple[PriorConfig, str, dict]:
+    """The prior's vocabulary, grid, classes and data set, all from its tokenizer run; a
+    dataset= that names another set is refused in one line. Returns (cfg, dataset, its info)."""
+    from tokenizer import tokenizer_data
+    dataset, info = tokenizer_data(cfg.tokenizer)
+    if cfg.dataset and not same_dataset(cfg.dataset, dataset):
+        raise ConfigError(f"dataset={cfg.dataset}, but its tokenizer {cfg.tokenizer} was trained on "
+                          f"dataset={dataset}; drop dataset= (the prior reads its tokenizer's)")
+    classes = len(info["class_names"] or [])
+    cfg = dataclasses.replace(resolve_vocab(cfg, tokenizer.codebook_size), dataset=dataset, grid=tokenizer.grid,
+                              num_classes=classes, class_conditional=cfg.class_conditional and classes > 0,
+                              epoch_samples=epoch_samples_for(dataset, cfg.epoch_samples))
+    if cfg.augment and info["channels"] != 1:
+        raise ConfigError(f"augment=true distorts grey images only; dataset={dataset} is colour: drop augment=")
+    return cfg, dataset, info
+
+
+def same_dataset(given: str, trained: str) -> bool:
+    if not (is_own_dataset(given) and is_own_dataset(trained)):
+        return given == trained
+    return Path(given).expanduser().resolve() == Path(trained).expanduser().resolve()
+
+
 def main(argv: list[str] | None = None) -> dict:
     cfg = load_config(PriorConfig, sys.argv[1:] if argv is None else argv, DEFAULT_CONFIG, usage=__doc__)
     tokenizer = load_tokenizer(cfg.tokenizer)          # refuses a missing run in one line
-    cfg = resolve_vocab(cfg, tokenizer.codebook_size)
+    cfg, dataset, info = resolve_data(cfg, tokenizer)
+    if not info["class_names"]:
+        print(f"prior: dataset={dataset} has no classes: the prior is unconditional", file=sys.stderr)
+    accelerator = make_accelerator(cfg.tracker)   # first: every step below is agreed by all processes
     with run_lock(cfg.out_dir):               # one writer per run folder
         find_resume_point(cfg, "prior")
-        accelerator = make_accelerator(cfg.tracker)
         root = data_root(cfg.data_root)
-        with accelerator.local_main_process_first():   # data and code cache are per machine
-            ensure_dataset(root, cfg.dataset)
-            tokenizer.to(accelerator.device)
-            grids = load_code_grids(tokenizer, root, cfg.dataset, Path(cfg.out_dir) / "codes", cfg.train_subset)
-        train_images = load_split(root, cfg.dataset, train=True, subset=cfg.train_subset)[0] if cfg.augment else None
-        return fit(cfg, make_task(cfg, tokenizer, grids, train_images), accelerator)
+        tokenizer.to(accelerator.device)
+
+        def prepare():   # data and code cache are per machine: its first process makes them
+            data = load_dataset(dataset, root, info["image_size"], train_subset=cfg.train_subset, quiet=True)
+            return data, load_code_grids(tokenizer, data, dataset, Path(cfg.out_dir) / "codes", cfg.train_subset)
+        data, grids = together(prepare, on="local-first")
+        train_images = data.train if cfg.augment else None
+        return fit(cfg, make_task(cfg, tokenizer, grids, train_images, info["class_names"]), accelerator)
 
 
 if __name__ == "__main__":

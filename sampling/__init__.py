@@ -2,7 +2,8 @@
 
     from sampling import generate
     out = generate(n=64, digit=None, temperature=1.0, top_k=None, top_p=None, cfg=0.0, seed=0)
-    out["images"]   # float [n,1,28,28] in [0,1];  out["tokens"]: long [n,7,7];  out["labels"]: long [n] or None
+    out["images"]   # float [n,C,H,W] in [0,1];  out["tokens"]: long [n,h,w];  out["labels"]: long [n] or None
+                    # (MNIST: [n,1,28,28] and [n,7,7])
 
 digit=None samples p(x) without a chosen digit. From a class-conditional prior
 that is ancestral sampling, p(x) = sum_c p(c) p(x|c) with p(c) uniform (MNIST's
@@ -26,7 +27,7 @@ import torch
 
 from common.checkpoint import CheckpointError
 from common.grid import grid_to_sequence, sequence_to_grid
-from prior.model import CFG_SCHEDULES, NULL_CLASS, NUM_CLASSES
+from prior.model import CFG_SCHEDULES, NUM_CLASSES
 
 
 MAX_SEED = 2**63 - 1   # torch.Generator.manual_seed's range (a larger one overflows inside it)
@@ -54,24 +55,39 @@ def check_sampling_args(n: int, temperature: float, top_k, top_p, digit, batch_s
         raise ValueError(f"top_p={top_p}: must be in (0, 1]")
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: must be >= 1")
-    if digit == NULL_DIGIT:
+    if digit in (NULL_DIGIT, ALL_CLASSES):
         return
     for d in digit if isinstance(digit, (list, tuple)) else ([] if digit is None else [digit]):
-        if not (isinstance(d, int) and 0 <= d < NUM_CLASSES):
-            raise ValueError(f"digit={d!r}: must be an integer 0-9")
+        if not (isinstance(d, int) and not isinstance(d, bool) and d >= 0):
+            raise ValueError(f"digit={d!r}: must be a class number >= 0 (MNIST: a digit 0-9)")
 
 
-NULL_DIGIT = "null"   # digit= value for the prior's NULL_CLASS token
+NULL_DIGIT = "null"   # digit= value for the prior's null class token
+ALL_CLASSES = "all"   # digit= value for every class in turn
 
 
-def labels_for(n: int, digit, generator: torch.Generator | None = None) -> torch.Tensor | None:
-    """None -> a uniformly random digit per sample; "null" -> no label (NULL_CLASS);
-    an int -> all that digit; a list -> cycled across the n samples."""
+def check_classes(digit, num_classes: int, class_names: list[str] | None, prior) -> None:
+    """A class the prior does not have is one ValueError naming the ones it has."""
+    asked = [] if digit in (None, NULL_DIGIT, ALL_CLASSES) else digit if isinstance(digit, (list, tuple)) else [digit]
+    wrong = [d for d in asked if d >= num_classes]
+    if wrong:
+        names = class_names or [str(c) for c in range(num_classes)]
+        listed = ", ".join(f"{i} ({name})" if name != str(i) else str(i) for i, name in enumerate(names[:12]))
+        raise ValueError(f"digit={wrong[0]}: the prior {prior} has {num_classes} classes: {listed}"
+                         + (", ..." if num_classes > 12 else ""))
+
+
+def labels_for(n: int, digit, generator: torch.Generator | None = None,
+               num_classes: int = NUM_CLASSES) -> torch.Tensor | None:
+    """None -> a uniformly random class per sample; "null" -> no label (the null class);
+    "all" -> every class in turn; an int -> all that class; a list -> cycled across the n samples."""
     if digit == NULL_DIGIT:
         return None
     if digit is None:
         device = generator.device if generator is not None else "cpu"
-        return torch.randint(0, NUM_CLASSES, (n,), generator=generator, device=device).cpu()
+        return torch.randint(0, num_classes, (n,), generator=generator, device=device).cpu()
+    if digit == ALL_CLASSES:
+        digit = list(range(num_classes))
     digits = list(digit) if isinstance(digit, (list, tuple)) else [digit]
     return torch.tensor([digits[i % len(digits)] for i in range(n)], dtype=torch.long)
 
@@ -82,6 +98,46 @@ class Models(NamedTuple):
     tokenizer: torch.nn.Module
     prior_dir: Path           # the run folders they came from (a shipped run's name resolved)
     tokenizer_dir: Path
+    dataset: str = "mnist"    # what the tokenizer learnt, and its classes' names (None: unlabelled)
+    class_names: list | None = None
+
+
+def check_device(device) -> torch.device:
+    """The device, or a one-line ValueError: a name torch does not know, or one this machine lacks."""
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"--device {device}: not a device name; use cpu, cuda, cuda:1, mps, ...") from None
+    if chosen.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"--device {device}: this machine has no CUDA GPU that torch can use; use --device cpu")
+        if chosen.index is not None and chosen.index >= count:
+            raise ValueError(f"--device {device}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+    elif chosen.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {device}: no MPS (Apple GPU) here; use --device cpu")
+    elif chosen.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device {device}: vqgen runs on cpu, cuda or mps")
+    return chosen
+
+
+def read_npz(path: Path, what: str, required: tuple[str, ...] = ("images",)) -> dict:
+    """The arrays of an .npz, never unpickled; an unreadable, truncated or incomplete file is one
+    ValueError that names it (`what`: how the user gave it, e.g. '--complete FILE')."""
+    import zipfile
+    import numpy as np
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as err:
+        raise ValueError(f"{what}: not a readable .npz ({str(err).splitlines()[0][:120]}); "
+                         "it may be truncated: write it again") from None
+    missing = [name for name in required if name not in arrays]
+    if missing:
+        raise ValueError(f"{what}: no {', '.join(map(repr, missing))} array in it (has: {', '.join(arrays) or 'none'})")
+    if "images" in required and len(arrays["images"]) == 0:
+        raise ValueError(f"{what}: its 'images' array is empty")
+    return arrays
 
 
 def load_models(prior_dir="runs/prior", tokenizer_dir=None, device="cpu") -> Models:
@@ -90,13 +146,20 @@ def load_models(prior_dir="runs/prior", tokenizer_dir=None, device="cpu") -> Mod
     from common.pretrained import find_run
     from prior import load_prior
     from tokenizer import load_tokenizer
+    check_device(device)
     gpt, cfg = load_prior(prior_dir, device)
     tokenizer_dir = tokenizer_dir or cfg.tokenizer
     tokenizer = load_tokenizer(tokenizer_dir, device)
     if tokenizer.codebook_size != cfg.vocab_size:
         raise CheckpointError(f"prior {prior_dir} has vocab_size={cfg.vocab_size} but tokenizer {tokenizer_dir} "
                               f"has codebook_size={tokenizer.codebook_size}; pass the tokenizer it was trained on")
-    return Models(gpt, cfg, tokenizer, find_run(prior_dir, "prior"), find_run(tokenizer_dir, "tokenizer"))
+    if cfg.grid != tokenizer.grid:
+        raise CheckpointError(f"prior {prior_dir} writes {cfg.grid}x{cfg.grid} code grids but tokenizer {tokenizer_dir} "
+                              f"reads {tokenizer.grid}x{tokenizer.grid}; pass the tokenizer it was trained on")
+    from tokenizer import tokenizer_data
+    dataset, info = tokenizer_data(tokenizer_dir)
+    return Models(gpt, cfg, tokenizer, find_run(prior_dir, "prior"), find_run(tokenizer_dir, "tokenizer"),
+                  dataset, info["class_names"])
 
 
 @torch.no_grad()
@@ -105,21 +168,24 @@ def generate(n: int = 64, digit=None, temperature: float = 1.0, top_k: int | Non
              tokenizer: str | Path | None = None, device: str = "cpu", batch_size: int = 2048,
              keep: torch.Tensor | None = None, models=None, cfg_schedule: str = "constant",
              keep_likeliest: float = 1.0) -> dict:
-    """Sample n images. keep: optional long [n,R,7] code rows to hold fixed (completion).
+    """Sample n images, float [n,C,H,W]. keep: optional long [n,R,w] code rows to hold fixed (completion).
     cfg_schedule: "constant" or "linear" (guidance rising from 0 to 2 * cfg along the sequence).
     keep_likeliest: draw more and keep this share of each condition's likeliest (module doc)."""
     check_sampling_args(n, temperature, top_k, top_p, digit, batch_size, cfg_schedule, keep_likeliest, seed, cfg)
     gpt, prior_cfg, tok = (models or load_models(prior, tokenizer, device))[:3]
     device = next(gpt.parameters()).device   # given models may live anywhere
+    shape = prior_cfg.shape()
     if not prior_cfg.class_conditional:
+        why = "its data set has no classes" if shape.num_classes == 0 else "it was trained with class_conditional=false"
         if digit not in (None, NULL_DIGIT):
-            raise ValueError(f"--digit needs a class-conditional prior; {prior} was trained with class_conditional=false")
+            raise ValueError(f"--digit needs a class-conditional prior; {prior} has no classes to choose ({why})")
         if cfg:
-            raise ValueError(f"--cfg needs a class-conditional prior; {prior} was trained with class_conditional=false")
+            raise ValueError(f"--cfg needs a class-conditional prior; {prior} has no classes to guide to ({why})")
         digit = NULL_DIGIT   # its only start token
+    check_classes(digit, shape.num_classes, getattr(models, "class_names", None), prior)
     gen = torch.Generator().manual_seed(seed)   # on the CPU: the same seed gives the same digits on any device
-    labels = labels_for(n, digit, gen)
-    cond = labels if labels is not None else torch.full((n,), NULL_CLASS, dtype=torch.long)
+    labels = labels_for(n, digit, gen, shape.num_classes)
+    cond = labels if labels is not None else torch.full((n,), shape.null_class, dtype=torch.long)
     prefix = None if keep is None else grid_to_sequence(keep).long().cpu()   # moved per chunk below
     candidates = torch.arange(n)   # the output row each drawn sample is a candidate for
     if keep_likeliest < 1:
@@ -137,7 +203,7 @@ def generate(n: int = 64, digit=None, temperature: float = 1.0, top_k: int | Non
         scores = torch.cat([gpt.log_likelihood(tokens[i:i + batch_size], cond[candidates[i:i + batch_size]].to(device))
                             for i in range(0, len(tokens), batch_size)]).cpu()
         tokens = tokens[likeliest_per_group(group_of_row, candidates, scores).to(tokens.device)]
-    grids = sequence_to_grid(tokens)
+    grids = sequence_to_grid(tokens, height=shape.grid)
     images = torch.cat([tok.decode(grids[i:i + batch_size]) for i in range(0, n, batch_size)])
     return {"images": images.cpu(), "tokens": grids.cpu(), "labels": labels}
 
@@ -166,5 +232,6 @@ def likeliest_per_group(group_of_row: torch.Tensor, candidates: torch.Tensor, sc
     return chosen
 
 
-__all__ = ["generate", "load_models", "Models", "check_sampling_args", "labels_for", "NULL_DIGIT", "oversample",
+__all__ = ["generate", "load_models", "Models", "check_sampling_args", "labels_for", "NULL_DIGIT", "ALL_CLASSES",
+           "oversample",
            "likeliest_per_group"]

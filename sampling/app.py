@@ -13,9 +13,11 @@ imported to build the page only.
 """
 
 import argparse
+import atexit
 import functools
 import math
 import os
+import signal
 import sys
 
 import numpy as np
@@ -24,8 +26,12 @@ from common.errors import OneLineArgumentParser, run_main
 from common.pretrained import SHIPPED_DEFAULT
 from prior.model import GRID
 from sampling.demo import MAX_SAMPLES, OWN_RUNS, Demo, DemoError, choose_prior, parse_digits
-from sampling.digit_image import INK_CHOICES, kept_part, to_mnist, to_uint8
-from sampling.page_cache import PageCache
+from sampling.digit_image import FIELD, INK_CHOICES, MAX_PICTURE_PIXELS, SHOW_SCALE, check_picture, fit_to, kept_part, \
+    picked, picture, to_mnist, to_uint8
+from sampling.page_cache import MIN_FETCH_AGE, PageCache, private_cache_folder
+
+MAX_UPLOAD_MB = 5    # gradio refuses a larger upload before storing it
+MAX_LAYERS = 4       # the canvas has none (layers=False), but the API can send any number
 
 
 def code_table(grid, codebook_size: int, kept_rows: int = 0) -> str:
@@ -48,21 +54,27 @@ table.codes td.kept { font-weight: bold; background: #243a6e; color: white; }
 SETTING_KEYS = ("digits", "cfg", "temperature", "top_k", "top_p", "keep_likeliest")   # Demo.settings, in page order
 
 
-def build_app(demo: Demo, cache: PageCache | None = None):
+def build_app(demo: Demo, cache: PageCache | None = None, allow_load: bool = True):
+    """The page. `demo` serves every visitor; a visitor who loads other runs (allow_load) gets a
+    Demo of their own in their session state, so no visitor changes what another one sees."""
     import gradio as gr
 
     def failing(fn):
         """Our errors become a readable message in the page, never a stack trace; the cache
-        is swept before each answer adds its images."""
+        is swept before each answer adds its picture, and a full one refuses the answer."""
         @functools.wraps(fn)   # gradio reads the signature to pass event data
         def wrapped(*args):
-            if cache is not None:
-                cache.sweep()
             try:
+                if cache is not None and not cache.make_room():
+                    raise DemoError("the page is busy (its image cache is full of pictures not yet fetched); "
+                                    "try again in a minute")
                 return fn(*args)
             except DemoError as err:
                 raise gr.Error(str(err), print_exception=False) from None
         return wrapped
+
+    def current(visitor: Demo | None) -> Demo:
+        return visitor if visitor is not None else demo
 
     def number(value, what: str) -> float:
         """A field's value as a finite float, or the page's message (the API can send anything)."""
@@ -82,60 +94,75 @@ def build_app(demo: Demo, cache: PageCache | None = None):
             raise DemoError(f"{what}: {value} is not a whole number")
         return int(value)
 
-    def input_image(source, drawing, index, ink):
+    def input_image(visitor, source, drawing, index, ink):
+        model = current(visitor)
         if source == "test digit":
-            return demo.test_digit(whole(index, "test digit #"))
+            return model.test_digit(whole(index, "test digit #"))
         if drawing is None or drawing.get("composite") is None:
             raise DemoError("the canvas is empty: draw a digit (or pick a test digit) first")
-        return to_mnist(drawing["composite"], ink)
+        return fit_to(to_mnist(drawing["composite"], ink), model.require_models().tokenizer.image_shape)
 
-    def on_sample(digits, n, cfg, temperature, top_k, top_p, seed, keep_likeliest):
+    def on_sample(visitor, digits, n, cfg, temperature, top_k, top_p, seed, keep_likeliest):
+        model = current(visitor)
         top_k, top_p = whole(top_k, "top-k"), number(top_p, "top-p")
-        s = demo.sample(parse_digits(digits), whole(n, "samples"), number(cfg, "guidance"),
-                        number(temperature, "temperature"), top_k or None, None if top_p == 1.0 else top_p,
-                        whole(seed, "seed"), number(keep_likeliest, "keep the likeliest share"))
-        captions = [f"{int(c)}" for c in s.labels] if s.labels is not None else [""] * len(s.images)
-        gallery = list(zip(to_uint8(s.images), captions))
-        size = demo.require_models().tokenizer.codebook_size
-        return (gallery, s.tokens, code_table(s.tokens[0], size),
-                f"{len(s.images)} samples in {s.seconds:.2f} s of server time. Click one to see its codes.")
+        s = model.sample(parse_digits(digits, model.require_models().prior_cfg.num_classes), whole(n, "samples"),
+                         number(cfg, "guidance"),
+                         number(temperature, "temperature"), top_k or None, None if top_p == 1.0 else top_p,
+                         whole(seed, "seed"), number(keep_likeliest, "keep the likeliest share"))
+        size = model.require_models().tokenizer.codebook_size
+        shown = "" if s.labels is None else " (digits " + " ".join(str(int(c)) for c in s.labels) + ")"
+        return (picture(to_uint8(s.images)), s.tokens, code_table(s.tokens[0], size),
+                f"{len(s.images)} samples in {s.seconds:.2f} s of server time{shown}. "
+                "Click one to see its codes.")
 
-    def on_select(tokens, event: gr.SelectData):
+    def on_select(visitor, tokens, event: gr.SelectData):
         if tokens is None:
             raise DemoError("sample first")
-        return code_table(tokens[event.index], demo.require_models().tokenizer.codebook_size)
+        x, y = event.index if isinstance(event.index, (list, tuple)) else (-1, -1)
+        side = current(visitor).require_models().tokenizer.shape.side
+        chosen = picked(x, y, len(tokens), side * max(1, round(FIELD * SHOW_SCALE / side)))
+        if chosen is None:
+            raise DemoError("click a digit, not the space between them")
+        return code_table(tokens[chosen], current(visitor).require_models().tokenizer.codebook_size)
 
-    def on_complete(source, drawing, index, ink, keep_rows, n, temperature, seed):
-        image = input_image(source, drawing, index, ink)
+    def on_complete(visitor, source, drawing, index, ink, keep_rows, n, temperature, seed):
+        model = current(visitor)
+        image = input_image(visitor, source, drawing, index, ink)
         keep_rows = whole(keep_rows, "code rows to keep")
-        grid, recon, _ = demo.tokenize(image)
-        s = demo.complete(image, keep_rows, whole(n, "completions"), number(temperature, "temperature"),
-                          whole(seed, "seed"))
-        return (kept_part(image, keep_rows), to_uint8(recon[None])[0], list(to_uint8(s.images)),
-                code_table(grid, demo.require_models().tokenizer.codebook_size, keep_rows),
+        grid, recon, _ = model.tokenize(image)
+        s = model.complete(image, keep_rows, whole(n, "completions"), number(temperature, "temperature"),
+                           whole(seed, "seed"))
+        return (kept_part(image, keep_rows, model.require_models().tokenizer.grid), to_uint8(recon[None])[0],
+                picture(to_uint8(s.images)),
+                code_table(grid, model.require_models().tokenizer.codebook_size, keep_rows),
                 f"{len(s.images)} completions in {s.seconds:.2f} s of server time.")
 
-    def on_tokenize(source, drawing, index, ink):
-        image = input_image(source, drawing, index, ink)
-        grid, recon, db = demo.tokenize(image)
+    def on_tokenize(visitor, source, drawing, index, ink):
+        model = current(visitor)
+        image = input_image(visitor, source, drawing, index, ink)
+        grid, recon, db = model.tokenize(image)
         return (to_uint8(image[None])[0], to_uint8(recon[None])[0],
-                code_table(grid, demo.require_models().tokenizer.codebook_size), f"reconstruction PSNR {db:.1f} dB")
+                code_table(grid, model.require_models().tokenizer.codebook_size), f"reconstruction PSNR {db:.1f} dB")
 
-    def on_load(prior, tokenizer):
-        """Load other runs; the Sample tab's settings become the new prior's recommended ones."""
-        demo.prior, demo.tokenizer, demo.notice = prior.strip(), tokenizer.strip() or None, ""
-        status = demo.load()
-        chosen = demo.settings()
-        return (status, *(gr.update(value=chosen[key]) for key in SETTING_KEYS))
+    def on_load(visitor, prior, tokenizer):
+        """Other runs for this visitor only; the Sample tab's settings become the new prior's
+        recommended ones. Nothing changes when they cannot be loaded: the page says why."""
+        try:
+            loaded = current(visitor).reloaded(str(prior).strip(), str(tokenizer or "").strip() or None)
+        except DemoError as err:
+            return (visitor, f"**Cannot load those runs**; still serving the ones before. {err}",
+                    *(gr.update() for _ in SETTING_KEYS))
+        chosen = loaded.settings()
+        return (loaded, loaded.status(), *(gr.update(value=chosen[key]) for key in SETTING_KEYS))
 
     def digit_input(tab: str):
         """The Complete and Tokenize tabs take a drawing (or an uploaded picture) or a test digit."""
         with gr.Column():
             source = gr.Radio(["drawing", "test digit"], value="drawing", label="input", elem_id=f"{tab}-source")
-            drawing = gr.Sketchpad(label="draw a digit (or upload a picture)", canvas_size=(280, 280),
+            drawing = bounded(gr.Sketchpad(label="draw a digit (or upload a picture)", canvas_size=(280, 280),
                                    fixed_canvas=True, elem_id=f"{tab}-drawing", image_mode="RGBA",
                                    sources=["upload"], layers=False, value=blank_canvas("white on black"),
-                                   brush=pen("white on black"))
+                                   brush=pen("white on black")))
             ink = gr.Radio(list(INK_CHOICES), value="auto", elem_id=f"{tab}-ink",
                            label="ink (a new canvas in that style; auto: a bright border means dark ink)")
             # precision=None: gradio's own rounding would fail on NaN; whole() says what is wrong instead
@@ -143,23 +170,52 @@ def build_app(demo: Demo, cache: PageCache | None = None):
         ink.change(lambda style: gr.Sketchpad(value=blank_canvas(style), brush=pen(style)), ink, drawing)
         return source, drawing, index, ink
 
+    def bounded(canvas):
+        """The canvas, with every picture sent to it checked from its header before gradio decodes
+        it (gradio decodes the background, the composite and each layer to RGBA). The instance's
+        methods are wrapped, not subclassed: a new component class makes gradio write a .pyi file
+        beside this one."""
+        preprocess, convert = canvas.preprocess, canvas.convert_and_format_image
+
+        def checked_preprocess(payload):
+            if payload is not None:
+                stored = canvas.blob_storage.get(payload.id) if payload.id is not None else payload
+                if stored is not None and len(stored.layers or []) > MAX_LAYERS:
+                    raise gr.Error(f"{len(stored.layers)} layers sent; the canvas takes at most {MAX_LAYERS}",
+                                   print_exception=False)
+            return preprocess(payload)
+
+        def checked_convert(file, flatten_on_white=False):
+            if file is not None:
+                import io
+                try:
+                    check_picture(io.BytesIO(file) if isinstance(file, (bytes, bytearray, memoryview))
+                                  else file.path, "the uploaded picture")
+                except DemoError as err:
+                    raise gr.Error(str(err), print_exception=False) from None
+            return convert(file, flatten_on_white)
+
+        canvas.preprocess, canvas.convert_and_format_image = checked_preprocess, checked_convert
+        return canvas
+
     chosen = demo.settings()
     with gr.Blocks(title="vqgen", analytics_enabled=False) as page:
+        visitor = gr.State(None)   # this visitor's own Demo once they load other runs
         gr.Markdown("# vqgen\nA VQ-VAE tokenizer turns a digit into 7x7 codes; a small Transformer writes "
                     "codes row by row; the tokenizer draws them.")
         status = gr.Markdown(demo.status(), elem_id="status")
-        with gr.Accordion("run folders", open=demo.models is None):
+        with gr.Accordion("run folders", open=demo.models is None, visible=allow_load):
             with gr.Row():
                 prior_dir = gr.Textbox(demo.prior, label="prior run")
                 tokenizer_dir = gr.Textbox(demo.tokenizer or "", label="tokenizer run (empty: the prior's own)")
-                load = gr.Button("load", elem_id="load-button")
+                load = gr.Button("load (for you only)", elem_id="load-button")
 
         with gr.Tab("Sample"):
             with gr.Row():
                 with gr.Column(scale=1):
                     # starting values: what generate.py uses for this prior without flags
-                    digits = gr.CheckboxGroup([str(d) for d in range(10)], value=chosen["digits"],
-                                              label="digits (none ticked: any digit)", elem_id="sample-digits")
+                    digits = gr.CheckboxGroup(class_choices(demo), value=chosen["digits"],
+                                              label=class_label(demo), elem_id="sample-digits")
                     n = gr.Slider(1, MAX_SAMPLES, value=16, step=1, label="samples", elem_id="sample-n")
                     cfg = gr.Slider(0, 3, value=chosen["cfg"], step=0.05, label="guidance (0: off)",
                                     elem_id="sample-cfg")
@@ -173,21 +229,24 @@ def build_app(demo: Demo, cache: PageCache | None = None):
                                      label="seed (same seed, same digits as generate.py)")
                     go = gr.Button("sample", variant="primary", elem_id="sample-button")
                 with gr.Column(scale=2):
-                    gallery = gr.Gallery(label="samples", columns=8, format="png", elem_id="samples")
+                    samples = gr.Image(label="samples (click one)", format="png", elem_id="samples",
+                                       interactive=False)
                     sample_info = gr.Markdown(elem_id="sample-info")
                     codes = gr.HTML(label="codes of the chosen sample", elem_id="sample-codes")
             tokens = gr.State()
-            load.click(on_load, [prior_dir, tokenizer_dir], [status, digits, cfg, temperature, top_k, top_p,
-                                                             keep_likeliest])
-            go.click(failing(on_sample), [digits, n, cfg, temperature, top_k, top_p, seed, keep_likeliest],
-                     [gallery, tokens, codes, sample_info])
-            gallery.select(failing(on_select), tokens, codes)
+            if allow_load:
+                load.click(on_load, [visitor, prior_dir, tokenizer_dir],
+                           [visitor, status, digits, cfg, temperature, top_k, top_p, keep_likeliest])
+            go.click(failing(on_sample), [visitor, digits, n, cfg, temperature, top_k, top_p, seed, keep_likeliest],
+                     [samples, tokens, codes, sample_info])
+            samples.select(failing(on_select), [visitor, tokens], codes)
 
         with gr.Tab("Complete"):
             with gr.Row():
                 source, drawing, index, ink = digit_input("complete")
                 with gr.Column():
-                    keep_rows = gr.Slider(0, GRID, value=3, step=1, label="code rows to keep (of 7)")
+                    rows = demo.models.tokenizer.grid if demo.models is not None else GRID
+                    keep_rows = gr.Slider(0, rows, value=min(3, rows), step=1, label=f"code rows to keep (of {rows})")
                     n_complete = gr.Slider(1, MAX_SAMPLES, value=8, step=1, label="completions")
                     temperature_c = gr.Slider(0.1, 2.0, value=1.0, step=0.05, label="temperature")
                     seed_c = gr.Number(value=0, precision=None, step=1, label="seed")
@@ -196,10 +255,10 @@ def build_app(demo: Demo, cache: PageCache | None = None):
                 kept = gr.Image(label="kept (blue: rewritten)", format="png")
                 recon_c = gr.Image(label="the tokenizer's reconstruction", format="png")
                 codes_c = gr.HTML()
-            completions = gr.Gallery(label="completions", columns=8, format="png", elem_id="completions")
+            completions = gr.Image(label="completions", format="png", elem_id="completions", interactive=False)
             complete_info = gr.Markdown(elem_id="complete-info")
             go_c.click(failing(on_complete),
-                       [source, drawing, index, ink, keep_rows, n_complete, temperature_c, seed_c],
+                       [visitor, source, drawing, index, ink, keep_rows, n_complete, temperature_c, seed_c],
                        [kept, recon_c, completions, codes_c, complete_info])
 
         with gr.Tab("Tokenize"):
@@ -207,13 +266,29 @@ def build_app(demo: Demo, cache: PageCache | None = None):
                 source_t, drawing_t, index_t, ink_t = digit_input("tokenize")
                 go_t = gr.Button("tokenize", variant="primary", elem_id="tokenize-button")
             with gr.Row():
-                seen = gr.Image(label="the tokenizer's input (28x28)", format="png")
+                seen = gr.Image(label="the tokenizer's input", format="png")
                 recon_t = gr.Image(label="reconstruction", format="png")
                 codes_t = gr.HTML(elem_id="tokenize-codes")
             tokenize_info = gr.Markdown(elem_id="tokenize-info")
-            go_t.click(failing(on_tokenize), [source_t, drawing_t, index_t, ink_t],
+            go_t.click(failing(on_tokenize), [visitor, source_t, drawing_t, index_t, ink_t],
                        [seen, recon_t, codes_t, tokenize_info])
     return page
+
+
+def class_choices(demo: Demo) -> list[tuple[str, str]]:
+    """The Sample tab's boxes: (name shown, class number) of the served prior's classes."""
+    models = demo.models
+    if models is None or not models.prior_cfg.class_conditional:
+        return [] if models is not None else [(str(d), str(d)) for d in range(10)]
+    names = models.class_names or [str(c) for c in range(models.prior_cfg.num_classes)]
+    return [(name, str(i)) for i, name in enumerate(names)]
+
+
+def class_label(demo: Demo) -> str:
+    if demo.models is not None and not demo.models.prior_cfg.class_conditional:
+        return "classes: this prior has none (its data set had no class folders): every sample is drawn freely"
+    return "classes (none ticked: any)" if demo.models is not None and demo.models.dataset != "mnist" \
+        else "digits (none ticked: any digit)"
 
 
 def blank_canvas(ink: str) -> dict:
@@ -241,7 +316,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-max-age", type=int, default=600, metavar="SECONDS",
                    help="delete the page's image files older than this (they are only needed while shown)")
     p.add_argument("--cache-max-mb", type=float, default=50, metavar="MB",
-                   help="and the oldest of them while they hold more than this many megabytes")
+                   help="and the oldest of them while they hold more than this many megabytes on disk")
+    p.add_argument("--cache-max-files", type=int, default=5000, metavar="N",
+                   help="or more than this many files")
+    p.add_argument("--cache-fetch-time", type=float, default=MIN_FETCH_AGE, metavar="SECONDS",
+                   help="the size bound never deletes a file younger than this (its browser may not have "
+                        "fetched it yet); while only such files are left, answers wait with a 'busy' line")
+    p.add_argument("--allow-load", choices=["auto", "yes", "no"], default="auto",
+                   help="let visitors load other run folders of this machine (each for themselves); "
+                        "auto: only when listening on 127.0.0.1 or localhost")
     return p
 
 
@@ -253,21 +336,37 @@ def main(argv: list[str] | None = None) -> None:
         raise ValueError(f"--cache-max-age {args.cache_max_age}: must be at least 1 second")
     if not args.cache_max_mb > 0:
         raise ValueError(f"--cache-max-mb {args.cache_max_mb}: must be more than 0")
+    if not args.cache_fetch_time >= 0:
+        raise ValueError(f"--cache-fetch-time {args.cache_fetch_time}: must be 0 or more seconds")
+    if args.cache_max_files < 10:
+        raise ValueError(f"--cache-max-files {args.cache_max_files}: must be at least 10")
+    allow_load = args.allow_load == "yes" or (args.allow_load == "auto" and args.host in ("127.0.0.1", "localhost"))
     # Offline by design: no usage statistics, and the local health check must not go through a proxy.
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     os.environ["NO_PROXY"] = ",".join(filter(None, [os.environ.get("NO_PROXY"), "127.0.0.1", "localhost", args.host]))
+    # The page's files go to a folder of its own (inside GRADIO_TEMP_DIR when set), never the folder
+    # other gradio apps share: gradio reads the variable when it is imported, so set it first.
+    folder = private_cache_folder(os.environ.get("GRADIO_TEMP_DIR") or None)
+    atexit.register(lambda: PageCache.remove_folder(folder))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))   # so the folder is removed on `kill` too
+    os.environ["GRADIO_TEMP_DIR"] = str(folder)
     try:
         import gradio  # noqa: F401
     except ImportError:
         raise ValueError("the browser demo needs gradio: pip install -e '.[app]' (or run `make app`)") from None
+    from PIL import Image
+    Image.MAX_IMAGE_PIXELS = MAX_PICTURE_PIXELS   # any decode beyond twice this raises, wherever it happens
     demo = Demo(*choose_prior(args.prior), tokenizer=args.tokenizer, device=args.device)
     print(demo.status().replace("**", "").replace("`", "").replace("\n\n", " "), file=sys.stderr)
     if demo.models is None:
         print("warning: the page shows this until the run exists", file=sys.stderr)
-    cache = PageCache(args.cache_max_age, int(args.cache_max_mb * 2**20))
-    page = build_app(demo, cache)
+    print(f"the page's files: {folder} (removed at exit)", file=sys.stderr)
+    cache = PageCache(folder, args.cache_max_age, int(args.cache_max_mb * 2**20), args.cache_max_files,
+                      min(args.cache_fetch_time, args.cache_max_age))
+    page = build_app(demo, cache, allow_load)
     cache.keep_sweeping(page)
-    page.launch(server_name=args.host, server_port=args.port, css=CSS, footer_links=[], show_error=False)
+    page.launch(server_name=args.host, server_port=args.port, css=CSS, footer_links=[], show_error=False,
+                max_file_size=f"{MAX_UPLOAD_MB}mb")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from common.errors import VQGenError
 from common.pretrained import SHIPPED_DEFAULT, find_run, is_run, parse_digits as parse_digit_setting, \
     recommended_settings, shown_path
-from prior.model import GRID
 from sampling import NULL_DIGIT, Models, generate, load_models
 
 MAX_SAMPLES = 64
@@ -29,21 +28,22 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(10 * torch.log10(1 / F.mse_loss(a, b).clamp_min(1e-10)))
 
 
-def parse_digits(choices: list[str]) -> list[int] | None:
-    """Ticked boxes -> generate()'s digit: none ticked is unconditional (each sample draws its digit)."""
+def parse_digits(choices: list[str], num_classes: int = 10) -> list[int] | None:
+    """Ticked boxes (class numbers) -> generate()'s digit: none ticked is unconditional (each
+    sample draws its class)."""
     try:
         digits = sorted({int(c) for c in choices or []})
     except (TypeError, ValueError):
-        raise DemoError(f"digits: {choices!r}: tick digits 0-9 (none: any digit)") from None
-    if any(not 0 <= d <= 9 for d in digits):
-        raise DemoError(f"digits: {digits}: tick digits 0-9 (none: any digit)")
+        raise DemoError(f"digits: {choices!r}: tick classes 0-{num_classes - 1} (none: any)") from None
+    if any(not 0 <= d < num_classes for d in digits):
+        raise DemoError(f"digits: {digits}: tick classes 0-{num_classes - 1} (none: any)")
     return digits or None
 
 
 @dataclass
 class Sampled:
-    images: torch.Tensor         # float [n,1,28,28]
-    tokens: torch.Tensor         # long [n,7,7]
+    images: torch.Tensor         # float [n,C,H,W] (MNIST [n,1,28,28])
+    tokens: torch.Tensor         # long [n,h,w] (MNIST [n,7,7])
     labels: torch.Tensor | None  # long [n] or None
     seconds: float               # server time of the generation and decoding
 
@@ -60,6 +60,18 @@ class Demo:
         self.error = ""
         self._test_images: torch.Tensor | None = None
         self.load()
+
+    def reloaded(self, prior: str, tokenizer: str | None) -> Demo:
+        """Another Demo on other runs, for one visitor, with its settings read: this one is untouched,
+        and a run that cannot be loaded (or a bad sampling.yaml) raises DemoError instead."""
+        other = Demo(prior, tokenizer=tokenizer, data_root=self.data_root, device=self.device)
+        if other.models is None:
+            raise DemoError(other.status().replace("**", ""))
+        try:
+            other.settings()
+        except (VQGenError, OSError, ValueError) as err:
+            raise DemoError(str(err)) from None
+        return other
 
     def load(self) -> str:
         """(Re)load the two runs; on failure keep the message for the page instead of raising."""
@@ -84,7 +96,11 @@ class Demo:
         folder = self.models.prior_dir if self.models is not None else find_run(self.prior, "prior")
         chosen = recommended_settings(folder)
         digit = parse_digit_setting(chosen.get("digit", "none"))
-        digits = [] if digit in (None, NULL_DIGIT) else digit if isinstance(digit, list) else [digit]
+        classes = self.models.prior_cfg.num_classes if self.models is not None else 10
+        if self.models is not None and not self.models.prior_cfg.class_conditional:
+            digit = None
+        digits = [] if digit in (None, NULL_DIGIT) else list(range(classes)) if digit == "all" else \
+            digit if isinstance(digit, list) else [digit]
         return {"digits": [str(d) for d in digits], "cfg": float(chosen.get("cfg", 0.0)),
                 "temperature": float(chosen.get("temperature", 1.0)),
                 "keep_likeliest": float(chosen.get("keep_likeliest", 1.0)),
@@ -97,20 +113,25 @@ class Demo:
         return self.models
 
     def test_digit(self, index: int) -> torch.Tensor:
-        """Test-set digit `index` of the tokenizer's dataset, float [1,28,28]."""
+        """Test image `index` of the loaded tokenizer's data set, float [C,H,W]. Never fetched or
+        prepared inside a request (that can take minutes): a server without it says how to get it."""
         if self._test_images is None:
-            from sampling.evaluate import tokenizer_dataset
-            from tokenizer.data import DataError, data_root, ensure_dataset, load_split
-            root = data_root(str(self.data_root or ""))
-            dataset = tokenizer_dataset(Path(self.tokenizer or self.require_models().prior_cfg.tokenizer))
+            from tokenizer.data import DataError, data_root, is_own_dataset, load_dataset, verify
+            models = self.require_models()
+            root, dataset = data_root(str(self.data_root or "")), models.dataset
             try:
-                ensure_dataset(root, dataset)
+                ready = not verify(root, dataset) if not is_own_dataset(dataset) else \
+                    own_set_prepared(dataset, root, models.tokenizer.shape.side)
+                if not ready:
+                    raise DemoError(f"no {dataset} test images on this server (in {root}); its owner can prepare "
+                                    f"them with `python -m tokenizer.data {dataset}`; draw one meanwhile")
+                self._test_images = load_dataset(dataset, root, models.tokenizer.shape.side, quiet=True).test
             except DataError as err:
                 raise DemoError(str(err)) from None
-            self._test_images = load_split(root, dataset, train=False)[0]
         if not 0 <= index < len(self._test_images):
             raise DemoError(f"test digit {index}: pick an index from 0 to {len(self._test_images) - 1}")
-        return self._test_images[index][None].float() / 255
+        image = self._test_images[index]
+        return (image[None] if image.dim() == 2 else image).float() / 255
 
     def sample(self, digits: list[int] | None, n: int, cfg: float = 0.0, temperature: float = 1.0,
                top_k: int | None = None, top_p: float | None = None, seed: int = 0,
@@ -124,10 +145,11 @@ class Demo:
 
     def complete(self, image: torch.Tensor, keep_rows: int, n: int = 8, temperature: float = 1.0,
                  seed: int = 0) -> Sampled:
-        """n completions of image [1,28,28] from its first keep_rows code rows, like
+        """n completions of image [C,H,W] from its first keep_rows code rows, like
         `generate.py --complete FILE --keep-rows R` (no digit: the kept rows decide it)."""
-        if not 0 <= keep_rows <= GRID:
-            raise DemoError(f"keep {keep_rows} rows: pick 0 to {GRID}")
+        grid = self.require_models().tokenizer.grid
+        if not 0 <= keep_rows <= grid:
+            raise DemoError(f"keep {keep_rows} rows: pick 0 to {grid}")
         if not 1 <= n <= MAX_SAMPLES:
             raise DemoError(f"{n} completions: pick 1 to {MAX_SAMPLES}")
         with torch.no_grad():
@@ -136,7 +158,7 @@ class Demo:
                               keep=grid[:, :keep_rows].expand(n, -1, -1))
 
     def tokenize(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
-        """image [1,28,28] -> (its 7x7 codes, its reconstruction [1,28,28], PSNR in dB)."""
+        """image [C,H,W] -> (its code grid, its reconstruction [C,H,W], PSNR in dB)."""
         tok = self.require_models().tokenizer
         with torch.no_grad():
             grid = tok.encode(image[None].to(self.device))
@@ -151,6 +173,12 @@ class Demo:
         except ValueError as err:
             raise DemoError(str(err)) from None
         return Sampled(out["images"], out["tokens"], out["labels"], time.perf_counter() - started)
+
+
+def own_set_prepared(dataset: str, root, image_size: int) -> bool:
+    """Whether a user's set is prepared (cached) on this machine: preparing it is for training."""
+    from tokenizer.own_images import is_prepared
+    return is_prepared(dataset, image_size, root)
 
 
 def choose_prior(given: str | None) -> tuple[str, str]:

@@ -17,6 +17,7 @@ The last line quotes the least favourable judge: the figure a headline may use.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -24,16 +25,27 @@ from common.errors import OneLineArgumentParser, run_main
 
 
 def tokenizer_dataset(run: Path) -> str:
-    """The dataset a tokenizer run was trained on (mnist when there is no run)."""
+    """The dataset a tokenizer run (a folder or a shipped run's name) was trained on (mnist when
+    there is no run)."""
     from common.config import read_yaml_mapping
-    config = run / "config.yaml"
+    from common.pretrained import find_run
+    config = find_run(run, "tokenizer") / "config.yaml"
     return read_yaml_mapping(config).get("dataset", "mnist") if config.is_file() else "mnist"
+
+
+def check_writable(path: Path, flag: str) -> None:
+    """Say before minutes of work that the result could not be written."""
+    folder = path.parent
+    if path.is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK) or (
+            path.exists() and not os.access(path, os.W_OK)):
+        raise ValueError(f"{flag} {path}: cannot write there (no such folder, a folder, or no permission)")
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = OneLineArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("samples", help="an .npz written by sampling/generate.py")
-    p.add_argument("--tokenizer", default="runs/tokenizer", help="for the reconstruction reference")
+    p.add_argument("--tokenizer", default="runs/tokenizer",
+                   help="run folder or shipped run's name (mnist, fashion): the reconstruction row and the data set")
     p.add_argument("--json", default=None, help="also write the table as JSON here")
     p.add_argument("--c2st-seed", type=int, default=0, help="seed of the two-sample test's split and classifier")
     p.add_argument("--dataset", choices=["mnist", "fashion"], default=None,
@@ -42,25 +54,31 @@ def main(argv: list[str] | None = None) -> dict:
     path = Path(args.samples)
     if not path.is_file():
         raise ValueError(f"{path}: file not found; write one with `python sampling/generate.py --n 10000`")
+    if args.json:
+        check_writable(Path(args.json), "--json")
 
-    import numpy as np
     import torch
     from sampling.judge import (JUDGES, classify, frechet_distance, judge, load_classifier, real_digit_sets,
                                 reconstructions, two_sample_accuracy)
-    from tokenizer.data import data_root, load_split, to_float
+    from tokenizer.data import data_root, ensure_dataset, load_split, to_float
 
-    with np.load(path, allow_pickle=False) as data:
-        if "images" not in data:
-            raise ValueError(f"{path}: no 'images' array")
-        images = torch.from_numpy(data["images"])
-        labels = torch.from_numpy(data["labels"]).long() if "labels" in data else None
+    from sampling import read_npz
+    data = read_npz(path, str(path))
+    images = torch.from_numpy(data["images"])
+    labels = torch.from_numpy(data["labels"]).long() if "labels" in data else None
     if images.dim() != 3 or tuple(images.shape[1:]) != (28, 28) or images.dtype != torch.uint8:
         raise ValueError(f"{path}: 'images' must be uint8 [N,28,28], got {images.dtype} {tuple(images.shape)}")
     if len(images) < 10:
         raise ValueError(f"{path}: {len(images)} images; judging needs at least 10 (10000 for the README's figures)")
+    from common.pretrained import find_run, is_run
+    tokenizer_run = find_run(args.tokenizer, "tokenizer")
+    if args.tokenizer != "runs/tokenizer" and not is_run(tokenizer_run):   # named, so it must exist
+        from common.pretrained import missing_run_message
+        raise ValueError(missing_run_message(f"--tokenizer {args.tokenizer}", "tokenizer"))
 
-    dataset = args.dataset or tokenizer_dataset(Path(args.tokenizer))
+    dataset = args.dataset or tokenizer_dataset(tokenizer_run)
     root = data_root()
+    ensure_dataset(root, dataset)
     test_x, _ = load_split(root, dataset, train=False)
     train_x, train_y = load_split(root, dataset, train=True)
     n = min(len(images), 10000)
@@ -69,9 +87,9 @@ def main(argv: list[str] | None = None) -> dict:
     sets = {"samples": (to_float(images), labels),
             "real train (floor)": (to_float(train_x[floor_set]), train_y[floor_set] if labels is not None else None)}
     test = to_float(test_x)
-    if (Path(args.tokenizer) / "model.safetensors").is_file():
+    if is_run(tokenizer_run):
         from tokenizer import load_tokenizer
-        sets["tokenizer recon"] = (reconstructions(load_tokenizer(args.tokenizer), test)[:n], None)
+        sets["tokenizer recon"] = (reconstructions(load_tokenizer(tokenizer_run), test)[:n], None)
     rows = {}
     suffixes = {kind: "" if kind == "a" else f"_{kind}" for kind in JUDGES}
     for kind, suffix in suffixes.items():   # judge a gives every figure, judge b a second distance (keys with _b)
@@ -105,4 +123,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    run_main(main, sys.argv[1:], also=(ValueError,))
+    run_main(main, sys.argv[1:], also=(ValueError, OSError))

@@ -5,17 +5,16 @@
     python sampling/generate.py --n 80 --digit 0,1,2,3,4,5,6,7,8,9 --cfg 1.0
     python sampling/generate.py --n 16 --complete samples/samples.npz --keep-rows 3
 
-Writes OUT/grid.png and OUT/samples.npz (images uint8 [N,28,28], tokens int16
-[N,7,7], labels int64 [N] when conditioned). Same --seed, same images.
+Writes OUT/grid.png and OUT/samples.npz (images uint8 [N,H,W] grey or [N,H,W,3] colour,
+tokens int16 [N,h,w], labels int64 [N] when conditioned; MNIST: [N,28,28] and [N,7,7]).
+Same --seed, same images.
 """
 from __future__ import annotations
 
 import argparse
 import io
-import os
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 from common.errors import OneLineArgumentParser, run_main
@@ -50,8 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(its sampling.yaml sets the defaults below the flags)")
     p.add_argument("--tokenizer", default=None, help="default: the one the prior was trained on")
     p.add_argument("--complete", default=None, metavar="IMAGE_OR_NPZ",
-                   help="complete real images: a 28x28 PNG or an .npz with 'images'")
-    p.add_argument("--keep-rows", type=int, default=3, help="code rows (of 7) kept with --complete")
+                   help="complete real images: a PNG of the tokenizer's size (MNIST: 28x28) or an .npz with 'images'")
+    p.add_argument("--keep-rows", type=int, default=3, help="code rows (MNIST: of 7) kept with --complete")
     p.add_argument("--overwrite", action="store_true", help="write into a --out that holds other files")
     # argparse passes string defaults through each flag's type, so `digit: all` parses as --digit all
     p.set_defaults(**read_sampler_settings(SAMPLING_DEFAULTS))
@@ -84,50 +83,48 @@ def apply_run_settings(parser, args, given: set[str], settings: dict, source: Pa
 def check_out_dir(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a folder")
-    foreign = sorted(p.name for p in out.iterdir() if p.name not in OUR_FILES) if out.is_dir() else []
+    # .tmp-<ours>-*: a write of ours that died before its rename; never read, safe to ignore
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in OUR_FILES and not any(
+        p.name == f".tmp-{ours}" or p.name.startswith(f".tmp-{ours}-") for ours in OUR_FILES)) if out.is_dir() else []
     if foreign and not overwrite:
         raise ValueError(f"--out {out} already holds files this tool did not write ({', '.join(foreign[:3])}); "
                          "choose another --out or pass --overwrite")
 
 
-def load_images(path: Path):
-    """Images to complete, as float [N,1,28,28] in [0,1] (white ink on black, like MNIST)."""
+def load_images(path: Path, shape: tuple[int, int, int] = (1, 28, 28)):
+    """Images to complete, as float [N,C,H,W] in [0,1] for a tokenizer of that (C,H,W) image shape
+    (MNIST: white ink on black, 28x28)."""
     import numpy as np
     import torch
     if not path.is_file():
         raise ValueError(f"--complete {path}: file not found")
     if path.suffix == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as data:  # never unpickle object arrays
-                array = data["images"] if "images" in data else None
-        except (ValueError, OSError, zipfile.BadZipFile) as err:
-            raise ValueError(f"--complete {path}: not a readable npz of uint8 images ({err})") from None
-        if array is None:
-            raise ValueError(f"--complete {path}: no 'images' array in it")
-        images = torch.from_numpy(array)
+        from sampling import read_npz
+        images = torch.from_numpy(read_npz(path, f"--complete {path}")["images"])
     else:
-        from PIL import Image, UnidentifiedImageError
-        try:
-            images = torch.from_numpy(np.array(Image.open(path).convert("L")))[None]
-        except (UnidentifiedImageError, OSError):
-            raise ValueError(f"--complete {path}: not a readable image") from None
-    if images.dim() == 4 and images.shape[1] == 1:
-        images = images[:, 0]
-    if images.dim() != 3 or tuple(images.shape[1:]) != (28, 28):
-        raise ValueError(f"--complete {path}: need 28x28 images, got shape {tuple(images.shape)}")
+        from PIL import Image
+        from sampling.digit_image import check_picture
+        check_picture(path, f"--complete {path}")   # from its header: refuses a decompression bomb
+        images = torch.from_numpy(np.array(Image.open(path).convert("L" if shape[0] == 1 else "RGB")))[None]
+    if images.dim() == 4 and images.shape[-1] in (1, 3) and images.shape[1] not in (1, 3):
+        images = images.permute(0, 3, 1, 2)   # [N,H,W,C], as samples.npz holds colour -> [N,C,H,W]
+    if images.dim() == 3:
+        images = images[:, None]
+    if images.dim() != 4 or tuple(images.shape[1:]) != tuple(shape):
+        want = "x".join(map(str, shape[1:])) + (" colour" if shape[0] == 3 else " grey")
+        raise ValueError(f"--complete {path}: the tokenizer takes {want} images, got shape {tuple(images.shape)}")
     images = images.float() / 255 if images.dtype == torch.uint8 else images.float()
     if images.min() < 0 or images.max() > 1:
         raise ValueError(f"--complete {path}: pixels must be uint8 or floats in [0,1]")
-    return images[:, None]
+    return images
 
 
 def save_npz(path: Path, **arrays) -> None:
     import numpy as np
+    from common.checkpoint import atomic_write_bytes
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_bytes(buffer.getvalue())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -150,8 +147,8 @@ def main(argv: list[str] | None = None) -> dict:
     if from_run:
         check_settings()   # and a bad value in the run's sampling.yaml
     digit_given = "digit" in given
-    if not 0 <= args.keep_rows <= 7:
-        raise ValueError(f"--keep-rows {args.keep_rows}: must be 0-7")
+    if args.keep_rows < 0:
+        raise ValueError(f"--keep-rows {args.keep_rows}: must be 0 or more")
     out = Path(args.out)
     check_out_dir(out, args.overwrite)
 
@@ -164,9 +161,12 @@ def main(argv: list[str] | None = None) -> dict:
         # The configured default (a digit per row) needs labels. A completion's
         # kept rows already decide the digit, so it samples without one unless asked.
         args.digit, args.cfg = NULL_DIGIT, 0.0
+    grid = models.tokenizer.grid
+    if args.keep_rows > grid:
+        raise ValueError(f"--keep-rows {args.keep_rows}: must be 0-{grid} (the code grid has {grid} rows)")
     keep, originals = None, None
     if args.complete:
-        originals = load_images(Path(args.complete))
+        originals = load_images(Path(args.complete), models.tokenizer.image_shape)
         grids = models.tokenizer.encode(originals.to(args.device)).cpu()
         keep = grids[torch.arange(args.n) % len(grids), :args.keep_rows]
     started = time.perf_counter()
@@ -178,7 +178,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     out.mkdir(parents=True, exist_ok=True)
     images = result["images"]
-    arrays = {"images": (images[:, 0] * 255).round().to(torch.uint8).numpy(),
+    pixels = (images * 255).round().to(torch.uint8)   # grey [N,H,W], colour [N,H,W,3]
+    arrays = {"images": (pixels[:, 0] if pixels.shape[1] == 1 else pixels.permute(0, 2, 3, 1)).numpy(),
               "tokens": result["tokens"].to(torch.int16).numpy()}
     if result["labels"] is not None:
         arrays["labels"] = result["labels"].numpy()
@@ -186,11 +187,13 @@ def main(argv: list[str] | None = None) -> dict:
     shown = images[:256]
     if originals is not None:   # first row: the real images being completed
         shown = torch.cat([originals[:8].cpu(), images[:248]])
-    nrow = 10 if isinstance(args.digit, list) and len(args.digit) == 10 else 8
+    classes = models.prior_cfg.num_classes
+    columns = classes if args.digit == "all" else len(args.digit) if isinstance(args.digit, list) else 0
+    nrow = columns if 2 <= columns <= 16 else 8   # a class per column
     if originals is None and len(shown) > nrow:   # whole rows only: a ragged last row breaks the columns
         shown = shown[:len(shown) - len(shown) % nrow]
     save_png(out / "grid.png", shown, nrow=nrow)
-    digit_text = "none" if args.digit is None else "all" if args.digit == list(range(10)) else args.digit
+    digit_text = "none" if args.digit is None else args.digit
     print(f"wrote {args.n} samples to {out}/samples.npz and {out}/grid.png "
           f"(generation {seconds:.2f} s, {args.n / seconds:.0f} images/s)\n"
           f"  prior {shown_path(models.prior_dir)}, tokenizer {shown_path(models.tokenizer_dir)}; digit {digit_text}, "

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.checkpoint import CheckpointError, load_weights, save_weights
+from common.runs import load_weights_into
 from tokenizer.data import data_root, ensure_dataset, load_split, to_float
 
 CLASSIFIER_DIRS = {"mnist": Path("runs/classifier"), "fashion": Path("runs/classifier-fashion")}
@@ -94,7 +95,10 @@ def load_classifier(root: Path | None = None, dataset: str = "mnist", cache_dir:
     path = Path(cache_dir or judge_dir(dataset, kind)) / "model.safetensors"
     model = Classifier(kind)
     if path.is_file():
-        model.load_state_dict(load_weights(path, "classifier"))
+        try:
+            load_weights_into(model, load_weights(path, "classifier"), path)
+        except CheckpointError as err:   # e.g. a judge cached by an older version
+            raise CheckpointError(f"{err}: delete {path.parent} and the judge is retrained on first use") from None
         return model.eval()
     root = root or data_root()
     ensure_dataset(root, dataset)

@@ -13,16 +13,22 @@ from pathlib import Path
 APP = Path(__file__).resolve().parent / "app.py"
 
 
+class PageURL(str):
+    """The served page's URL, with the pid of the process serving it."""
+    pid: int
+
+
 @contextlib.contextmanager
 def served(args: list[str], port: int, timeout: float = 120.0, env: dict | None = None):
     """The demo page (sampling/app.py) in a child process on 127.0.0.1:port for the length of a with-block
-    (the browser test and the bench use it); yields its URL once the page answers."""
+    (the browser test and the bench use it); yields its URL (a PageURL) once the page answers."""
     import urllib.request
     command = [sys.executable, str(APP), "--port", str(port), *args]
     log = tempfile.TemporaryFile("w+")   # not a pipe: a chatty child must never block on a full one
     child = subprocess.Popen(command, cwd=APP.parent.parent, env={**os.environ, **(env or {})},
                              stdout=log, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}/"
+    url = PageURL(f"http://127.0.0.1:{port}/")
+    url.pid = child.pid
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
         deadline = time.monotonic() + timeout

@@ -140,29 +140,106 @@ def test_without_runs_prior_the_page_serves_the_shipped_runs_and_says_so(tmp_pat
     assert Demo("runs/prior").settings()["cfg"] == recommended_settings(tmp_path / "runs" / "prior")["cfg"]
 
 
-def test_the_cache_sweep_deletes_by_age_and_then_oldest_first_by_size(tmp_path):
+def answers(folder, count: int, size: int, age: float = 100.0) -> list:
+    """count answers' files of `size` bytes, each in a folder of its own as gradio makes them,
+    the first the oldest (distinct ctimes are not settable: the sweep orders by ctime, so they
+    are written in order, a little apart)."""
+    import time
+    names = []
+    for i in range(count):
+        sub = folder / f"answer{len(list(folder.iterdir()))}"
+        sub.mkdir()
+        (sub / "digit.png").write_bytes(bytes(size))
+        names.append(str(sub / "digit.png"))
+        time.sleep(0.01)
+    return names
+
+
+def test_the_cache_sweep_counts_blocks_on_disk_and_deletes_oldest_first(tmp_path):
+    import os
+    from sampling.page_cache import cache_size, sweep_cache
+    names = answers(tmp_path, 10, 600)   # 600-byte PNGs: each costs a block and a folder on disk
+    kept_for_good = tmp_path / "example.png"
+    kept_for_good.write_bytes(bytes(50_000))
+    files, used = cache_size(tmp_path)
+    assert files == 11 and used >= 50_000 + 10 * (600 + 2 * 512), "blocks of files and folders are counted"
+    gone, _, left, count = sweep_cache(tmp_path, max_age=600, max_bytes=used, max_files=100, min_fetch_age=0,
+                                       keep={str(kept_for_good)})
+    assert gone == []                                                     # young, and within both bounds
+    gone, _, left, count = sweep_cache(tmp_path, max_age=600, max_bytes=used // 2 + 50_000, max_files=100,
+                                       min_fetch_age=0, keep={str(kept_for_good)})
+    assert gone == names[:len(gone)] and 0 < len(gone) < 10 and left <= used // 2 + 50_000   # oldest first
+    assert cache_size(tmp_path) == (count, left) and kept_for_good.exists()
+    assert not any(os.path.exists(os.path.dirname(n)) for n in gone)     # their folders too
+    gone, *_ = sweep_cache(tmp_path, max_age=600, max_bytes=10**9, max_files=3, min_fetch_age=0,
+                           keep={str(kept_for_good)})
+    assert cache_size(tmp_path)[0] == 3                                   # the count bound
+    gone, *_ = sweep_cache(tmp_path, max_age=0, max_bytes=10**9, max_files=100, keep={str(kept_for_good)})
+    assert cache_size(tmp_path)[0] == 1 and kept_for_good.exists()        # all past the age bound
+
+
+def test_files_younger_than_the_fetch_time_are_never_deleted_and_the_room_cannot_ratchet_to_zero(tmp_path):
+    """After a burst as large as the bound, the page refuses answers while its files are young, then
+    keeps room for the next ones without deleting each new picture at once."""
     import os
     import time
-    from types import SimpleNamespace
-    from sampling.page_cache import TRIM_TO, sweep_cache
-    names = []
-    for i in range(10):   # ten answers' files of 100 kB, each in a folder of its own as gradio makes them
-        folder = tmp_path / f"answer{i}"
-        folder.mkdir()
-        (folder / "digit.png").write_bytes(bytes(100_000))
-        names.append(str(folder / "digit.png"))
-        time.sleep(0.01)   # distinct ctimes: "oldest" is well defined
-    kept_for_good = tmp_path / "example.png"
-    kept_for_good.write_bytes(bytes(500_000))
-    files = set(names) | {str(kept_for_good)}
-    page = SimpleNamespace(GRADIO_CACHE=str(tmp_path), temp_file_sets=[files],
-                           blocks={0: SimpleNamespace(keep_in_cache={str(kept_for_good)})})
-    assert sweep_cache(page, max_age=600, max_bytes=2_000_000)[0] == 0          # young, and room to spare
-    deleted = sweep_cache(page, max_age=600, max_bytes=1_000_000)[0]          # too close to the bound: oldest first
-    remaining = [n for n in names if os.path.exists(n)]
-    assert remaining == names[deleted:] and 500_000 + 100_000 * len(remaining) <= TRIM_TO * 1_000_000
-    assert files == set(remaining) | {str(kept_for_good)} and kept_for_good.exists()
-    assert not any((tmp_path / f"answer{i}").exists() for i in range(deleted))   # their folders too
-    time.sleep(0.05)
-    assert sweep_cache(page, max_age=0.01, max_bytes=2_000_000)[0] == len(remaining)   # all past the age bound
-    assert kept_for_good.exists() and files == {str(kept_for_good)}
+    from sampling.page_cache import MAX_HEADROOM, PageCache, private_cache_folder
+    folder = private_cache_folder(tmp_path)
+    cache = PageCache(folder, max_age=600, max_bytes=200_000, max_files=1000, min_fetch_age=0.5)
+    assert cache.make_room()
+    burst = answers(folder, 40, 8000)                      # ~ 40 x 16 KB on disk: over the bound at once
+    assert not cache.make_room() and all(map(os.path.exists, burst))   # young: refused, not deleted
+    time.sleep(0.6)
+    assert cache.make_room()                               # old enough now: oldest deleted, room again
+    assert cache.room_bytes <= MAX_HEADROOM * 200_000
+    fresh = answers(folder, 2, 8000)
+    cache.sweep()
+    assert all(map(os.path.exists, fresh)), "a new picture was deleted before its browser could fetch it"
+
+
+def test_the_pages_folder_is_its_own_and_never_a_link(tmp_path):
+    import os
+    from sampling.page_cache import PageCache, private_cache_folder
+    shared = tmp_path / "gradio"
+    shared.mkdir()
+    (shared / "other-app.png").write_bytes(b"theirs")
+    link = tmp_path / "link"
+    link.symlink_to(shared)
+    with pytest.raises(ValueError, match="real folder, not a link"):
+        PageCache(link, 600, 10**6, 100)
+    folder = private_cache_folder(link)                     # inside a linked parent: a new real folder
+    assert folder.parent == shared.resolve() and oct(folder.stat().st_mode)[-3:] == "700"
+    (folder / "escape").symlink_to(shared / "other-app.png")
+    cache = PageCache(folder, max_age=0, max_bytes=10**6, max_files=100, min_fetch_age=0)
+    cache.sweep()
+    PageCache.remove_folder(folder)
+    assert (shared / "other-app.png").read_bytes() == b"theirs" and not folder.exists()
+    assert os.listdir(shared) == ["other-app.png"]
+
+
+def test_an_answer_is_one_picture_and_a_click_finds_its_digit():
+    import numpy as np
+    from sampling.digit_image import GAP, picked, picture
+    digits = np.stack([np.full((4, 4), i, np.uint8) for i in range(11)])
+    sheet = picture(digits, columns=8)
+    assert sheet.shape == (2 * 4 + GAP, 8 * 4 + 7 * GAP)
+    for i in range(11):
+        r, c = divmod(i, 8)
+        x, y = c * (4 + GAP) + 1, r * (4 + GAP) + 2
+        assert picked(x, y, 11, 4) == i and sheet[y, x] == i
+    assert picked(4, 0, 11, 4) is None and picked(3 * (4 + GAP), 4 + GAP, 11, 4) is None   # a gap, past the last
+
+
+def test_a_picture_is_checked_from_its_header_before_decoding(tmp_path):
+    from conftest import huge_png
+    from sampling.digit_image import check_picture, to_mnist
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(huge_png(13000, 13000))
+    with pytest.raises(DemoError, match="13000x13000 pixels.*scale it down"):
+        check_picture(bomb)
+    (tmp_path / "text.png").write_text("not a picture")
+    with pytest.raises(DemoError, match="not an image"):
+        check_picture(tmp_path / "text.png")
+    import numpy as np
+    with pytest.raises(DemoError, match="3000x2000 pixels"):
+        to_mnist(np.lib.stride_tricks.as_strided(np.zeros(1, np.uint8), (2000, 3000), (0, 0)))

@@ -10,11 +10,15 @@ never imports gradio.
 import importlib.util
 import json
 import math
+import os
 import time
 import urllib.request
+import uuid
+from pathlib import Path
 
 import pytest
 
+from conftest import huge_png
 from sampling.serving import free_port, served
 
 if importlib.util.find_spec("gradio") is None:
@@ -29,8 +33,8 @@ GOOD = [[], 4, 0.5, 1.0, 0, 1.0, 0, 1.0]
 class Page:
     """The served page's API: call(name, inputs) -> the outputs, or raises Refused(message)."""
 
-    def __init__(self, url: str):
-        self.url = url.rstrip("/")
+    def __init__(self, url):
+        self.url, self.pid = url.rstrip("/"), url.pid
         self.opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))   # loopback only
 
     def call(self, name: str, inputs: list):
@@ -50,6 +54,27 @@ class Page:
                         raise Refused(data.get("error") if isinstance(data, dict) else str(data))
                     return data
         raise AssertionError(f"no answer from {name}")
+
+
+    def fetch(self, answer: dict) -> bytes:
+        """Download a file the page answered with, as a browser would."""
+        with self.opener.open(answer["url"], timeout=60) as got:
+            return got.read()
+
+    def upload(self, name: str, data: bytes) -> str:
+        """Upload a file as the page's canvas does; returns its path on the server."""
+        boundary = uuid.uuid4().hex
+        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{name}\"\r\n"
+                f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+        request = urllib.request.Request(f"{self.url}/gradio_api/upload", body,
+                                         {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        with self.opener.open(request, timeout=60) as answer:
+            return json.load(answer)[0]
+
+    def rss_mb(self) -> float:
+        """The page process's peak memory (VmHWM), from /proc."""
+        status = Path(f"/proc/{self.pid}/status").read_text()
+        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))) / 1024
 
 
 class Refused(Exception):
@@ -120,19 +145,26 @@ def test_a_bad_test_digit_number_through_the_api_is_a_message(page):
 
 def test_good_values_still_sample(page):
     client, _ = page
-    gallery, *_ = client.call("on_sample", sample_with(n=3, seed=2**63 - 1))
-    assert len(gallery) == 3
+    picture, _, codes, info = client.call("on_sample", sample_with(n=3, seed=2**63 - 1))
+    assert info.startswith("3 samples in") and codes.count("<td") == 49
+    assert client.fetch(picture)[:8] == b"\x89PNG\r\n\x1a\n"   # one picture per answer
 
 
-def test_the_pages_image_files_are_deleted_once_old_even_under_concurrent_requests(page):
+def page_folder(cache) -> Path:
+    """The folder the page made for itself inside GRADIO_TEMP_DIR (the only one it writes to)."""
+    (folder,) = [p for p in cache.iterdir() if p.name.startswith("vqgen-page-")]
+    return folder
+
+
+def test_the_pages_files_are_deleted_once_old_even_under_concurrent_requests(page):
     """gradio's own delete_cache died here on the first sweep that met a request (32k files kept)."""
     from concurrent.futures import ThreadPoolExecutor
     client, cache = page
     for round_ in range(2):   # the second round checks the sweeper outlived the first
         with ThreadPoolExecutor(4) as pool:
             list(pool.map(lambda seed: client.call("on_sample", sample_with(n=8, seed=seed)), range(16)))
-        written = list(cache.rglob("*.png"))
-        assert len(written) >= 8   # the answers' images go through the cache
+        written = list(page_folder(cache).rglob("*.png"))
+        assert len(written) >= 8   # the answers' pictures go through the page's folder
         deadline = time.monotonic() + 3 * CACHE_MAX_AGE + 10
         while time.monotonic() < deadline and any(p.exists() for p in written):
             time.sleep(0.5)
@@ -140,38 +172,98 @@ def test_the_pages_image_files_are_deleted_once_old_even_under_concurrent_reques
         assert not any(p.parent.exists() for p in written), "their folders remain"   # one folder per file
 
 
+def test_the_page_never_touches_other_programs_files(page):
+    """GRADIO_TEMP_DIR (default /tmp/gradio) is shared by every gradio app: the page sweeps only the
+    folder it made, so another app's old files and fresh large ones outlive its sweeps."""
+    client, cache = page
+    other = cache / "another-app"
+    other.mkdir(exist_ok=True)
+    old, large = other / "old.png", other / "large.bin"
+    old.write_bytes(b"x" * 1000)
+    os.utime(old, (time.time() - 10_000, time.time() - 10_000))
+    large.write_bytes(os.urandom(2 * 2**20))
+    for seed in range(4):
+        client.call("on_sample", sample_with(n=64, seed=seed))
+    time.sleep(3 * CACHE_MAX_AGE)   # several sweeps, by age and by size
+    assert old.read_bytes() == b"x" * 1000 and large.stat().st_size == 2 * 2**20
+
+
 @pytest.fixture(scope="module")
 def size_bound_page(tiny_prior_run, mnist_root, tmp_path_factory):
     """A page whose age bound never acts within the test: only the size bound deletes."""
     cache = tmp_path_factory.mktemp("gradio-cache-bounded")
-    args = ["--prior", str(tiny_prior_run[0]), "--cache-max-age", "600", "--cache-max-mb", str(CACHE_MAX_MB)]
+    args = ["--prior", str(tiny_prior_run[0]), "--cache-max-age", "600", "--cache-max-mb", str(CACHE_MAX_MB),
+            "--cache-fetch-time", "2"]
     with served(args, free_port(), env={"VQGEN_DATA": str(mnist_root), "GRADIO_TEMP_DIR": str(cache)}) as url:
         yield Page(url), cache
 
 
-def test_a_flood_of_answers_never_holds_more_than_the_size_bound(size_bound_page):
-    """Answers come faster than the age bound lets them go: the size bound holds the folder,
-    oldest first, while every answer still arrives whole."""
+def test_a_flood_of_answers_stays_under_the_bound_on_disk_and_every_answer_can_be_downloaded(size_bound_page):
+    """Answers come faster than the age bound lets them go: the size bound, counted as `du`
+    counts (blocks of files and of their folders), holds the folder, oldest first, while every
+    answer's picture can still be downloaded when it arrives."""
     import threading
     from concurrent.futures import ThreadPoolExecutor
     from sampling.page_cache import cache_size
     client, cache = size_bound_page
+    folder = page_folder(cache)
     sizes, flooding = [], threading.Event()
 
-    def watch():   # the folder's bytes, sampled while the answers come
+    def watch():   # the folder's bytes on disk, sampled while the answers come
         while not flooding.wait(0.05):
-            sizes.append(cache_size(cache)[2])
+            sizes.append(cache_size(folder)[1])
+
+    def ask(seed):
+        for _ in range(60):
+            try:
+                picture, *_ = client.call("on_sample", sample_with(n=64, seed=seed))
+                return client.fetch(picture)
+            except Refused as busy:   # the bound holds by refusing while every file is still young
+                assert "the page is busy" in str(busy), busy
+                time.sleep(0.5)
+        raise AssertionError("the page stayed busy")
 
     watcher = threading.Thread(target=watch)
     watcher.start()
     try:
-        with ThreadPoolExecutor(4) as pool:
-            answers = list(pool.map(lambda seed: client.call("on_sample", sample_with(n=64, seed=seed)), range(48)))
+        with ThreadPoolExecutor(8) as pool:
+            pictures = list(pool.map(ask, range(96)))
     finally:
         flooding.set()
         watcher.join()
-    assert all(len(gallery) == 64 for gallery, *_ in answers)
-    files_left = cache_size(cache)[0]
-    assert files_left < 48 * 64 * 0.9, f"{files_left} of {48 * 64} files left: the bound never acted"
+    assert all(p[:8] == b"\x89PNG\r\n\x1a\n" for p in pictures)
+    files_left = cache_size(folder)[0]
+    assert files_left < 96, f"{files_left} of 96 answers' files left: the bound never acted"
     assert len(sizes) > 10 and max(sizes) <= CACHE_MAX_MB * 2**20, f"largest {max(sizes) / 2**20:.3f} MB"
-    print(f"files left {files_left}, largest {max(sizes) / 2**20:.3f} MB")
+    print(f"files left {files_left}, largest {max(sizes) / 2**20:.3f} MB on disk")
+
+
+def test_a_picture_declaring_too_many_pixels_is_refused_before_decoding(page):
+    """A 13000x13000 PNG compresses to ~200 KB; decoding it would cost gigabytes."""
+    client, _ = page
+    bomb = huge_png(13000, 13000)
+    assert len(bomb) < 300_000
+    path = client.upload("bomb.png", bomb)
+    drawing = {"background": file_data(path), "layers": [], "composite": file_data(path), "id": None}
+    message = message_of(client, ["drawing", drawing, 0, "auto"], name="on_tokenize")
+    assert "has 169 megapixels; the most taken is 4.2" in message and "scale it down" in message, message
+    assert "\n" not in message.strip()
+    assert client.rss_mb() < 1500, "the server decoded it"
+
+
+def test_loading_runs_changes_nothing_for_other_visitors(page):
+    """A load is per visitor (session state): a bad path leaves the page serving its runs."""
+    client, _ = page
+    answer = client.call("on_load", ["/no/such/run", ""])
+    status = next(a for a in answer if isinstance(a, str))   # the visitor's state comes back as null
+    assert "Cannot load those runs" in status and "accelerate launch prior/train.py" in status
+    picture, _, codes, info = client.call("on_sample", sample_with(n=2))
+    assert info.startswith("2 samples in") and "codes of 32 in this grid" in codes   # the tiny tokenizer's
+    answer = client.call("on_load", ["mnist/prior-default", ""])   # a good load, in another session
+    assert any("prior-default" in a for a in answer if isinstance(a, str))
+    _, _, codes, _ = client.call("on_sample", sample_with(n=2))
+    assert "codes of 32 in this grid" in codes, "one visitor's load changed the runs another one sees"
+
+
+def file_data(path: str) -> dict:
+    return {"path": path, "meta": {"_type": "gradio.FileData"}}

@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 
 from common.checkpoint import list_checkpoints
 from common.config import ConfigError, apply_overrides
-from common.training import LOG_EVERY, epoch_steps, lr_at, warmup_for
+from common.distributed import STOP_CHECK_EVERY
+from common.training import WeightAverage, epoch_steps, lr_at, warmup_for
 from conftest import REPO, TINY_PRIOR, run_cli
 
 TWO_PROCESSES = {"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "VQGEN_THREADS": "1"}
@@ -78,7 +79,7 @@ def test_a_signal_stops_every_process_with_one_checkpoint(tmp_path, target):
     saved = list_checkpoints(out / "checkpoints")
     assert len(saved) == 1, output[-3000:]
     step = int(saved[0].name.split("_")[1])
-    assert step % LOG_EVERY == 0 and step < 100 * 32   # at a shared logging step, long before the end
+    assert step % STOP_CHECK_EVERY == 0 and step < 100 * 32   # at a shared check, long before the end
     assert f"SIGTERM: saved a checkpoint at step {step}" in output
     assert took < 30, f"{took:.0f} s to stop"
 
@@ -89,6 +90,71 @@ def test_a_non_finite_loss_on_one_process_stops_every_process_with_one_line(tmp_
     assert result.returncode != 0
     # both processes, the same line (rank 0's progress bar may share the terminal line)
     assert result.stderr.count("error: non-finite loss at step 3;") == 2, result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("fault", ["checkpoint folder is a file", "disk full at the metrics append"])
+def test_a_failure_on_the_main_process_alone_stops_every_process_with_one_line(tmp_path, fault):
+    """Only the main process writes checkpoints and metrics; when that fails, the other process
+    must not be left waiting in the next collective: both exit, each with one line."""
+    out = tmp_path / "toy"
+    out.mkdir()
+    if fault == "checkpoint folder is a file":
+        (out / "checkpoints").write_text("in the way")
+        says = "checkpoints: could not write (File exists)"
+    else:
+        (out / "metrics.jsonl").symlink_to("/dev/full")   # every write: ENOSPC, as on a full disk
+        says = "metrics.jsonl: could not write (No space left on device)"
+    started = time.monotonic()
+    result = torchrun([TOY, f"out_dir={out}", "epochs=2", "batch_size=16"], timeout=120)
+    assert time.monotonic() - started < 60 and result.returncode != 0
+    ours = result.stderr.split("failed (exitcode")[0]   # then torchrun's own report of the exit codes
+    lines = [line[line.index("error: "):] for line in ours.splitlines() if "error: " in line]   # after a bar's \r
+    assert len(lines) == 2 and "Traceback" not in ours, result.stderr[-3000:]
+    assert sum(says in line for line in lines) == 2, lines
+    assert any(line.startswith("error: process 0 failed, so this one stops too") for line in lines), lines
+
+
+def test_a_non_finite_discriminator_loss_stops_training_without_saving_it(tmp_path):
+    from torch import nn
+    from common.config import TrainConfig
+    from common.distributed import TrainingError
+    from common.training import SideModel, Task, fit
+    calls = {"n": 0}
+
+    def side_loss(side, batch, handover):
+        calls["n"] += 1
+        loss = side(batch[0]).pow(2).mean()
+        return (loss * float("nan") if calls["n"] == 4 else loss), {}
+
+    task = Task(stage="toy", model=nn.Linear(2, 1), train_tensors=(torch.randn(32, 2),),
+                loss_fn=lambda m, batch, side, step: (m(batch[0]).pow(2).mean(), {}, None), evaluate=lambda m: {},
+                side=SideModel(nn.Linear(2, 1), side_loss, lambda d: torch.optim.SGD(d.parameters(), lr=0.1)))
+    cfg = TrainConfig(out_dir=str(tmp_path / "run"), epochs=2, batch_size=4, save_every=2, warmup_steps=0)
+    with pytest.raises(TrainingError, match="non-finite loss at step 3.*step_000000002"):
+        fit(cfg, task)
+    assert [p.name for p in list_checkpoints(tmp_path / "run" / "checkpoints")] == ["step_000000002"]
+
+
+@pytest.mark.parametrize("processes", [2, 8])
+def test_the_weight_average_keeps_its_half_life_in_samples_whatever_the_process_count(processes):
+    """64 batches of samples seen as 64 steps of one process or 64/N steps of N processes: the
+    starting weights keep the same share of the average (decay 0.999 per step made 8 GPUs ship
+    a decoder holding 79% of its weights before the adversarial phase, one process 15%)."""
+    from torch import nn
+
+    def start_share(world: int) -> float:
+        model = nn.Linear(1, 1, bias=False)
+        with torch.no_grad():
+            model.weight.fill_(0.0)
+        average = WeightAverage(model, 0.99, processes=world)
+        with torch.no_grad():
+            model.weight.fill_(1.0)   # trained weights at 1 from the first step on
+        for _ in range(64 // world):
+            average.update()
+        return 1 - average.average[0].item()   # what is left of the starting 0
+
+    assert start_share(processes) == pytest.approx(start_share(1), rel=1e-4)
+    assert start_share(1) == pytest.approx(0.99 ** 64, rel=1e-4)
 
 
 @pytest.mark.parametrize("config", ["configs/tokenizer.yaml", "configs/prior.yaml", "configs/prior-large.yaml"])

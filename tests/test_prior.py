@@ -64,7 +64,7 @@ def test_shape_switches_keep_the_prior_causal_and_the_cache_exact(switch):
     torch.testing.assert_close(changed_logits[:, :21], logits[:, :21])
     assert not torch.allclose(changed_logits[:, 21:], logits[:, 21:])
     assert logits.shape[-1] == 32                  # the mask token is an input only, never predicted
-    caches = [KVCache() for _ in model.blocks]
+    caches = [KVCache(49) for _ in model.blocks]
     for t in range(5, 49):   # prefill 5 codes, then one at a time, as generation does
         torch.testing.assert_close(model.next_logits(labels, codes[:, :t], caches),
                                    model.next_logits(labels, codes[:, :t], None), atol=1e-5, rtol=1e-4)
@@ -134,7 +134,7 @@ def test_kv_cache_matches_recomputation():
     model = tiny_gpt()
     labels = torch.tensor([0, 5, NULL_CLASS])
     prefix = torch.randint(32, (3, 20))
-    caches = [KVCache() for _ in model.blocks]
+    caches = [KVCache(49) for _ in model.blocks]
     for t in range(5, 21):  # prefill 5 tokens, then one at a time
         cached = model.next_logits(labels, prefix[:, :t], caches)
         full = model.next_logits(labels, prefix[:, :t], None)
@@ -279,7 +279,7 @@ def test_generate_keep_likeliest_filters_within_each_digit(tiny_prior_run):
 @pytest.mark.parametrize("flags, message", [
     (["--keep-likeliest", "0"], "keep_likeliest=0.0: must be in (0, 1]"),
     (["--keep-likeliest", "1.5"], "keep_likeliest=1.5"), (["--keep-likeliest", "nan"], "keep_likeliest=nan"),
-    (["--n", "0"], "n=0"), (["--temperature", "0"], "temperature=0"), (["--digit", "12"], "digits must be 0-9"),
+    (["--n", "0"], "n=0"), (["--temperature", "0"], "temperature=0"), (["--digit", "-1"], "class numbers start at 0"),
     (["--top-p", "1.5"], "top_p=1.5"), (["--prior", "/no/such/run"], "no trained prior"),
     (["--cfg-schedule", "cubic"], "invalid choice: 'cubic'"),
 ])
@@ -322,7 +322,8 @@ def test_augment_token_marks_the_distorted_digits_and_keeps_them_marked(tiny_tok
     images, labels = load_split(mnist_root, "mnist", train=True, subset=512)
     cfg = PriorConfig(vocab_size=32, n_layer=1, n_head=2, n_embd=16, train_subset=512, augment=True,
                       augment_token=True, label_dropout=0.5)
-    grids = load_code_grids(tokenizer, mnist_root, "mnist", tmp_path, 512)
+    from tokenizer.data import load_dataset
+    grids = load_code_grids(tokenizer, load_dataset("mnist", mnist_root, train_subset=512), "mnist", tmp_path, 512)
     task = make_task(cfg, tokenizer, grids, images)
     codes, marked = task.epoch_tensors(3)
     _, which = augmented_codes(tokenizer, images, grids["train_codes"], cfg.seed, 3, cfg.augment_share)
@@ -359,22 +360,24 @@ def test_shift_moves_each_chosen_digit_by_one_whole_pixel(mnist_root):
 def test_code_grid_cache_follows_the_weights_not_the_file(tmp_path, tiny_tokenizer_run, mnist_root, monkeypatch):
     import prior.data
     from tokenizer import load_tokenizer
+    from tokenizer.data import load_dataset
     tokenizer = load_tokenizer(tiny_tokenizer_run, "cpu")
+    mnist = load_dataset("mnist", mnist_root, train_subset=64)
     calls = []
     real_encode = prior.data.encode_all
     monkeypatch.setattr(prior.data, "encode_all", lambda *a, **k: calls.append(1) or real_encode(*a, **k))
-    first = prior.data.load_code_grids(tokenizer, mnist_root, "mnist", tmp_path, train_subset=64)
+    first = prior.data.load_code_grids(tokenizer, mnist, "mnist", tmp_path, train_subset=64)
     assert len(calls) == 2                        # train + test encoded once
-    again = prior.data.load_code_grids(load_tokenizer(tiny_tokenizer_run, "cpu"), mnist_root, "mnist",
+    again = prior.data.load_code_grids(load_tokenizer(tiny_tokenizer_run, "cpu"), mnist, "mnist",
                                        tmp_path, train_subset=64)
     assert len(calls) == 2 and all(torch.equal(first[k], again[k]) for k in first)   # same weights: cached
     (cache,) = tmp_path.glob("codes-*.safetensors")
     data = bytearray(cache.read_bytes())
     data[-1] ^= 1                                 # one flipped bit in the cached codes
     cache.write_bytes(bytes(data))
-    prior.data.load_code_grids(tokenizer, mnist_root, "mnist", tmp_path, train_subset=64)
+    prior.data.load_code_grids(tokenizer, mnist, "mnist", tmp_path, train_subset=64)
     assert len(calls) == 4                        # refused by its checksum, recomputed
     with torch.no_grad():
         next(tokenizer.parameters()).add_(0.01)   # a retrained tokenizer
-    prior.data.load_code_grids(tokenizer, mnist_root, "mnist", tmp_path, train_subset=64)
+    prior.data.load_code_grids(tokenizer, mnist, "mnist", tmp_path, train_subset=64)
     assert len(calls) == 6 and len(list(tmp_path.glob("codes-*.safetensors"))) == 1

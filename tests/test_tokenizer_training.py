@@ -33,7 +33,6 @@ def test_config_layers_defaults_yaml_and_cli(tmp_path):
     ("lr=0", "lr must be > 0"),
     ("lr=fast", "lr='fast': expected float"),
     ("epochs=1.5", "epochs=1.5: expected int"),
-    ("dataset=cifar", "expected one of mnist, fashion"),
     ("ema=maybe", "expected bool"),
     ("resume=/no/such/dir", "resume='/no/such/dir'"),
     ("nonsense", "use key=value"),
@@ -58,6 +57,11 @@ def test_cli_bad_key_exits_with_one_line_before_work(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "did you mean codebook_size" in result.stderr
     assert not (tmp_path / "x").exists(), "nothing may be written for a rejected config"
+    result = run_cli(["tokenizer/train.py", "dataset=cifar", f"out_dir={tmp_path}/x"])
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0
+    assert "dataset=cifar: no such file or folder; expected mnist, fashion, a folder of images or an .npz" \
+        in result.stderr
+    assert not (tmp_path / "x").exists(), "nothing may be written for a data set that cannot be one"
 
 
 def test_smoke_two_steps(tmp_path, mnist_root):

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from common.checkpoint import CheckpointError
-from common.runs import load_run
+from common.runs import load_run, load_weights_into
 from tokenizer.config import TokenizerConfig
 from tokenizer.model import VQVAE
 
@@ -21,12 +21,21 @@ def load_tokenizer(run_dir: str | Path = "runs/tokenizer", device: str | torch.d
     """Rebuild a trained VQVAE from its run dir (config.yaml + model.safetensors)."""
     run_dir, cfg, weights = load_run(run_dir, TokenizerConfig, "tokenizer")
     model = VQVAE(cfg.shape(), seed=cfg.seed)
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as err:
-        raise CheckpointError(f"{run_dir / 'model.safetensors'}: weights do not match its config.yaml "
-                              f"({str(err).splitlines()[0]})") from None
+    load_weights_into(model, weights, run_dir / "model.safetensors")
     return model.to(device).eval()
 
 
-__all__ = ["load_tokenizer", "VQVAE", "TokenizerConfig"]
+def tokenizer_data(run_dir: str | Path) -> tuple[str, dict]:
+    """(dataset, what it is: channels, image_size, class_names, split, sizes) of a tokenizer run."""
+    from common.config import ConfigError, config_from_file
+    from common.pretrained import CONFIG, find_run
+    from tokenizer.data import run_data_info
+    folder = find_run(run_dir, "tokenizer")
+    try:
+        dataset = config_from_file(TokenizerConfig, folder / CONFIG).dataset
+    except ConfigError as err:
+        raise CheckpointError(str(err)) from None
+    return dataset, run_data_info(folder, dataset)
+
+
+__all__ = ["load_tokenizer", "tokenizer_data", "VQVAE", "TokenizerConfig"]

@@ -11,7 +11,7 @@ from tokenizer.model import VQVAEShape
 @dataclass
 class TokenizerConfig(TrainConfig, VQVAEShape):
     out_dir: str = "runs/tokenizer"  # the run folder
-    epochs: int = 3                  # passes over the 60k training digits
+    epochs: int = 3                  # passes over the 60k training digits (other sets: the same samples seen, see train.py)
     batch_size: int = 64
     lr: float = 2e-3                 # Adam peak learning rate
     warmup_steps: int = 20           # linear warmup, in steps of one process (N processes: /N, the same samples)
@@ -30,6 +30,7 @@ class TokenizerConfig(TrainConfig, VQVAEShape):
     def validate(self) -> None:
         super().validate()
         checks = [
+            (self.dataset.strip() != "", "dataset", "must be mnist, fashion or a path"),
             (self.codebook_size >= 2, "codebook_size", "must be >= 2"),
             (self.embedding_dim >= 1, "embedding_dim", "must be >= 1"),
             (self.hidden_channels >= 1, "hidden_channels", "must be >= 1"),
@@ -47,6 +48,11 @@ class TokenizerConfig(TrainConfig, VQVAEShape):
             (self.dead_code_steps >= 0, "dead_code_steps", "must be >= 0 (0 = never restart)"),
             (len(self.fsq_levels) >= 1 and all(n >= 2 for n in self.fsq_levels), "fsq_levels",
              "must be a list of levels, each >= 2, like [8, 5, 5, 5]"),
+            (self.channels in (0, 1, 3), "channels", "must be 1 (grey), 3 (colour) or 0 (from the data)"),
+            (0 <= self.downsamples <= 5, "downsamples", "must be 1-5 halvings, or 0 (from image_size)"),
+            (self.image_size == 0 or (self.image_size >= 8 and self.image_size % 2 ** self.halvings == 0),
+             "image_size", f"must be 0 (from the data) or at least 8 and a multiple of 2**downsamples "
+                           f"({2 ** self.halvings}): 28, 32, 64, ..."),
         ]
         for ok, key, message in checks:
             if not ok:

@@ -1,4 +1,5 @@
-"""MNIST and Fashion-MNIST as whole uint8 tensors.
+"""Data sets as whole uint8 tensors: MNIST and Fashion-MNIST by name, a user's own images
+by path (tokenizer/own_images.py), all through load_dataset.
 
 The whole set is 47 MB, so we hold it as one tensor (on the GPU when training
 there) instead of decoding PIL images one by one in a DataLoader.
@@ -13,18 +14,21 @@ place only after its checksum matches, so a failed fetch leaves nothing behind.
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import shutil
 import socket
 import subprocess
 import tarfile
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from common.checkpoint import file_digest
-from common.errors import VQGenError
+from tokenizer.own_images import DataError, describe_problem, is_own_dataset, prepare
 
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
          "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -51,8 +55,6 @@ CLASS_NAMES = {
 }
 
 
-class DataError(VQGenError):
-    """Data missing, corrupt or unfetchable; printed as one line that says what to do."""
 
 
 def data_root(configured: str = "") -> Path:
@@ -163,7 +165,7 @@ def _read_idx(path: Path) -> torch.Tensor:
 
 
 def load_split(root: Path, dataset: str, train: bool, subset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images uint8 [N,28,28], labels int64 [N]) of a verified split."""
+    """(images uint8 [N,28,28], labels int64 [N]) of a verified split of mnist or fashion."""
     folder = raw_dir(root, dataset)
     prefix = "train" if train else "t10k"
     images = _read_idx(folder / f"{prefix}-images-idx3-ubyte")
@@ -174,13 +176,82 @@ def load_split(root: Path, dataset: str, train: bool, subset: int = 0) -> tuple[
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [N,28,28] -> float [N,1,28,28] in [0,1] (the API's pixel range)."""
-    return images.unsqueeze(1).float().div_(255)
+    """uint8 [N,H,W] (grey) or [N,C,H,W] -> float [N,C,H,W] in [0,1] (the API's pixel range)."""
+    return (images.unsqueeze(1) if images.dim() == 3 else images).float().div_(255)
+
+
+DATA_INFO = "data.json"   # beside a tokenizer's config.yaml: what its data set was (own sets only)
+OWN_EPOCH = 60_000        # a user's set counts epochs of MNIST's size: the same updates per epoch, whatever its size
+
+
+def epoch_samples_for(dataset: str, configured: int) -> int:
+    """epoch_samples as training uses it: the configured value, else 0 (the set's size) for
+    mnist and fashion and OWN_EPOCH for a user's set."""
+    return configured or (OWN_EPOCH if is_own_dataset(dataset) else 0)
+
+
+@dataclass
+class DataSet:
+    """A data set as training reads it: uint8 images [N,H,W] (grey) or [N,3,H,W] (colour),
+    long labels (all 0 without classes), and `info`: channels, image_size, class_names (None:
+    unlabelled), split, train_size, test_size."""
+    train: torch.Tensor
+    train_labels: torch.Tensor
+    test: torch.Tensor
+    test_labels: torch.Tensor
+    info: dict
+
+
+def check_dataset(dataset: str) -> None:
+    """A dataset= that is neither a known name nor a folder or .npz: one DataError, before any work."""
+    problem = describe_problem(Path(dataset).expanduser()) if is_own_dataset(dataset) else None
+    if problem:
+        raise DataError(problem)
+
+
+def builtin_info(dataset: str) -> dict:
+    return {"channels": 1, "image_size": 28, "class_names": CLASS_NAMES[dataset],
+            "split": "the set's own train and test files", "train_size": 60000, "test_size": 10000}
+
+
+def load_dataset(dataset: str, root: Path, image_size: int = 0, skip_bad: bool = False, train_subset: int = 0,
+                 quiet: bool = False) -> DataSet:
+    """mnist, fashion (fetched when missing) or a user's folder / .npz (tokenizer.own_images),
+    checked before any training; one-line DataError otherwise."""
+    if not is_own_dataset(dataset):
+        if image_size not in (0, 28):
+            raise DataError(f"image_size={image_size}: dataset={dataset} is 28x28; drop image_size= "
+                            f"(or export the set to a folder of images and pass dataset=PATH)")
+        ensure_dataset(root, dataset)
+        (train, train_labels), (test, test_labels) = (load_split(root, dataset, train=t) for t in (True, False))
+        info = builtin_info(dataset)
+    else:
+        own = prepare(dataset, image_size, root, skip_bad=skip_bad, quiet=quiet)
+        as_tensor = lambda a: torch.from_numpy(a)  # noqa: E731 (a copy-on-write map: no copy until written)
+        labels = lambda a, n: torch.from_numpy(np.asarray(a)).long() if a is not None else torch.zeros(n, dtype=torch.long)  # noqa: E731
+        train, test = as_tensor(own.train), as_tensor(own.test)
+        train_labels, test_labels = labels(own.train_labels, len(train)), labels(own.test_labels, len(test))
+        info = own.info
+    if train_subset:
+        train, train_labels = train[:train_subset], train_labels[:train_subset]
+    return DataSet(train, train_labels, test, test_labels, info)
+
+
+def run_data_info(run_dir: Path, dataset: str) -> dict:
+    """What a tokenizer run's data set was: mnist and fashion are known, a user's set is read
+    from the run's data.json (written when it trained)."""
+    if not is_own_dataset(dataset):
+        return builtin_info(dataset)
+    path = Path(run_dir) / DATA_INFO
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: cannot read what data set the run was trained on ({err}); retrain it") from None
 
 
 @torch.no_grad()
 def encode_digits(tokenizer, images_uint8: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    """uint8 [N,28,28] -> long [N,7,7] code grids (on the CPU), a batch at a time.
+    """uint8 [N,H,W] or [N,C,H,W] -> long [N,h,w] code grids (on the CPU), a batch at a time.
 
     Batches of 500 keep the activations cache-sized: 1.45x faster than 2000 on a
     2-core CPU (1.5 s against 2.2 s for the 10k test digits, three runs each)."""

@@ -22,19 +22,20 @@ from torch import nn
 
 
 class PatchDiscriminator(nn.Module):
-    def __init__(self, channels: int = 32, whole_digit: bool = False):
+    def __init__(self, channels: int = 32, whole_digit: bool = False, image_channels: int = 1, image_size: int = 28):
         super().__init__()
         C = channels
         self.features = nn.Sequential(
-            nn.Conv2d(1, C, 4, stride=2, padding=1), nn.LeakyReLU(0.2),        # 28 -> 14
-            nn.Conv2d(C, 2 * C, 4, stride=2, padding=1), nn.LeakyReLU(0.2),    # 14 -> 7
+            nn.Conv2d(image_channels, C, 4, stride=2, padding=1), nn.LeakyReLU(0.2),   # 28 -> 14
+            nn.Conv2d(C, 2 * C, 4, stride=2, padding=1), nn.LeakyReLU(0.2),            # 14 -> 7
         )
         self.patch_head = nn.Conv2d(2 * C, 1, 3, padding=1)                     # (B, 1, 7, 7)
-        self.digit_head = nn.Sequential(nn.Flatten(), nn.Linear(2 * C * 49, 1)) if whole_digit else None
+        cells = (image_size // 4) ** 2
+        self.digit_head = nn.Sequential(nn.Flatten(), nn.Linear(2 * C * cells, 1)) if whole_digit else None
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """images (B, 1, 28, 28) in [-1, 1] -> each head's logits, > 0 meaning "real": patch
-        logits (B, 1, 7, 7), then with whole_digit one logit per image (B, 1)."""
+        """images (B, C, H, W) in [-1, 1] -> each head's logits, > 0 meaning "real": patch
+        logits (B, 1, H/4, W/4), then with whole_digit one logit per image (B, 1)."""
         h = self.features(images)
         return [self.patch_head(h)] + ([self.digit_head(h)] if self.digit_head is not None else [])
 

@@ -1,9 +1,10 @@
-"""VQ-VAE for 28x28 images: Encoder -> VectorQuantizer -> Decoder.
+"""VQ-VAE for square images (MNIST: 28x28, one channel): Encoder -> VectorQuantizer -> Decoder.
 
 Reference design (van den Oord et al. 2017, as commonly adapted to MNIST):
-encoder 1->64 (4x4/2), 64->64 (4x4/2), 64->D (3x3) maps 28x28 to a 7x7 grid of
+encoder C->64 (4x4/2), 64->64 (4x4/2), 64->D (3x3) maps 28x28 to a 7x7 grid of
 D-dim vectors; the decoder mirrors it with transposed convs and ends in tanh, so
-the model works in [-1, 1] inside while the API speaks [0, 1].
+the model works in [-1, 1] inside while the API speaks [0, 1]. The grid is the image
+side over 2**downsamples: 28 -> 7, 32 -> 8, 64 -> 8 (three halvings by default above 32).
 
 The quantizer snaps each *spatial position's* vector to its nearest code
 (`b d h w -> (b h w) d`); flattening NCHW with `.view(-1, D)` would mix the
@@ -43,6 +44,27 @@ class VQVAEShape:
     kmeans_init: bool = True         # vq: codes start as k-means centres of the first batch
     dead_code_steps: int = 50        # vq: restart a code unused for this many training steps; 0 = never
     normalize_codes: bool = False    # vq: L2-normalised lookup (cosine similarity)
+    image_size: int = 0              # the input side in pixels; 0 = from the data set (MNIST: 28)
+    channels: int = 0                # 1 grey, 3 colour; 0 = from the data set (MNIST: 1)
+    downsamples: int = 0             # halvings from image to code grid; 0 = 2 up to 32 pixels, 3 above
+
+    @property
+    def side(self) -> int:
+        """The image side the network takes (a run saved before image_size existed: 28)."""
+        return self.image_size or 28
+
+    @property
+    def in_channels(self) -> int:
+        return self.channels or 1
+
+    @property
+    def halvings(self) -> int:
+        return self.downsamples or (2 if self.side <= 32 else 3)
+
+    @property
+    def grid(self) -> int:
+        """The code grid's side: side / 2**halvings (28 -> 7)."""
+        return self.side // 2 ** self.halvings
 
     @property
     def code_dim(self) -> int:
@@ -276,9 +298,10 @@ class Encoder(nn.Module):
     def __init__(self, shape: VQVAEShape):
         super().__init__()
         C, D = shape.hidden_channels, shape.code_dim
+        halvings = [nn.Conv2d(shape.in_channels if i == 0 else C, C, 4, stride=2, padding=1)
+                    for i in range(shape.halvings)]                  # 28 -> 14 -> 7
         self.net = nn.Sequential(
-            nn.Conv2d(1, C, 4, stride=2, padding=1), nn.ReLU(),    # 28 -> 14
-            nn.Conv2d(C, C, 4, stride=2, padding=1), nn.ReLU(),    # 14 -> 7
+            *[layer for conv in halvings for layer in (conv, nn.ReLU())],
             *[ResBlock(C) for _ in range(shape.res_blocks)],
             nn.Conv2d(C, D, 3, padding=1),                          # (B, D, 7, 7)
         )
@@ -295,8 +318,9 @@ class Decoder(nn.Module):
             nn.Conv2d(D, C, 3, padding=1),
             *[ResBlock(C) for _ in range(shape.res_blocks)],
             nn.ReLU(),
-            nn.ConvTranspose2d(C, C, 4, stride=2, padding=1), nn.ReLU(),   # 7 -> 14
-            nn.ConvTranspose2d(C, 1, 4, stride=2, padding=1), nn.Tanh(),   # 14 -> 28, in [-1, 1]
+            *[layer for _ in range(shape.halvings - 1)
+              for layer in (nn.ConvTranspose2d(C, C, 4, stride=2, padding=1), nn.ReLU())],   # 7 -> 14
+            nn.ConvTranspose2d(C, shape.in_channels, 4, stride=2, padding=1), nn.Tanh(),      # 14 -> 28, in [-1, 1]
         )
 
     def forward(self, z):
@@ -304,8 +328,8 @@ class Decoder(nn.Module):
 
 
 class VQVAEOutput(NamedTuple):
-    reconstruction: torch.Tensor   # (B, 1, 28, 28) in [-1, 1]
-    indices: torch.Tensor          # (B, 7, 7)
+    reconstruction: torch.Tensor   # (B, C, H, W) in [-1, 1]
+    indices: torch.Tensor          # (B, h, w)
     loss: torch.Tensor             # total: reconstruction + quantizer terms
     recon_loss: torch.Tensor
     codebook_loss: torch.Tensor
@@ -343,13 +367,24 @@ class VQVAE(nn.Module):
     def codebook_size(self) -> int:
         return self.shape.num_codes
 
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the images it takes and gives: MNIST (1, 28, 28)."""
+        return self.shape.in_channels, self.shape.side, self.shape.side
+
+    @property
+    def grid(self) -> int:
+        """The side of its code grids: MNIST 7."""
+        return self.shape.grid
+
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """float [B,1,28,28] in [0,1] -> long [B,7,7] code indices."""
+        """float [B,C,H,W] in [0,1] -> long [B,h,w] code indices (MNIST: [B,1,28,28] -> [B,7,7])."""
         if not torch.is_tensor(images) or not images.is_floating_point() or images.dim() != 4 \
-                or tuple(images.shape[1:]) != (1, 28, 28):
+                or tuple(images.shape[1:]) != self.image_shape:
             got = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
-            raise ValueError(f"encode expects a float tensor [B,1,28,28] in [0,1], got {got}")
+            want = ",".join(map(str, self.image_shape))
+            raise ValueError(f"encode expects a float tensor [B,{want}] in [0,1], got {got}")
         if images.numel() and (images.min() < 0 or images.max() > 1):
             raise ValueError(f"encode expects pixels in [0,1], got [{images.min():.3g}, {images.max():.3g}]; "
                              "divide uint8 images by 255")
@@ -359,12 +394,12 @@ class VQVAE(nn.Module):
 
     @torch.no_grad()
     def decode(self, indices: torch.Tensor) -> torch.Tensor:
-        """long [B,7,7] -> float [B,1,28,28] in [0,1]."""
+        """long [B,h,w] -> float [B,C,H,W] in [0,1] (MNIST: [B,7,7] -> [B,1,28,28])."""
         K = self.codebook_size
         if not torch.is_tensor(indices) or indices.is_floating_point() or indices.dim() != 3 \
-                or tuple(indices.shape[1:]) != (7, 7):
+                or tuple(indices.shape[1:]) != (self.grid, self.grid):
             got = tuple(indices.shape) if torch.is_tensor(indices) else type(indices).__name__
-            raise ValueError(f"decode expects an integer tensor [B,7,7] of code indices, got {got}")
+            raise ValueError(f"decode expects an integer tensor [B,{self.grid},{self.grid}] of code indices, got {got}")
         if indices.numel() and (indices.min() < 0 or indices.max() >= K):
             raise ValueError(f"decode got code indices in [{indices.min()}, {indices.max()}], "
                              f"outside this tokenizer's codebook [0, {K - 1}]")
@@ -372,5 +407,5 @@ class VQVAE(nn.Module):
         return ((out.float() + 1) / 2).clamp(0, 1)
 
     def code_vectors(self, indices: torch.Tensor) -> torch.Tensor:
-        """long [B,7,7] -> the decoder's input (B, D, 7, 7): each position's code vector."""
+        """long [B,h,w] -> the decoder's input (B, D, h, w): each position's code vector."""
         return rearrange(self.quantizer.codes(indices), "b h w d -> b d h w")

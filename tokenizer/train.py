@@ -24,15 +24,18 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from common.config import load_config
+from common.checkpoint import atomic_write_text
+from common.config import ConfigError, load_config
 from common.plots import save_bars, save_curves, save_image_grid
 from common.tracking import make_accelerator
 from common.errors import run_main
-from common.runs import run_lock, save_run_weights
+from common.distributed import together
+from common.runs import append_metrics, run_lock, save_run_weights
 from common.distributed import processes
 from common.training import SideModel, Task, epoch_steps, find_resume_point, fit, warmup_for
 from tokenizer.config import TokenizerConfig
-from tokenizer.data import data_root, encode_digits, ensure_dataset, load_split, to_float
+from tokenizer.data import (DATA_INFO, check_dataset, data_root, encode_digits, epoch_samples_for, is_own_dataset, load_dataset,
+                            to_float)
 from tokenizer.discriminator import (PatchDiscriminator, adversarial_weight, hinge_discriminator_loss,
                                      hinge_generator_loss, r1_penalty)
 from tokenizer.model import VQVAE
@@ -43,8 +46,8 @@ USAGE_DROP = 0.5         # usage falling below half of its best so far: collapsi
 
 
 def to_model_range(images_uint8: torch.Tensor) -> torch.Tensor:
-    """uint8 [B,28,28] -> float [B,1,28,28] in [-1, 1] (the model's inside range)."""
-    return images_uint8.unsqueeze(1).float().div(127.5).sub(1)
+    """uint8 [B,H,W] or [B,C,H,W] -> float [B,C,H,W] in [-1, 1] (the model's inside range)."""
+    return to_float(images_uint8).mul_(2).sub_(1)
 
 
 def loss_fn(model, batch):
@@ -100,7 +103,7 @@ def make_task(cfg: TokenizerConfig, train_images: torch.Tensor, test_images: tor
     def report(out_dir: Path, m, history, metrics):
         device = next(m.parameters()).device
         x = to_float(test_images[:32]).to(device)
-        pairs = torch.stack([x, m.decode(m.encode(x))], 1).reshape(-1, 1, 28, 28)  # original, recon, ...
+        pairs = torch.stack([x, m.decode(m.encode(x))], 1).flatten(0, 1)  # original, recon, ...
         save_image_grid(out_dir / "reconstructions.png", pairs, nrow=8,
                         title="test originals (odd columns) and reconstructions")
         counts = last_counts[0]
@@ -156,7 +159,8 @@ def decoder_task(joint: Task, train_images: torch.Tensor, cfg: TokenizerConfig) 
     if cfg.decoder_loss == "gan":
         with torch.random.fork_rng():   # the same discriminator however the run got here (resume, straight)
             torch.manual_seed(cfg.seed + 1)
-            disc = PatchDiscriminator(cfg.decoder_disc_channels, cfg.decoder_disc_whole_digit)
+            disc = PatchDiscriminator(cfg.decoder_disc_channels, cfg.decoder_disc_whole_digit,
+                                      cfg.in_channels, cfg.side)
             disc = disc.to(memory_format=torch.channels_last)
         side = SideModel(disc, disc_loss, lambda d: torch.optim.Adam(d.parameters(), lr=cfg.decoder_disc_lr,
                                                                      betas=(0.5, 0.9)))
@@ -178,17 +182,35 @@ def decoder_phase_config(cfg: TokenizerConfig, joint_steps: int) -> TokenizerCon
                                max_steps=cfg.max_steps - joint_steps if cfg.max_steps else 0)
 
 
+def resolve_data(cfg: TokenizerConfig, info: dict) -> TokenizerConfig:
+    """The sizes the data decides (image_size, channels, epoch_samples), or one line when the
+    config asks for other ones."""
+    if cfg.channels and cfg.channels != info["channels"]:
+        raise ConfigError(f"channels={cfg.channels}, but dataset={cfg.dataset} is "
+                          f"{'colour' if info['channels'] == 3 else 'grey'}; drop channels=")
+    resolved = dataclasses.replace(cfg, image_size=info["image_size"], channels=info["channels"],
+                                   epoch_samples=epoch_samples_for(cfg.dataset, cfg.epoch_samples))
+    resolved.validate()   # image_size against downsamples
+    return resolved
+
+
 def main(argv: list[str] | None = None) -> dict:
     cfg = load_config(TokenizerConfig, sys.argv[1:] if argv is None else argv, DEFAULT_CONFIG, usage=__doc__)
+    check_dataset(cfg.dataset)                # a dataset= that cannot be one: one line, nothing written
+    accelerator = make_accelerator(cfg.tracker)   # first: every step below is agreed by all processes
     with run_lock(cfg.out_dir):               # one writer per run folder
-        find_resume_point(cfg, "tokenizer")   # refuse a mismatched run dir before loading anything
-        accelerator = make_accelerator(cfg.tracker)
         root = data_root(cfg.data_root)
-        with accelerator.local_main_process_first():   # each machine needs its own copy
-            ensure_dataset(root, cfg.dataset)
-        train_images, _ = load_split(root, cfg.dataset, train=True, subset=cfg.train_subset)
-        test_images, _ = load_split(root, cfg.dataset, train=False)
-        joint_steps = cfg.epochs * epoch_steps(len(train_images), accelerator.num_processes, cfg.batch_size)
+        # checked (and, for a user's set, decoded and cached) once per machine, before any training
+        data = together(lambda: load_dataset(cfg.dataset, root, cfg.image_size, cfg.skip_bad_images,
+                                             cfg.train_subset, quiet=not accelerator.is_local_main_process),
+                        on="local-first")
+        cfg = resolve_data(cfg, data.info)
+        find_resume_point(cfg, "tokenizer")   # refuse a mismatched run dir before any training
+        if is_own_dataset(cfg.dataset):
+            together(lambda: atomic_write_text(Path(cfg.out_dir) / DATA_INFO, json.dumps(data.info, indent=1)))
+        train_images, test_images = data.train, data.test
+        joint_steps = cfg.epochs * epoch_steps(cfg.epoch_samples or len(train_images), accelerator.num_processes,
+                                               cfg.batch_size)
         phase_two = decoder_phase_config(cfg, joint_steps)
         if phase_two is not None:
             find_resume_point(phase_two, "tokenizer")
@@ -207,18 +229,15 @@ def main(argv: list[str] | None = None) -> dict:
 def finish_decoder_phase(cfg, model, joint: dict, decoder: dict, joint_steps: int, accelerator) -> dict:
     """The second phase's weights and last evaluation become the run's own, counted from its start
     (on the main process; the others return {}, as fit does)."""
-    if not accelerator.is_main_process:
-        accelerator.wait_for_everyone()
-        return {}
-    merged = {**decoder, "phase": "decoder", "step": joint_steps + decoder["step"],
-              "epoch": round(cfg.epochs + decoder["epoch"], 3),
-              **{k: round(joint[k] + decoder[k], 2) for k in ("time_s", "train_s") if k in joint and k in decoder}}
-    out = Path(cfg.out_dir)
-    save_run_weights(out, model.state_dict(), "tokenizer")
-    with open(out / "metrics.jsonl", "a") as f:   # a resume of phase one truncates it away first
-        f.write(json.dumps(merged) + "\n")
-    accelerator.wait_for_everyone()
-    return merged
+    def on_main() -> dict:
+        merged = {**decoder, "phase": "decoder", "step": joint_steps + decoder["step"],
+                  "epoch": round(cfg.epochs + decoder["epoch"], 3),
+                  **{k: round(joint[k] + decoder[k], 2) for k in ("time_s", "train_s") if k in joint and k in decoder}}
+        out = Path(cfg.out_dir)
+        save_run_weights(out, model.state_dict(), "tokenizer")
+        append_metrics(out / "metrics.jsonl", merged)   # a resume of phase one truncates it away first
+        return merged
+    return together(on_main) or {}
 
 
 if __name__ == "__main__":

@@ -1,0 +1,179 @@
+"""Your own images: folders and .npz files the tests make themselves, through the same commands.
+
+Small sets (a few hundred pictures cut from MNIST, some tinted), so each command runs in seconds.
+"""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import TINY_PRIOR, TINY_TOKENIZER, run_cli
+from tokenizer.own_images import DataError, prepare
+
+N_PER_CLASS = 40   # 3 classes x 40: enough for a held-out share and a few batches
+
+
+@pytest.fixture(scope="module")
+def digits(mnist_root):
+    from tokenizer.data import load_split
+    images, labels = load_split(mnist_root, "mnist", train=True, subset=3000)
+    picked = [torch.nonzero(labels == c)[:N_PER_CLASS, 0] for c in (0, 1, 7)]
+    return [images[i].numpy() for i in picked]   # per class: uint8 [40,28,28]
+
+
+def tinted(image: np.ndarray, seed: int, side: int = 40) -> np.ndarray:
+    """A digit in a random colour on a random dark background, at side x side: uint8 [side,side,3]."""
+    rng = np.random.default_rng(seed)
+    ink, paper = rng.integers(128, 256, 3), rng.integers(0, 64, 3)
+    big = np.asarray(Image.fromarray(image).resize((side, side), Image.BILINEAR), np.float32)[..., None] / 255
+    return (paper * (1 - big) + ink * big).round().astype(np.uint8)
+
+
+def write_classes(folder, digits, colour=False, suffix=".png"):
+    for name, images in zip(["zero", "one", "seven"], digits):
+        (folder / name).mkdir(parents=True)
+        for i, image in enumerate(images):
+            picture = Image.fromarray(tinted(image, i) if colour else image)
+            picture.save(folder / name / f"{i:03d}{suffix if i % 5 else suffix.upper()}")   # any case
+
+
+def test_class_folders_become_labels_and_a_held_out_share(tmp_path, digits):
+    write_classes(tmp_path / "set", digits)
+    (tmp_path / "set" / "one" / "notes.txt").write_text("not a picture")
+    got = prepare(tmp_path / "set", 0, tmp_path / "data", quiet=True)
+    assert got.info["class_names"] == ["one", "seven", "zero"] and got.channels == 1
+    assert got.info["image_size"] == 28 and got.train.shape[1:] == (28, 28) and got.train.dtype == np.uint8
+    assert len(got.train) + len(got.test) == 120 and len(got.test) == 12 and got.info["ignored"] == 1
+    assert sorted(np.unique(got.train_labels)) == [0, 1, 2]
+    # each picture kept as it was: a training image is one of the files, bit for bit
+    assert any(np.array_equal(got.train[0], image) for images in digits for image in images)
+
+
+def test_the_second_preparation_reads_the_cache_and_a_changed_listing_does_not(tmp_path, digits):
+    write_classes(tmp_path / "set", digits)
+    first = prepare(tmp_path / "set", 0, tmp_path / "data", quiet=True)
+    assert isinstance(first.train, np.memmap)   # read memory-mapped: a set larger than memory still trains
+    prepared = list((tmp_path / "data" / "prepared").iterdir())
+    prepare(tmp_path / "set", 0, tmp_path / "data", quiet=True)
+    assert list((tmp_path / "data" / "prepared").iterdir()) == prepared
+    os.remove(tmp_path / "set" / "zero" / "000.PNG")
+    again = prepare(tmp_path / "set", 0, tmp_path / "data", quiet=True)
+    assert len(again.train) + len(again.test) == 119
+
+
+def test_flat_folders_npz_and_train_test_folders(tmp_path, digits):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i, image in enumerate(np.concatenate(digits)):
+        Image.fromarray(image).save(flat / f"{i}.jpg", quality=95)
+    got = prepare(flat, 0, tmp_path / "data", quiet=True)
+    assert got.info["class_names"] is None and got.train_labels is None and len(got.test) == 12
+    split = tmp_path / "split"
+    write_classes(split / "train", digits)
+    write_classes(split / "val", [d[:5] for d in digits])
+    got = prepare(split, 0, tmp_path / "data", quiet=True)
+    assert (len(got.train), len(got.test)) == (120, 15) and got.info["split"] == "train/ and val/ folders"
+    all_images = np.concatenate(digits)
+    np.savez(tmp_path / "with.npz", images=all_images, labels=np.repeat([0, 1, 2], N_PER_CLASS))
+    np.savez(tmp_path / "without.npz", images=all_images[..., None])   # [N,H,W,1]
+    got = prepare(tmp_path / "with.npz", 0, tmp_path / "data", quiet=True)
+    assert got.info["class_names"] == ["0", "1", "2"] and len(got.train_labels) == len(got.train)
+    got = prepare(tmp_path / "without.npz", 0, tmp_path / "data", quiet=True)
+    assert got.train_labels is None and got.train.shape[1:] == (28, 28)
+
+
+def test_colour_mixed_and_odd_sized_pictures(tmp_path, digits):
+    folder = tmp_path / "mixed"
+    write_classes(folder, digits, colour=True)
+    Image.fromarray(digits[0][0]).resize((50, 30)).save(folder / "zero" / "grey-wide.png")   # grey, not square
+    Image.fromarray(tinted(digits[1][0], 1)).convert("RGBA").save(folder / "one" / "alpha.png")
+    got = prepare(folder, 0, tmp_path / "data", quiet=True)
+    assert got.channels == 3 and got.info["converted"] == 1 and got.info["image_size"] == 32
+    assert got.train.shape[1:] == (3, 32, 32)
+    got = prepare(folder, 28, tmp_path / "data", quiet=True)
+    assert got.train.shape[1:] == (3, 28, 28)
+
+
+@pytest.mark.parametrize("damage, says", [("corrupt", "cannot read"), ("empty", "cannot read"),
+                                          ("few", "needs at least 60"), ("nothing", "no image files found"),
+                                          ("text", "a file, but not an .npz"), ("missing", "no such file or folder"),
+                                          ("nested", "point dataset= at the folder that holds the class folders")])
+def test_bad_sets_are_one_line_before_any_training(tmp_path, digits, damage, says):
+    folder = tmp_path / "set"
+    write_classes(folder, [d[:3] for d in digits] if damage == "few" else digits)
+    target = folder
+    if damage == "corrupt":
+        data = (folder / "one" / "001.png").read_bytes()
+        (folder / "one" / "001.png").write_bytes(data[:len(data) // 2])
+    elif damage == "empty":
+        (folder / "one" / "002.png").write_bytes(b"")
+    elif damage == "nothing":
+        target = tmp_path / "empty-folder"
+        target.mkdir()
+    elif damage == "text":
+        target = tmp_path / "list.txt"
+        target.write_text("x")
+    elif damage == "missing":
+        target = tmp_path / "nowhere"
+    elif damage == "nested":
+        target = tmp_path
+    with pytest.raises(DataError, match=says) as caught:
+        prepare(target, 0, tmp_path / "data", quiet=True)
+    assert "\n" not in str(caught.value)
+    if damage in ("corrupt", "empty"):   # named, and skipped when asked
+        assert "skip_bad_images=true" in str(caught.value)
+        got = prepare(folder, 0, tmp_path / "data", skip_bad=True, quiet=True)
+        assert got.info["skipped"] == 1 and len(got.train) + len(got.test) == 119
+
+
+def test_a_colour_folder_trains_both_stages_and_generates_colour_grids(tmp_path, digits):
+    """The three commands on a folder of tinted digits at 40x40: a colour tokenizer at 32x32
+    (8x8 codes), a class-conditional prior over them, and colour samples."""
+    folder = tmp_path / "colour"
+    write_classes(folder, digits, colour=True)
+    data = tmp_path / "data"
+    tok, prior, out = tmp_path / "tok", tmp_path / "prior", tmp_path / "samples"
+    tiny = [a for a in TINY_TOKENIZER if not a.startswith("train_subset")] + ["epoch_samples=1024"]
+    result = run_cli(["tokenizer/train.py", *tiny, f"dataset={folder}", f"data_root={data}", f"out_dir={tok}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "colour at 32x32" in result.stdout
+    config = (tok / "config.yaml").read_text()
+    assert "image_size: 32" in config and "channels: 3" in config
+    tiny_prior = [a for a in TINY_PRIOR if not a.startswith("train_subset")] + ["epoch_samples=512"]
+    result = run_cli(["prior/train.py", *tiny_prior, f"tokenizer={tok}", f"data_root={data}", f"out_dir={prior}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_cli(["prior/train.py", *tiny_prior, f"tokenizer={tok}", f"data_root={data}",
+                      f"out_dir={tmp_path / 'p2'}", "dataset=mnist"])
+    assert result.returncode == 2 and "dataset=mnist, but its tokenizer" in result.stderr
+    result = run_cli(["sampling/generate.py", "--n", "8", "--prior", str(prior), "--out", str(out), "--digit", "1"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    with np.load(out / "samples.npz") as samples:
+        assert samples["images"].shape == (8, 32, 32, 3) and samples["tokens"].shape == (8, 8, 8)
+        colour = samples["images"].reshape(-1, 3).astype(float)
+    assert np.abs(colour[:, 0] - colour[:, 1]).mean() > 3   # not grey: the channels differ
+    assert Image.open(out / "grid.png").mode == "RGB"
+
+
+def test_a_flat_folder_trains_an_unconditional_prior(tmp_path, digits):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i, image in enumerate(np.concatenate(digits)):
+        Image.fromarray(image).save(flat / f"{i}.png")
+    tok, prior = tmp_path / "tok", tmp_path / "prior"
+    tiny = [a for a in TINY_TOKENIZER if not a.startswith("train_subset")] + ["epoch_samples=1024"]
+    assert run_cli(["tokenizer/train.py", *tiny, f"dataset={flat}", f"data_root={tmp_path}/data",
+                    f"out_dir={tok}"]).returncode == 0
+    tiny_prior = [a for a in TINY_PRIOR if not a.startswith("train_subset")] + ["epoch_samples=512"]
+    result = run_cli(["prior/train.py", *tiny_prior, f"tokenizer={tok}", f"data_root={tmp_path}/data",
+                      f"out_dir={prior}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "no classes: the prior is unconditional" in result.stdout + result.stderr
+    result = run_cli(["sampling/generate.py", "--n", "4", "--prior", str(prior), "--out", str(tmp_path / "s"),
+                      "--digit", "3"])
+    assert result.returncode == 2 and "has no classes" in result.stderr
+    result = run_cli(["sampling/generate.py", "--n", "4", "--prior", str(prior), "--out", str(tmp_path / "s")])
+    assert result.returncode == 0, result.stderr[-3000:]
