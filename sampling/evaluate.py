@@ -66,8 +66,10 @@ def main(argv: list[str] | None = None) -> dict:
     data = read_npz(path, str(path))
     images = torch.from_numpy(data["images"])
     labels = torch.from_numpy(data["labels"]).long() if "labels" in data else None
-    if images.dim() != 3 or tuple(images.shape[1:]) != (28, 28) or images.dtype != torch.uint8:
-        raise ValueError(f"{path}: 'images' must be uint8 [N,28,28], got {images.dtype} {tuple(images.shape)}")
+    if images.dtype != torch.uint8 or images.dim() not in (3, 4) or (images.dim() == 4 and images.shape[3] != 3):
+        raise ValueError(f"{path}: 'images' must be uint8 [N,H,W] or [N,H,W,3], got {images.dtype} {tuple(images.shape)}")
+    if images.dim() == 4:
+        images = images.permute(0, 3, 1, 2)   # colour: [N,3,H,W], as the models take it
     if len(images) < 10:
         raise ValueError(f"{path}: {len(images)} images; judging needs at least 10 (10000 for the README's figures)")
     from common.pretrained import find_run, is_run
@@ -78,6 +80,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     dataset = args.dataset or tokenizer_dataset(tokenizer_run)
     root = data_root()
+    from tokenizer.data import is_own_dataset
+    if is_own_dataset(dataset):
+        return judge_own_set(path, images, dataset, tokenizer_run, root, args)
     ensure_dataset(root, dataset)
     test_x, _ = load_split(root, dataset, train=False)
     train_x, train_y = load_split(root, dataset, train=True)
@@ -117,6 +122,38 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"samples / real training digits: {ours['x_real']:.2f}x (judge a), {ours['x_real_b']:.2f}x (judge b); "
           f"worst judge {ours['x_real_worst']:.2f}x; two-sample test {ours['c2st']:.1%} "
           f"(real digits: {rows['real train (floor)']['c2st']:.1%}; 50% = indistinguishable)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    return rows
+
+
+def judge_own_set(path: Path, images, dataset: str, tokenizer_run: Path, root: Path, args) -> dict:
+    """A user's set has no trained judges (they are MNIST and Fashion classifiers): the
+    two-sample test alone, against the set's own training images, with its floor (training
+    images against other training images) and the tokenizer's test reconstructions."""
+    import torch
+    from common.pretrained import is_run
+    from sampling.judge import reconstructions, two_sample_accuracy
+    from tokenizer.data import DataError, load_dataset, to_float
+    from tokenizer.own_images import is_prepared
+    side = images.shape[-1]
+    if not is_prepared(dataset, side, root):
+        raise DataError(f"dataset={dataset} is not prepared on this machine (in {root}/prepared); training the "
+                        f"tokenizer prepares it, or pass data_root= / VQGEN_DATA of the machine that trained it")
+    data = load_dataset(dataset, root, side, quiet=True)
+    n = min(len(images), len(data.train) // 2)
+    order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(args.c2st_seed))
+    reference, floor = to_float(data.train[order[:n]]), to_float(data.train[order[n:2 * n]])
+    sets = {"samples": to_float(images[:n]), "real train (floor)": floor}
+    if is_run(tokenizer_run):
+        from tokenizer import load_tokenizer
+        sets["tokenizer recon"] = reconstructions(load_tokenizer(tokenizer_run), to_float(data.test))[:n]
+    rows = {name: {"n": len(x), "c2st": two_sample_accuracy(x, reference, seed=args.c2st_seed)}
+            for name, x in sets.items()}
+    for name, r in rows.items():
+        print(f"{name:20s} n={r['n']:6d}  c2st={r['c2st']:.4f}")
+    print(f"two-sample test {rows['samples']['c2st']:.1%} (real images: {rows['real train (floor)']['c2st']:.1%}; "
+          f"50% = indistinguishable); the Frechet judges exist for mnist and fashion only")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return rows

@@ -31,11 +31,11 @@ JUDGE_EPOCHS = {"mnist": 3, "fashion": 6}          # 3 epochs leave Fashion at 8
 
 
 class Classifier(nn.Module):
-    def __init__(self, kind: str = "a"):
+    def __init__(self, kind: str = "a", channels: int = 1):
         super().__init__()
         if kind == "a":
             self.features = nn.Sequential(
-                nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),     # 14x14
+                nn.Conv2d(channels, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),     # 14x14
                 nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),    # 7x7
                 nn.Flatten(), nn.Linear(64 * 49, 128), nn.ReLU(),
             )
@@ -49,7 +49,9 @@ class Classifier(nn.Module):
             raise ValueError(f"judge kind {kind!r}: expected one of {', '.join(JUDGES)}")
         self.head = nn.Linear(128, 10)
 
-    def forward(self, x):               # x: [B,1,28,28] in [0,1]
+    def forward(self, x):               # x: [B,C,28,28] in [0,1]; other sizes are resized to 28x28
+        if x.shape[-1] != 28:
+            x = F.interpolate(x, size=(28, 28), mode="bilinear", antialias=True, align_corners=False)
         feats = self.features(x * 2 - 1)
         return self.head(feats), feats
 
@@ -178,7 +180,7 @@ def judge(model: Classifier, images: torch.Tensor, reference_feats: torch.Tensor
 def two_sample_accuracy(candidates: torch.Tensor, real: torch.Tensor, seed: int = 0, epochs: int = 3,
                         held_out: float = 0.2, batch_size: int = 128) -> float:
     """A classifier two-sample test (Lopez-Paz & Oquab 2017): a fresh CNN, trained for `epochs`
-    to tell `candidates` from `real` (float [N,1,28,28] in [0,1], the larger set cut to the
+    to tell `candidates` from `real` (float [N,C,H,W] in [0,1], seen at 28x28; the larger set cut to the
     smaller), scored on the held-out share of both. 0.5: it cannot tell them apart; 1.0: it
     always can. Unlike a Frechet distance in a fixed judge's features, nothing here was
     trained before it saw these pixels, so it cannot be tuned to without meaning to.
@@ -197,7 +199,7 @@ def two_sample_accuracy(candidates: torch.Tensor, real: torch.Tensor, seed: int 
     train_x, train_y, test_x, test_y = x[~test], y[~test], x[test], y[test]
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = Classifier("a")
+        model = Classifier("a", channels=x.shape[1])
         model.head = nn.Linear(128, 1)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     model.train()

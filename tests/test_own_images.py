@@ -149,13 +149,17 @@ def test_a_colour_folder_trains_both_stages_and_generates_colour_grids(tmp_path,
     result = run_cli(["prior/train.py", *tiny_prior, f"tokenizer={tok}", f"data_root={data}",
                       f"out_dir={tmp_path / 'p2'}", "dataset=mnist"])
     assert result.returncode == 2 and "dataset=mnist, but its tokenizer" in result.stderr
-    result = run_cli(["sampling/generate.py", "--n", "8", "--prior", str(prior), "--out", str(out), "--digit", "1"])
+    result = run_cli(["sampling/generate.py", "--n", "16", "--prior", str(prior), "--out", str(out), "--digit", "1"])
     assert result.returncode == 0, result.stderr[-3000:]
     with np.load(out / "samples.npz") as samples:
-        assert samples["images"].shape == (8, 32, 32, 3) and samples["tokens"].shape == (8, 8, 8)
+        assert samples["images"].shape == (16, 32, 32, 3) and samples["tokens"].shape == (16, 8, 8)
         colour = samples["images"].reshape(-1, 3).astype(float)
     assert np.abs(colour[:, 0] - colour[:, 1]).mean() > 3   # not grey: the channels differ
     assert Image.open(out / "grid.png").mode == "RGB"
+    result = run_cli(["sampling/evaluate.py", str(out / "samples.npz"), "--tokenizer", str(tok)],
+                     env={"VQGEN_DATA": str(data)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "two-sample test" in result.stdout and "tokenizer recon" in result.stdout
 
 
 def test_a_flat_folder_trains_an_unconditional_prior(tmp_path, digits):
