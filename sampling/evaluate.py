@@ -7,7 +7,8 @@ ratio to that of real training digits (`x_real`, the floor no sampler can beat),
 under two independently trained judges (a and b, sampling/judge.py), then
 `confident`, `class_kl`, precision/recall and, when the file has labels,
 `cond_acc` (judge a), and `c2st`: the held-out accuracy of a fresh classifier
-trained to tell the set from other real training digits (0.5: it cannot). Beside
+trained until its validation loss stops improving to tell the set from other real
+training digits (0.5: it cannot), the mean of 3 seeds with `c2st_spread`. Beside
 them the same figures for 10k real training images (their c2st is the test's
 floor) and the tokenizer's test reconstructions. A reconstruction is paired with
 its own test digit, so a good decoder takes its distance below the real digits';
@@ -47,7 +48,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--tokenizer", default="runs/tokenizer",
                    help="run folder or shipped run's name (mnist, fashion): the reconstruction row and the data set")
     p.add_argument("--json", default=None, help="also write the table as JSON here")
-    p.add_argument("--c2st-seed", type=int, default=0, help="seed of the two-sample test's split and classifier")
+    p.add_argument("--c2st-seed", type=int, default=0, help="first seed of the two-sample test's split and classifier")
+    p.add_argument("--c2st-seeds", type=int, default=3, help="seeds the two-sample test is averaged over")
     p.add_argument("--dataset", choices=["mnist", "fashion"], default=None,
                    help="what the samples imitate (default: the --tokenizer run's dataset, else mnist)")
     args = p.parse_args(argv)
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
     from sampling.judge import (JUDGES, classify, frechet_distance, judge, load_classifier, real_digit_sets,
-                                reconstructions, two_sample_accuracy)
+                                reconstructions, two_sample_test)
     from tokenizer.data import data_root, ensure_dataset, load_split, to_float
 
     from sampling import read_npz
@@ -108,19 +110,26 @@ def main(argv: list[str] | None = None) -> dict:
         floor = rows["real train (floor)"][f"frechet{suffix}"]
         for r in rows.values():
             r[f"x_real{suffix}"] = r[f"frechet{suffix}"] / max(floor, 1e-9)
-    for name, (x, _) in sets.items():
-        rows[name]["c2st"] = two_sample_accuracy(x, c2st_reference, seed=args.c2st_seed)
+    c2st_sets = {name: x for name, (x, _) in sets.items()}
+    if "tokenizer recon" in sets:   # the reconstructions' own floor: the test digits they come from
+        c2st_sets["real test (recon floor)"] = test[:n]
+        rows["real test (recon floor)"] = {"n": min(n, len(test))}
+    for name, x in c2st_sets.items():
+        rows[name].update(two_sample_test(x, c2st_reference, seed=args.c2st_seed, seeds=args.c2st_seeds))
+    print(f"two-sample test: mean of {args.c2st_seeds} seeds, each trained until its validation loss stopped "
+          "improving; c2st_spread is half the range of the seeds")
     for r in rows.values():
-        r["x_real_worst"] = max(r[f"x_real{suffix}"] for suffix in suffixes.values())
-    keys = ["n", "frechet", "x_real", "frechet_b", "x_real_b", "c2st", "confident", "class_kl", "precision",
-            "recall", "cond_acc"]
-    print(f"{'':20s}" + "".join(f"{k:>10s}" for k in keys))
+        if "x_real" in r:
+            r["x_real_worst"] = max(r[f"x_real{suffix}"] for suffix in suffixes.values())
+    keys = ["n", "frechet", "x_real", "frechet_b", "x_real_b", "c2st", "c2st_spread", "confident", "class_kl",
+            "precision", "recall", "cond_acc"]
+    print(f"{'':24s}" + "".join(f"{k:>10s}" for k in keys))
     for name, r in rows.items():
         cells = [f"{r[k]:>10d}" if k == "n" else f"{r[k]:>10.4g}" if k in r else f"{'-':>10s}" for k in keys]
-        print(f"{name:20s}" + "".join(cells))
+        print(f"{name:24s}" + "".join(cells))
     ours = rows["samples"]
     print(f"samples / real training digits: {ours['x_real']:.2f}x (judge a), {ours['x_real_b']:.2f}x (judge b); "
-          f"worst judge {ours['x_real_worst']:.2f}x; two-sample test {ours['c2st']:.1%} "
+          f"worst judge {ours['x_real_worst']:.2f}x; two-sample test {ours['c2st']:.1%} +- {ours['c2st_spread']:.1%} "
           f"(real digits: {rows['real train (floor)']['c2st']:.1%}; 50% = indistinguishable)")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
@@ -133,7 +142,7 @@ def judge_own_set(path: Path, images, dataset: str, tokenizer_run: Path, root: P
     images against other training images) and the tokenizer's test reconstructions."""
     import torch
     from common.pretrained import is_run
-    from sampling.judge import reconstructions, two_sample_accuracy
+    from sampling.judge import reconstructions, two_sample_test
     from tokenizer.data import DataError, load_dataset, to_float
     from tokenizer.own_images import is_prepared
     side = images.shape[-1]
@@ -148,10 +157,12 @@ def judge_own_set(path: Path, images, dataset: str, tokenizer_run: Path, root: P
     if is_run(tokenizer_run):
         from tokenizer import load_tokenizer
         sets["tokenizer recon"] = reconstructions(load_tokenizer(tokenizer_run), to_float(data.test))[:n]
-    rows = {name: {"n": len(x), "c2st": two_sample_accuracy(x, reference, seed=args.c2st_seed)}
+    if "tokenizer recon" in sets:
+        sets["real test (recon floor)"] = to_float(data.test[:n])
+    rows = {name: {"n": len(x), **two_sample_test(x, reference, seed=args.c2st_seed, seeds=args.c2st_seeds)}
             for name, x in sets.items()}
     for name, r in rows.items():
-        print(f"{name:20s} n={r['n']:6d}  c2st={r['c2st']:.4f}")
+        print(f"{name:24s} n={r['n']:6d}  c2st={r['c2st']:.4f} +- {r['c2st_spread']:.4f}")
     print(f"two-sample test {rows['samples']['c2st']:.1%} (real images: {rows['real train (floor)']['c2st']:.1%}; "
           f"50% = indistinguishable); the Frechet judges exist for mnist and fashion only")
     if args.json:

@@ -67,18 +67,21 @@ def test_evaluate_judges_with_the_tokenizers_dataset(tmp_path):
 
 
 def test_the_two_sample_test_is_blind_to_real_digits_sees_noise_and_repeats_itself(mnist_root):
-    from sampling.judge import real_digit_sets, two_sample_accuracy
+    from sampling.judge import real_digit_sets, two_sample_accuracy, two_sample_test
     train_x, _ = load_split(mnist_root, "mnist", train=True)
     a, b = real_digit_sets(len(train_x), 3000)
     assert not set(a.tolist()) & set(b.tolist())
     real, other = to_float(train_x[a]), to_float(train_x[b])
-    halves = two_sample_accuracy(real, other, epochs=2)
+    halves = two_sample_accuracy(real, other, max_epochs=3)
     assert 0.4 <= halves <= 0.6, halves   # two halves of real digits: a coin (1200 held out: +-3% is 2 sigma)
     noise = torch.rand(3000, 1, 28, 28, generator=torch.Generator().manual_seed(0))
-    assert two_sample_accuracy(noise, other, epochs=2) > 0.99
+    assert two_sample_accuracy(noise, other, max_epochs=3) > 0.99
     blurred = torch.nn.functional.avg_pool2d(real, 3, 1, 1)   # what a blurry decoder would draw
-    assert two_sample_accuracy(blurred, other, epochs=2) > 0.9
-    assert two_sample_accuracy(real, other, epochs=2) == halves   # the same seed, the same figure
+    assert two_sample_accuracy(blurred, other, max_epochs=3) > 0.9
+    assert two_sample_accuracy(real, other, max_epochs=3) == halves   # the same seed, the same figure
+    seeds = two_sample_test(blurred[:1000], other[:1000], seeds=3, max_epochs=3)
+    assert len(seeds["c2st_seeds"]) == 3 and len(set(seeds["c2st_seeds"])) > 1   # three different draws
+    assert seeds["c2st"] == pytest.approx(sum(seeds["c2st_seeds"]) / 3) and 0 <= seeds["c2st_spread"] < 0.1
 
 
 def test_evaluate_refuses_too_few_images_before_any_work(tmp_path):

@@ -181,3 +181,47 @@ def test_a_flat_folder_trains_an_unconditional_prior(tmp_path, digits):
     assert result.returncode == 2 and "has no classes" in result.stderr
     result = run_cli(["sampling/generate.py", "--n", "4", "--prior", str(prior), "--out", str(tmp_path / "s")])
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def colour_runs(tmp_path_factory, digits):
+    """A tiny colour tokenizer and prior on tinted digits (3 classes), for the readers below."""
+    base = tmp_path_factory.mktemp("colour-runs")
+    folder = base / "colour"
+    write_classes(folder, digits, colour=True)
+    tok, prior = base / "tok", base / "prior"
+    tiny = [a for a in TINY_TOKENIZER if not a.startswith("train_subset")] + ["epoch_samples=1024"]
+    assert run_cli(["tokenizer/train.py", *tiny, f"dataset={folder}", f"data_root={base}/data",
+                    f"out_dir={tok}"]).returncode == 0
+    tiny_prior = [a for a in TINY_PRIOR if not a.startswith("train_subset")] + ["epoch_samples=512"]
+    assert run_cli(["prior/train.py", *tiny_prior, f"tokenizer={tok}", f"data_root={base}/data",
+                    f"out_dir={prior}"]).returncode == 0
+    return folder, tok, prior, base / "data"
+
+
+def test_the_page_serves_a_colour_run_with_its_class_names(colour_runs):
+    from sampling.demo import Demo
+    from sampling.digit_image import picture, to_uint8
+    _, _, prior, data = colour_runs
+    demo = Demo(prior, data_root=data)
+    assert demo.models is not None and demo.models.class_names == ["one", "seven", "zero"]
+    assert demo.settings()["digits"] == ["0", "1", "2"]    # "all" is every class of this prior
+    sampled = demo.sample([2], n=4)
+    assert sampled.images.shape == (4, 3, 32, 32) and sampled.tokens.shape == (4, 8, 8)
+    assert picture(to_uint8(sampled.images)).shape[-1] == 3   # one colour picture per answer
+    test_image = demo.test_digit(0)                          # from the run's own prepared test split
+    assert test_image.shape == (3, 32, 32)
+    completed = demo.complete(test_image, keep_rows=4, n=2)
+    assert torch.equal(completed.tokens[:, :4], demo.tokenize(test_image)[0][None, :4].expand(2, -1, -1))
+
+
+def test_a_killed_run_on_a_folder_resumes_to_the_bits_of_an_unbroken_one(colour_runs, tmp_path):
+    from safetensors.torch import load_file
+    folder, _, _, data = colour_runs
+    tiny = [a for a in TINY_TOKENIZER if not a.startswith("train_subset")] + ["epoch_samples=512", "epochs=2"]
+    common = ["tokenizer/train.py", *tiny, f"dataset={folder}", f"data_root={data}"]
+    assert run_cli(common + [f"out_dir={tmp_path}/a"]).returncode == 0
+    assert run_cli(common + [f"out_dir={tmp_path}/b", "max_steps=7"]).returncode == 0   # stopped part way
+    assert run_cli(common + [f"out_dir={tmp_path}/b"]).returncode == 0                  # the same command again
+    a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
