@@ -202,11 +202,14 @@ class DataSet:
     info: dict
 
 
-def check_dataset(dataset: str) -> None:
-    """A dataset= that is neither a known name nor a folder or .npz: one DataError, before any work."""
+def check_dataset(dataset: str, root: Path) -> None:
+    """Before any work, nothing written: a dataset= that is neither a known name nor a folder or
+    .npz, or mnist/fashion files present but corrupt, is one DataError (missing ones are fetched later)."""
     problem = describe_problem(Path(dataset).expanduser()) if is_own_dataset(dataset) else None
     if problem:
         raise DataError(problem)
+    if not is_own_dataset(dataset):
+        verify(root, dataset)   # raises on a bad checksum
 
 
 def builtin_info(dataset: str) -> dict:

@@ -196,7 +196,7 @@ def resolve_data(cfg: TokenizerConfig, info: dict) -> TokenizerConfig:
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = load_config(TokenizerConfig, sys.argv[1:] if argv is None else argv, DEFAULT_CONFIG, usage=__doc__)
-    check_dataset(cfg.dataset)                # a dataset= that cannot be one: one line, nothing written
+    check_dataset(cfg.dataset, data_root(cfg.data_root))   # a dataset= that cannot be one: one line, nothing written
     accelerator = make_accelerator(cfg.tracker)   # first: every step below is agreed by all processes
     with run_lock(cfg.out_dir):               # one writer per run folder
         root = data_root(cfg.data_root)
