@@ -26,8 +26,8 @@ from common.errors import OneLineArgumentParser, run_main
 from common.pretrained import SHIPPED_DEFAULT
 from prior.model import GRID
 from sampling.demo import MAX_SAMPLES, OWN_RUNS, Demo, DemoError, choose_prior, parse_digits
-from sampling.digit_image import FIELD, INK_CHOICES, MAX_PICTURE_PIXELS, SHOW_SCALE, check_picture, fit_to, kept_part, \
-    picked, picture, to_mnist, to_uint8
+from sampling.digit_image import INK_CHOICES, MAX_PICTURE_PIXELS, check_picture, fit_to, kept_part, picked, \
+    picture, shown_scale, to_mnist, to_uint8
 from sampling.page_cache import MIN_FETCH_AGE, PageCache, private_cache_folder
 
 MAX_UPLOAD_MB = 5    # gradio refuses a larger upload before storing it
@@ -120,7 +120,7 @@ def build_app(demo: Demo, cache: PageCache | None = None, allow_load: bool = Tru
             raise DemoError("sample first")
         x, y = event.index if isinstance(event.index, (list, tuple)) else (-1, -1)
         side = current(visitor).require_models().tokenizer.shape.side
-        chosen = picked(x, y, len(tokens), side * max(1, round(FIELD * SHOW_SCALE / side)))
+        chosen = picked(x, y, len(tokens), side * shown_scale(side))
         if chosen is None:
             raise DemoError("click a digit, not the space between them")
         return code_table(tokens[chosen], current(visitor).require_models().tokenizer.codebook_size)

@@ -117,11 +117,12 @@ class Demo:
         prepared inside a request (that can take minutes): a server without it says how to get it."""
         if self._test_images is None:
             from tokenizer.data import DataError, data_root, is_own_dataset, load_dataset, verify
+            from tokenizer.own_images import is_prepared
             models = self.require_models()
             root, dataset = data_root(str(self.data_root or "")), models.dataset
             try:
                 ready = not verify(root, dataset) if not is_own_dataset(dataset) else \
-                    own_set_prepared(dataset, root, models.tokenizer.shape.side)
+                    is_prepared(dataset, models.tokenizer.shape.side, root)   # preparing is for training
                 if not ready:
                     raise DemoError(f"no {dataset} test images on this server (in {root}); its owner can prepare "
                                     f"them with `python -m tokenizer.data {dataset}`; draw one meanwhile")
@@ -173,12 +174,6 @@ class Demo:
         except ValueError as err:
             raise DemoError(str(err)) from None
         return Sampled(out["images"], out["tokens"], out["labels"], time.perf_counter() - started)
-
-
-def own_set_prepared(dataset: str, root, image_size: int) -> bool:
-    """Whether a user's set is prepared (cached) on this machine: preparing it is for training."""
-    from tokenizer.own_images import is_prepared
-    return is_prepared(dataset, image_size, root)
 
 
 def choose_prior(given: str | None) -> tuple[str, str]:

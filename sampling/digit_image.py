@@ -85,10 +85,15 @@ def to_mnist(image: np.ndarray, ink: str = "auto") -> torch.Tensor:
     return field
 
 
+def shown_scale(side: int) -> int:
+    """Pixels on the page per image pixel: about 112 on the page, MNIST's 28 x SHOW_SCALE."""
+    return max(1, round(FIELD * SHOW_SCALE / side))
+
+
 def to_uint8(images: torch.Tensor, scale: int = 0) -> np.ndarray:
     """float [N,C,H,W] in [0,1] -> uint8 [N,H*scale,W*scale] (grey) or [N,H*scale,W*scale,3],
-    blown up without blur (scale 0: to about 112 pixels, MNIST's 28 x SHOW_SCALE)."""
-    scale = scale or max(1, round(FIELD * SHOW_SCALE / images.shape[-1]))
+    blown up without blur (scale 0: shown_scale of the images' side)."""
+    scale = scale or shown_scale(images.shape[-1])
     pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8)
     pixels = pixels[:, 0] if pixels.shape[1] == 1 else pixels.permute(0, 2, 3, 1)
     return pixels.repeat_interleave(scale, 1).repeat_interleave(scale, 2).numpy()
