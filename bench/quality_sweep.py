@@ -42,12 +42,10 @@ VARIANTS = {
     "fsq-8555": (["quantizer=fsq", "fsq_levels=[8,5,5,5]"], []),
     "fsq-8555-res": (["quantizer=fsq", "fsq_levels=[8,5,5,5]", "res_blocks=2"], []),
     "augment": ([], ["augment=true"]),
+    # token_dropout=0.1 and augment_mode=shift lost here and left the code (docs/RESULTS.md)
     "rowcol": ([], ["rowcol_pos=true"]),
-    "token-dropout": ([], ["token_dropout=0.1"]),
     "large": ([], PLAIN_LARGE),
     "large-augment": ([], [*PLAIN_LARGE, "augment=true"]),
-    "shift": ([], ["augment=true", "augment_mode=shift"]),
-    "large-shift": ([], [*PLAIN_LARGE, "augment=true", "augment_mode=shift"]),
     "augment-token": ([], ["augment=true", "augment_token=true"]),
     "large-augment-token": ([], [*PLAIN_LARGE, "augment=true", "augment_token=true"]),
     "large-augment-token-quarter": ([], [*PLAIN_LARGE, "augment=true", "augment_token=true", "augment_share=0.25"]),

@@ -121,9 +121,15 @@ def apply_overrides(cfg, overrides: dict[str, Any], source: str):
     """Return a copy of `cfg` with `overrides` applied; unknown keys name close matches."""
     hints = typing.get_type_hints(type(cfg))
     names = [f.name for f in fields(cfg)]
+    retired = getattr(cfg, "RETIRED", {})
     updates = {}
     for key, value in overrides.items():
-        if key not in hints:
+        if key in retired:
+            if value != retired[key]:
+                raise ConfigError(f"{key}={value!r} in {source}: this switch was removed after it lost its "
+                                  f"measurement (docs/RESULTS.md); drop the key")
+            continue
+        if key not in names:
             close = difflib.get_close_matches(key, names, n=3, cutoff=0.6)
             hint = f"; did you mean {' or '.join(close)}?" if close else f"; known keys: {', '.join(names)}"
             raise ConfigError(f"unknown config key {key!r} in {source}{hint}")
@@ -244,7 +250,8 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
 def config_from_file(cls, path: Path):
     """Rebuild a saved config (config.yaml beside the weights); unknown keys and values a
     training would refuse are an error that names the file."""
-    cfg = apply_overrides(cls(), read_yaml_mapping(path), str(path))
+    saved = {**getattr(cls, "ABSENT_IN_OLD_RUNS", {}), **read_yaml_mapping(path)}
+    cfg = apply_overrides(cls(), saved, str(path))
     try:   # resume= may name a checkpoint long gone: it says nothing about the saved model
         dataclasses.replace(cfg, resume="auto").validate()
     except ConfigError as err:

@@ -18,7 +18,7 @@ from common.grid import grid_to_sequence
 from tokenizer.data import encode_digits
 
 
-def encode_all(tokenizer, images_uint8: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+def encode_all(tokenizer, images_uint8: torch.Tensor, batch_size: int = 0) -> torch.Tensor:
     """uint8 [N,H,W] or [N,C,H,W] -> int16 [N,h*w] codes in raster order (MNIST: [N,49])."""
     return grid_to_sequence(encode_digits(tokenizer, images_uint8, batch_size)).to(torch.int16)
 
@@ -49,26 +49,18 @@ MAX_ROTATION_DEG = 8.0
 MAX_SCALE_CHANGE = 0.08
 
 
-AUGMENT_MODES = ("warp", "shift")
-# shift: the 8 one-pixel moves. The tokenizer sees 4x4 patches, so a 1-px move gives a
-# digit new codes without resampling it (no blur) or moving it off MNIST's centring much.
-ONE_PIXEL_MOVES = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
-
-
 @torch.no_grad()
-def distort(images_uint8: torch.Tensor, generator: torch.Generator, share: float, mode: str = "warp",
+def distort(images_uint8: torch.Tensor, generator: torch.Generator, share: float,
             chunk: int = 10_000) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 [N,28,28] -> (uint8 [N,28,28], long [M] which): a random `share` of the digits
-    shifted, rotated and scaled a little (mode "warp": one affine warp each, bilinear) or
-    moved by one whole pixel (mode "shift": exact), the others as they are.
+    shifted, rotated and scaled a little (one affine warp each, bilinear), the others as
+    they are. (Exact one-pixel moves leaked into the samples more: docs/RESULTS.md.)
 
     Every random number is drawn for every image, so the result is a function of the
     generator's seed alone (exact resume), whatever `share` selects.
     """
     n = len(images_uint8)
     chosen = torch.rand(n, generator=generator) < share
-    if mode == "shift":
-        return _moved(images_uint8, chosen, torch.randint(len(ONE_PIXEL_MOVES), (n,), generator=generator))
     angle = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(MAX_ROTATION_DEG)
     scale = 1 + (torch.rand(n, generator=generator) * 2 - 1) * MAX_SCALE_CHANGE
     side = images_uint8.shape[-1]
@@ -87,24 +79,13 @@ def distort(images_uint8: torch.Tensor, generator: torch.Generator, share: float
     return out, which
 
 
-def _moved(images_uint8: torch.Tensor, chosen: torch.Tensor, move: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The chosen images moved by ONE_PIXEL_MOVES[move], the edge they leave filled with black."""
-    padded = F.pad(images_uint8, (1, 1, 1, 1))
-    out = images_uint8.clone()
-    height, width = images_uint8.shape[-2:]
-    for k, (dy, dx) in enumerate(ONE_PIXEL_MOVES):
-        rows = (chosen & (move == k)).nonzero().squeeze(1)
-        out[rows] = padded[rows, 1 - dy:1 + height - dy, 1 - dx:1 + width - dx]
-    return out, chosen.nonzero().squeeze(1)
-
-
 def augmented_codes(tokenizer, images_uint8: torch.Tensor, codes: torch.Tensor, seed: int, epoch: int,
-                    share: float, mode: str = "warp") -> tuple[torch.Tensor, torch.Tensor]:
+                    share: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(the code grids of epoch `epoch`, long [M] which are distorted): `codes` (those of
     images_uint8) with the distorted digits re-encoded by the frozen tokenizer (only
     those: encoding is the cost)."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    warped, which = distort(images_uint8, generator, share, mode)
+    warped, which = distort(images_uint8, generator, share)
     fresh = codes.clone()
     fresh[which] = encode_all(tokenizer, warped[which]).to(codes.dtype)
     return fresh, which

@@ -80,7 +80,7 @@ def make_task(cfg: PriorConfig, tokenizer, grids: dict, train_images: torch.Tens
             labels = null
         logits, _ = m(codes, labels)
         logits = logits.flatten(0, 1).float()
-        loss = torch.nn.functional.cross_entropy(logits, codes.flatten(), label_smoothing=cfg.label_smoothing)
+        loss = torch.nn.functional.cross_entropy(logits, codes.flatten())
         if cfg.z_loss > 0:
             return loss + cfg.z_loss * logits.logsumexp(-1).square().mean(), {}
         return loss, {}
@@ -127,7 +127,7 @@ def make_task(cfg: PriorConfig, tokenizer, grids: dict, train_images: torch.Tens
 
     def epoch_tensors(epoch: int):
         codes, which = augmented_codes(tokenizer, train_images, grids["train_codes"], cfg.seed, epoch,
-                                       cfg.augment_share, cfg.augment_mode)
+                                       cfg.augment_share)
         labels = grids["train_labels"].clone()
         if cfg.augment_token:
             labels[which] += distorted

@@ -51,6 +51,33 @@ def test_a_config_that_is_not_text_names_its_file(prior_copy):
         load_prior(prior_copy)
 
 
+def test_a_run_saved_before_the_recipe_moved_into_the_defaults_loads_as_it_was_trained(prior_copy):
+    """Saved configs name retired switches at their off value and lack keys added later;
+    both load as the run was trained (a missing `rope` meant none then, not today's 1d)."""
+    import yaml
+    from common.config import config_from_file
+    from prior import load_prior
+    from prior.config import PriorConfig
+    config = yaml.safe_load((prior_copy / "config.yaml").read_text())
+    assert config.pop("rope") == "1d"
+    (prior_copy / "config.yaml").write_text(yaml.safe_dump({**config, "zero_init": False, "tie_embeddings": False,
+                                                            "label_smoothing": 0.0, "token_dropout": 0.0}))
+    assert config_from_file(PriorConfig, prior_copy / "config.yaml").rope == "none"
+    assert load_prior(prior_copy, "cpu")[0].shape.rope == "none"
+    edit_config(prior_copy, zero_init=True)
+    with pytest.raises(CheckpointError, match="zero_init=True .* was removed"):
+        load_prior(prior_copy)
+
+
+def test_the_default_prior_config_file_adds_nothing_to_the_defaults():
+    """The adopted recipe lives in PriorConfig's defaults, named once."""
+    from common.config import load_config
+    from prior.config import PriorConfig
+    assert load_config(PriorConfig, ["--config", str(REPO / "configs/prior.yaml")]) == PriorConfig()
+    with pytest.raises(Exception, match="label_smoothing=0.1 in the command line: this switch was removed"):
+        load_config(PriorConfig, ["label_smoothing=0.1"])
+
+
 @pytest.mark.parametrize("skeleton, says", [({"__tensor__": "nope"}, "names a tensor that is not in the file"),
                                             ("deep", "nested too deeply"),
                                             ({"__dict__": "x"}, "an unknown entry")])

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Literal
+from typing import ClassVar, Literal
 
 from common.config import ConfigError, TrainConfig
 from tokenizer.model import VQVAEShape
@@ -11,21 +11,26 @@ from tokenizer.model import VQVAEShape
 @dataclass
 class TokenizerConfig(TrainConfig, VQVAEShape):
     out_dir: str = "runs/tokenizer"  # the run folder
-    epochs: int = 3                  # passes over the 60k training digits (other sets: the same samples seen, see train.py)
+    epochs: int = 2                  # passes over the 60k training digits (other sets: the same samples seen, see train.py)
     batch_size: int = 64
     lr: float = 2e-3                 # Adam peak learning rate
     warmup_steps: int = 20           # linear warmup, in steps of one process (N processes: /N, the same samples)
-    decoder_epochs: int = 0          # then this many epochs of the decoder alone on the frozen codes (same codes, sharper images)
+    decoder_epochs: int = 2          # then this many epochs of the decoder alone on the frozen codes (same codes, sharper images)
     decoder_lr: float = 1e-3         # peak learning rate of those epochs (no warmup, cosine decay)
-    decoder_loss: Literal["mse", "gan"] = "mse"   # gan: MSE plus a patch discriminator's hinge loss (sharper strokes)
+    decoder_loss: Literal["mse", "gan"] = "gan"   # gan: MSE plus a patch discriminator's hinge loss (sharper strokes)
     decoder_gan_weight: float = 0.1  # gan: weight of the adversarial term beside the MSE
     decoder_gan_warmup: int = 200    # gan: steps (of one process; N processes: /N) over which that weight ramps up from 0
     decoder_disc_lr: float = 2e-4    # gan: the discriminator's Adam learning rate (constant)
     decoder_disc_channels: int = 32  # gan: width of the discriminator's first layer
-    decoder_disc_whole_digit: bool = False   # gan: a whole-digit head beside the patch head
+    decoder_disc_whole_digit: bool = True    # gan: a whole-digit head beside the patch head (what a classifier sees)
     decoder_seed: int = 0            # added to seed for the decoder phase: another draw of the phase alone
-    decoder_weight_average: float = 0.0   # the decoder phase's weight_average: > 0, its EMA is what ships
+    decoder_weight_average: float = 0.999   # the decoder phase's weight_average: > 0, its EMA is what ships
     decoder_r1: float = 0.0          # gan: weight gamma of the R1 gradient penalty on real digits (0 = none)
+
+    # A run saved before a key existed ran without it: the values such a run used (the
+    # defaults before the adopted recipe moved here from configs/tokenizer.yaml).
+    ABSENT_IN_OLD_RUNS: ClassVar[dict] = {"codebook_size": 512, "epochs": 3, "decoder_epochs": 0, "decoder_loss": "mse",
+                                          "decoder_disc_whole_digit": False, "decoder_weight_average": 0.0}
 
     def validate(self) -> None:
         super().validate()

@@ -34,7 +34,7 @@ class VQVAEShape:
     """The sizes that define the network (a subset of TokenizerConfig)."""
     quantizer: Literal["vq", "fsq"] = "vq"   # vq: learnt codebook (L2 lookup); fsq: finite scalar quantization
     fsq_levels: list[int] = field(default_factory=lambda: [8, 5, 5, 5])   # fsq: levels per channel
-    codebook_size: int = 512         # vq: K, the number of codes
+    codebook_size: int = 64          # vq: K; coarse codes, an easier prior, kept sharp by the adversarial decoder
     embedding_dim: int = 16          # vq: code vector size (16: the PSNR of 64 here, ~30% cheaper)
     hidden_channels: int = 64        # width of the encoder and decoder convolutions
     res_blocks: int = 0              # residual blocks at 7x7 in the encoder and in the decoder
