@@ -104,7 +104,7 @@ class WeightAverage:
 class Task:
     stage: str                                            # "tokenizer" | "prior": tags every file
     model: nn.Module
-    train_tensors: tuple[torch.Tensor, ...]               # indexed along dim 0, moved to the device
+    train_tensors: tuple[torch.Tensor, ...]               # on the host, indexed along dim 0; batches move to the device
     loss_fn: Callable[[nn.Module, tuple[torch.Tensor, ...]], tuple[torch.Tensor, dict[str, torch.Tensor]]]
     evaluate: Callable[[nn.Module], dict[str, float]]     # main process, unwrapped model in eval mode
     make_optimizer: Callable[[nn.Module], torch.optim.Optimizer] | None = None
@@ -205,7 +205,9 @@ def fit(cfg, task: Task, accelerator=None, last: bool = True) -> dict:
     raw_model = accelerator.unwrap_model(model)
     side = _prepare_side(task.side, accelerator)
     average = WeightAverage(raw_model, cfg.weight_average, world) if cfg.weight_average > 0 else None
-    data = tuple(t.to(accelerator.device) for t in task.train_tensors)
+    # The training set stays on the host (a user's set may be a memory map larger than memory,
+    # or than the GPU's): each batch is gathered there and moved to the device.
+    data = task.train_tensors
 
     n_train = data[0].shape[0]
     per_epoch = cfg.epoch_samples or n_train
@@ -290,11 +292,11 @@ def fit(cfg, task: Task, accelerator=None, last: bool = True) -> dict:
             epoch, index = divmod(step, steps_per_epoch)
             if epoch != order_epoch:  # each process takes its own stride of the shared order
                 order_epoch = epoch
-                order = epoch_order(n_train, cfg.seed, epoch, per_epoch)[rank::world].to(accelerator.device)
+                order = epoch_order(n_train, cfg.seed, epoch, per_epoch)[rank::world]
                 if task.epoch_tensors is not None:   # its cost counts in train_s
-                    data = tuple(t.to(accelerator.device) for t in task.epoch_tensors(epoch))
+                    data = task.epoch_tensors(epoch)
             batch_ids = order[index * cfg.batch_size:(index + 1) * cfg.batch_size]
-            batch = tuple(t[batch_ids] for t in data)
+            batch = tuple(t[batch_ids].to(accelerator.device, non_blocking=True) for t in data)
 
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, total_steps, cfg, world)

@@ -178,6 +178,31 @@ def judge(model: Classifier, images: torch.Tensor, reference_feats: torch.Tensor
 
 
 
+FLOOR = "real train (floor)"   # the set of real training digits every distance is a multiple of
+
+
+def judged_by_classifiers(sets: dict, test: torch.Tensor, root: Path, dataset: str) -> dict[str, dict]:
+    """sets: name -> (float images, labels or None), one of them FLOOR. Judge a's figures and
+    judge b's distance (frechet_b) for each, against the test images' features, and each
+    distance as a multiple of the floor's: x_real, x_real_b and the larger, x_real_worst."""
+    rows = {}
+    for kind in JUDGES:
+        suffix = "" if kind == "a" else f"_{kind}"
+        model = load_classifier(root, dataset, kind=kind)
+        _, test_feats = classify(model, test)
+        for name, (x, y) in sets.items():
+            if kind == "a":
+                rows[name] = judge(model, x, test_feats, y)
+            else:
+                rows[name][f"frechet{suffix}"] = frechet_distance(classify(model, x)[1], test_feats)
+        floor = rows[FLOOR][f"frechet{suffix}"]
+        for r in rows.values():
+            r[f"x_real{suffix}"] = r[f"frechet{suffix}"] / max(floor, 1e-9)
+    for r in rows.values():
+        r["x_real_worst"] = max(r[key] for key in r if key.startswith("x_real"))
+    return rows
+
+
 # Chosen on the shipped tokenizer's reconstructions against training digits (docs/RESULTS.md,
 # seed 0): a cosine rate from 1e-3 over 8 epochs gave 85.6% (validation loss 0.388, still
 # falling); one-cycle at 3e-3, 8 epochs 96.0% (0.116); the same over 16 epochs, batch 256,
@@ -281,9 +306,11 @@ def real_digit_sets(count: int, n: int, seed: int = 0) -> tuple[torch.Tensor, to
 
 
 @torch.no_grad()
-def reconstructions(tokenizer, images: torch.Tensor, batch_size: int = 2000) -> torch.Tensor:
-    """The tokenizer's reconstructions of float images [N,1,28,28], rounded to uint8 levels
-    as generated samples are."""
+def reconstructions(tokenizer, images: torch.Tensor, batch_size: int = 0) -> torch.Tensor:
+    """The tokenizer's reconstructions of float images [N,C,H,W], rounded to uint8 levels
+    as generated samples are (batches of 2000 MNIST digits' pixels)."""
+    from tokenizer.data import batch_like_mnist
+    batch_size = batch_size or batch_like_mnist(images, 2000)
     recon = torch.cat([tokenizer.decode(tokenizer.encode(images[i:i + batch_size]))
                        for i in range(0, len(images), batch_size)])
     return (recon * 255).round() / 255

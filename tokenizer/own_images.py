@@ -104,9 +104,8 @@ def prepare(path: str | Path, image_size: int, root: Path, skip_bad: bool = Fals
         if (auto / "info.json").is_file() and json.loads((auto / "info.json").read_text())["image_size"] == image_size:
             cache = auto
     if not (cache / "info.json").is_file():
-        arrays, info = _decode_npz(path, image_size) if path.is_file() else \
-            _decode_folder(path, listing, image_size, skip_bad)
-        _write_cache(cache, arrays, info)
+        info = _write_cache(cache, lambda out: _decode_npz(path, image_size, out) if path.is_file() else
+                            _decode_folder(path, listing, image_size, skip_bad, out))
         if not quiet:
             print(summary(path, info), flush=True)
     info = json.loads((cache / "info.json").read_text())
@@ -222,7 +221,9 @@ def auto_size(sides: list[int]) -> int:
     return 28 if side <= 28 else 32 if side <= 48 else 64
 
 
-def _decode_folder(path: Path, listing: dict, image_size: int, skip_bad: bool) -> tuple[dict, dict]:
+def _decode_folder(path: Path, listing: dict, image_size: int, skip_bad: bool, out: Path) -> dict:
+    """Decode every picture straight into memory-mapped .npy files in `out`, one at a time:
+    preparing never holds the set in memory, so a folder larger than memory prepares too."""
     from PIL import Image, UnidentifiedImageError
     opened, bad = {}, []
     colour, sides = False, []
@@ -238,29 +239,52 @@ def _decode_folder(path: Path, listing: dict, image_size: int, skip_bad: bool) -
                 bad.append((file, err))
         opened[part] = kept
     _refuse_bad(path, bad, skip_bad)
+    if "all" in opened:   # no train/test folders: hold out a seeded share of the files
+        train, test = _held_out(path, len(opened["all"]))
+        opened = {"train": [opened["all"][i] for i in train], "test": [opened["all"][i] for i in test]}
+    _check_sizes(path, len(opened["train"]), len(opened["test"]))   # before the long decode
     size = image_size or auto_size(sides)
     classes = sorted({label for files in opened.values() for _, label in files}) if listing["labelled"] else None
-    arrays, converted, skipped = {}, 0, len(bad)
+    converted, skipped, sizes = 0, len(bad), {}
     for part, files in opened.items():
-        pictures, labels = [], []
+        shape = (len(files), 3, size, size) if colour else (len(files), size, size)   # the models' layout
+        images = np.lib.format.open_memmap(out / f"{part}.npy", mode="w+", dtype=np.uint8, shape=shape)
+        labels = []
         for file, label in files:
             try:
                 with Image.open(file) as image:
                     image.load()   # decodes: a file truncated past its header fails here
                     converted += colour and not _colour_of(image)
-                    pictures.append(_square(image, size, colour))
+                    picture = _square(image, size, colour)
             except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
                 _refuse_bad(path, [(file, err)], skip_bad)
                 skipped += 1
                 continue
+            images[len(labels)] = picture.transpose(2, 0, 1) if colour else picture
             labels.append(classes.index(label) if classes else 0)
-        arrays[part] = (np.stack(pictures) if pictures else np.zeros((0, size, size, 3)[:3 + colour], np.uint8),
-                        np.asarray(labels, np.int64))
-    if "all" in arrays:
-        arrays = _hold_out(path, *arrays.pop("all"))
-    info = {"channels": 3 if colour else 1, "image_size": size, "class_names": classes, "split": listing["split"],
-            "skipped": skipped, "ignored": listing["ignored"], "converted": converted}
-    return _finish(path, arrays, info, labelled=bool(classes))
+        images.flush()
+        del images
+        if len(labels) < len(files):   # skipped files left rows unused at the end
+            _shrink(out / f"{part}.npy", len(labels))
+        if classes:
+            np.save(out / f"{part}_labels.npy", np.asarray(labels, np.int64))
+        sizes[part] = len(labels)
+    _check_sizes(path, sizes["train"], sizes["test"])
+    return {"channels": 3 if colour else 1, "image_size": size, "class_names": classes, "split": listing["split"],
+            "skipped": skipped, "ignored": listing["ignored"], "converted": converted,
+            "train_size": sizes["train"], "test_size": sizes["test"]}
+
+
+def _shrink(file: Path, rows: int, chunk: int = 4096) -> None:
+    """Keep the first `rows` rows of an .npy file, copied a chunk at a time."""
+    old = np.load(file, mmap_mode="r")
+    tmp = file.with_name(f"shrunk-{file.name}")
+    new = np.lib.format.open_memmap(tmp, mode="w+", dtype=old.dtype, shape=(rows, *old.shape[1:]))
+    for i in range(0, rows, chunk):
+        new[i:i + chunk] = old[i:min(i + chunk, rows)]
+    new.flush()
+    del new, old
+    os.replace(tmp, file)
 
 
 def _refuse_bad(path: Path, bad: list, skip_bad: bool) -> None:
@@ -272,7 +296,8 @@ def _refuse_bad(path: Path, bad: list, skip_bad: bool) -> None:
                         f"skip_bad_images=true to leave such files out")
 
 
-def _decode_npz(path: Path, image_size: int) -> tuple[dict, dict]:
+def _decode_npz(path: Path, image_size: int, out: Path) -> dict:
+    """An .npz is read whole (numpy cannot map a zip member), so it must fit in memory."""
     from PIL import Image
     try:
         with np.load(path, allow_pickle=False) as data:
@@ -300,47 +325,44 @@ def _decode_npz(path: Path, image_size: int) -> tuple[dict, dict]:
         squared = np.stack([_square(Image.fromarray(image, mode), size, colour) for image in images])
     present = np.unique(labels) if labels is not None else None
     classes = [str(c) for c in range(int(present.max()) + 1)] if present is not None and len(present) else None
-    arrays = _hold_out(path, squared, labels if labels is not None else np.zeros(len(images), np.int64))
-    info = {"channels": 3 if colour else 1, "image_size": size, "class_names": classes,
+    train, test = _held_out(path, len(squared))
+    if colour:   # [N,H,W,3] -> [N,3,H,W], the layout the models take
+        squared = squared.transpose(0, 3, 1, 2)
+    np.save(out / "train.npy", np.ascontiguousarray(squared[train]))
+    np.save(out / "test.npy", np.ascontiguousarray(squared[test]))
+    if classes is not None:
+        np.save(out / "train_labels.npy", labels[train].astype(np.int64))
+        np.save(out / "test_labels.npy", labels[test].astype(np.int64))
+    return {"channels": 3 if colour else 1, "image_size": size, "class_names": classes,
             "split": f"{HELD_OUT:.0%} held out at random (seed {SPLIT_SEED})", "skipped": 0, "ignored": 0,
-            "converted": 0}
-    return _finish(path, arrays, info, labelled=classes is not None)
+            "converted": 0, "train_size": len(train), "test_size": len(test)}
 
 
-def _hold_out(path: Path, images: np.ndarray, labels: np.ndarray) -> dict:
-    n = len(images)
+def _held_out(path: Path, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) indices of n images: a seeded HELD_OUT share for testing, each in order."""
     n_test = max(MIN_TEST, round(HELD_OUT * n))
     if n - n_test < MIN_TRAIN:
         raise DataError(f"dataset={path}: {n} images; a held-out test share needs at least "
                         f"{MIN_TRAIN + MIN_TEST} ({MIN_TRAIN} to train, {MIN_TEST} to test)")
     order = np.random.default_rng(SPLIT_SEED).permutation(n)
-    test, train = np.sort(order[:n_test]), np.sort(order[n_test:])
-    return {"train": (images[train], labels[train]), "test": (images[test], labels[test])}
+    return np.sort(order[n_test:]), np.sort(order[:n_test])
 
 
-def _finish(path: Path, arrays: dict, info: dict, labelled: bool) -> tuple[dict, dict]:
-    (train, train_labels), (test, test_labels) = arrays["train"], arrays["test"]
-    if len(train) < MIN_TRAIN or len(test) < MIN_TEST:
-        raise DataError(f"dataset={path}: {len(train)} training and {len(test)} test images; need at least "
+def _check_sizes(path: Path, n_train: int, n_test: int) -> None:
+    if n_train < MIN_TRAIN or n_test < MIN_TEST:
+        raise DataError(f"dataset={path}: {n_train} training and {n_test} test images; need at least "
                         f"{MIN_TRAIN} and {MIN_TEST}")
-    if info["channels"] == 3:   # [N,H,W,3] -> [N,3,H,W], the layout the models take
-        train, test = train.transpose(0, 3, 1, 2), test.transpose(0, 3, 1, 2)
-    info.update(train_size=len(train), test_size=len(test))
-    out = {"train": np.ascontiguousarray(train), "test": np.ascontiguousarray(test)}
-    if labelled:
-        out.update(train_labels=train_labels, test_labels=test_labels)
-    return out, info
 
 
-def _write_cache(cache: Path, arrays: dict, info: dict) -> None:
-    """Fill a temporary folder, then rename it into place: a reader sees all of it or none."""
+def _write_cache(cache: Path, fill) -> dict:
+    """fill(folder) writes the arrays there and returns the set's info; the folder is then
+    renamed into place: a reader sees all of it or none."""
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_name(f".tmp-{cache.name}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        for name, array in arrays.items():
-            np.save(tmp / f"{name}.npy", array)
+        info = fill(tmp)
         (tmp / "info.json").write_text(json.dumps(info))
         try:
             os.rename(tmp, cache)
@@ -349,3 +371,4 @@ def _write_cache(cache: Path, arrays: dict, info: dict) -> None:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return info

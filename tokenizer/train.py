@@ -34,8 +34,8 @@ from common.runs import append_metrics, run_lock, save_run_weights
 from common.distributed import processes
 from common.training import SideModel, Task, epoch_steps, find_resume_point, fit, warmup_for
 from tokenizer.config import TokenizerConfig
-from tokenizer.data import (DATA_INFO, check_dataset, data_root, encode_digits, epoch_samples_for, is_own_dataset, load_dataset,
-                            to_float)
+from tokenizer.data import (DATA_INFO, batch_like_mnist, check_dataset, data_root, encode_digits, epoch_samples_for,
+                            is_own_dataset, load_dataset, to_float)
 from tokenizer.discriminator import (PatchDiscriminator, adversarial_weight, hinge_discriminator_loss,
                                      hinge_generator_loss, r1_penalty)
 from tokenizer.model import VQVAE
@@ -57,8 +57,9 @@ def loss_fn(model, batch):
 
 
 @torch.no_grad()
-def evaluate_tokenizer(model: VQVAE, images_uint8: torch.Tensor, batch_size: int = 500) -> dict:
+def evaluate_tokenizer(model: VQVAE, images_uint8: torch.Tensor, batch_size: int = 0) -> dict:
     """test_mse/test_psnr on [0,1] pixels, codebook_usage, perplexity, and the code histogram."""
+    batch_size = batch_size or batch_like_mnist(images_uint8, 500)
     device = next(model.parameters()).device
     K = model.codebook_size
     counts = torch.zeros(K, dtype=torch.long)
