@@ -3,7 +3,7 @@
     pip install -e '.[app]'          # once (or: make app, which also starts it)
     python sampling/app.py [--prior runs/prior] [--tokenizer DIR] [--port 7860] [--host 127.0.0.1]
 
-Three tabs: Sample (the prior's digits, with the 7x7 codes of the one you pick),
+Three tabs: Sample (the prior's images, with the code grid of the one you pick),
 Complete (keep the first code rows of a drawing or a test digit, let the prior write
 the rest) and Tokenize (an image in, its codes and reconstruction out). The models
 are loaded once. The page is this file; its work is sampling/demo.py, its pictures
@@ -65,7 +65,7 @@ def build_app(demo: Demo, cache: PageCache | None = None, allow_load: bool = Tru
         @functools.wraps(fn)   # gradio reads the signature to pass event data
         def wrapped(*args):
             try:
-                if cache is not None and not cache.make_room():
+                if cache is not None and not cache.sweep():
                     raise DemoError("the page is busy (its image cache is full of pictures not yet fetched); "
                                     "try again in a minute")
                 return fn(*args)
@@ -153,7 +153,10 @@ def build_app(demo: Demo, cache: PageCache | None = None, allow_load: bool = Tru
             return (visitor, f"**Cannot load those runs**; still serving the ones before. {err}",
                     *(gr.update() for _ in SETTING_KEYS))
         chosen = loaded.settings()
-        return (loaded, loaded.status(), *(gr.update(value=chosen[key]) for key in SETTING_KEYS))
+        updates = {key: {"value": chosen[key]} for key in SETTING_KEYS}
+        updates["digits"].update(choices=class_choices(loaded), label=class_label(loaded))
+        updates["top_k"].update(maximum=top_k_limit(loaded))   # every range follows the run
+        return (loaded, loaded.status(), *(gr.update(**updates[key]) for key in SETTING_KEYS))
 
     def digit_input(tab: str):
         """The Complete and Tokenize tabs take a drawing (or an uploaded picture) or a test digit."""
@@ -201,8 +204,9 @@ def build_app(demo: Demo, cache: PageCache | None = None, allow_load: bool = Tru
     chosen = demo.settings()
     with gr.Blocks(title="vqgen", analytics_enabled=False) as page:
         visitor = gr.State(None)   # this visitor's own Demo once they load other runs
-        gr.Markdown("# vqgen\nA VQ-VAE tokenizer turns a digit into 7x7 codes; a small Transformer writes "
-                    "codes row by row; the tokenizer draws them.")
+        grid = demo.models.tokenizer.grid if demo.models is not None else GRID
+        gr.Markdown(f"# vqgen\nA VQ-VAE tokenizer turns an image into {grid}x{grid} codes; a small Transformer "
+                    "writes codes row by row; the tokenizer draws them.")
         status = gr.Markdown(demo.status(), elem_id="status")
         with gr.Accordion("run folders", open=demo.models is None, visible=allow_load):
             with gr.Row():
@@ -220,7 +224,8 @@ def build_app(demo: Demo, cache: PageCache | None = None, allow_load: bool = Tru
                     cfg = gr.Slider(0, 3, value=chosen["cfg"], step=0.05, label="guidance (0: off)",
                                     elem_id="sample-cfg")
                     temperature = gr.Slider(0.1, 2.0, value=chosen["temperature"], step=0.05, label="temperature")
-                    top_k = gr.Slider(0, 512, value=chosen["top_k"], step=1, label="top-k (0: off)")
+                    top_k = gr.Slider(0, top_k_limit(demo), value=chosen["top_k"], step=1, label="top-k (0: off)",
+                                      elem_id="sample-top-k")
                     top_p = gr.Slider(0.05, 1.0, value=chosen["top_p"], step=0.05, label="top-p (1: off)")
                     keep_likeliest = gr.Slider(0.5, 1.0, value=chosen["keep_likeliest"], step=0.05,
                                                elem_id="sample-keep",
@@ -240,6 +245,10 @@ def build_app(demo: Demo, cache: PageCache | None = None, allow_load: bool = Tru
             go.click(failing(on_sample), [visitor, digits, n, cfg, temperature, top_k, top_p, seed, keep_likeliest],
                      [samples, tokens, codes, sample_info])
             samples.select(failing(on_select), [visitor, tokens], codes)
+            if demo.models is not None:   # the page opens on a grid of samples, drawn once at start
+                opening = on_sample(None, chosen["digits"], 16, chosen["cfg"], chosen["temperature"],
+                                    chosen["top_k"], chosen["top_p"], 0, chosen["keep_likeliest"])
+                page.load(failing(lambda: opening), None, [samples, tokens, codes, sample_info])
 
         with gr.Tab("Complete"):
             with gr.Row():
@@ -282,6 +291,11 @@ def class_choices(demo: Demo) -> list[tuple[str, str]]:
         return [] if models is not None else [(str(d), str(d)) for d in range(10)]
     names = models.class_names or [str(c) for c in range(models.prior_cfg.num_classes)]
     return [(name, str(i)) for i, name in enumerate(names)]
+
+
+def top_k_limit(demo: Demo) -> int:
+    """top-k can keep at most every code of the served tokenizer."""
+    return demo.models.tokenizer.codebook_size if demo.models is not None else 512
 
 
 def class_label(demo: Demo) -> str:

@@ -128,8 +128,8 @@ def sweep_cache(root: str | Path, max_age: float, max_bytes: int, max_files: int
 
 class PageCache:
     """One page's cache folder and its bounds: swept by a thread of its own every SWEEP_PERIOD
-    and before each answer (`make_room`, which refuses the answer while the folder is full of
-    files too young to delete). Sweeps never overlap."""
+    and before each answer (which `sweep` refuses while the folder is full of files too young
+    to delete). Sweeps never overlap."""
 
     def __init__(self, folder: str | Path, max_age: float, max_bytes: int, max_files: int,
                  min_fetch_age: float = MIN_FETCH_AGE):
@@ -163,9 +163,6 @@ class PageCache:
                 for files in self.page.temp_file_sets:
                     files.difference_update(gone)
             return used + self.room_bytes <= self.max_bytes and count + self.room_files <= self.max_files
-
-    def make_room(self) -> bool:
-        return self.sweep()
 
     def keep_sweeping(self, page) -> None:
         """Sweep `page`'s folder for the life of the process (a daemon thread)."""

@@ -186,11 +186,11 @@ def test_files_younger_than_the_fetch_time_are_never_deleted_and_the_room_cannot
     from sampling.page_cache import MAX_HEADROOM, PageCache, private_cache_folder
     folder = private_cache_folder(tmp_path)
     cache = PageCache(folder, max_age=600, max_bytes=200_000, max_files=1000, min_fetch_age=0.5)
-    assert cache.make_room()
+    assert cache.sweep()
     burst = answers(folder, 40, 8000)                      # ~ 40 x 16 KB on disk: over the bound at once
-    assert not cache.make_room() and all(map(os.path.exists, burst))   # young: refused, not deleted
+    assert not cache.sweep() and all(map(os.path.exists, burst))   # young: refused, not deleted
     time.sleep(0.6)
-    assert cache.make_room()                               # old enough now: oldest deleted, room again
+    assert cache.sweep()                               # old enough now: oldest deleted, room again
     assert cache.room_bytes <= MAX_HEADROOM * 200_000
     fresh = answers(folder, 2, 8000)
     cache.sweep()

@@ -51,6 +51,15 @@ def draw(page, canvas_id: str, points: list[tuple[float, float]]) -> None:
     page.mouse.up()
 
 
+def test_the_page_opens_on_samples_and_its_ranges_follow_the_run(page, tiny_prior_run):
+    """Runs first (the module's page is fresh): a grid is shown before any click, and top-k
+    reaches the served tokenizer's codebook size, not a fixed number."""
+    page.get_by_role("tab", name="Sample").click()
+    page.locator("#samples img").wait_for()
+    assert "16 samples" in page.locator("#sample-info").inner_text()
+    assert page.locator("#sample-top-k input[type=range]").get_attribute("max") == "32"   # the tiny run's K
+
+
 def test_sampling_shows_the_asked_number_of_digits(page):
     from sampling.digit_image import COLUMNS, FIELD, GAP, SHOW_SCALE
     page.get_by_role("tab", name="Sample").click()
