@@ -60,8 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
         check_writable(Path(args.json), "--json")
 
     import torch
-    from sampling.judge import (JUDGES, classify, frechet_distance, judge, load_classifier, real_digit_sets,
-                                reconstructions, two_sample_test)
+    from sampling.judge import FLOOR, judged_by_classifiers, real_digit_sets, reconstructions, two_sample_test
     from tokenizer.data import data_root, ensure_dataset, load_split, to_float
 
     from sampling import read_npz
@@ -92,24 +91,12 @@ def main(argv: list[str] | None = None) -> dict:
     floor_set, reference_set = real_digit_sets(len(train_x), n)
     c2st_reference = to_float(train_x[reference_set])
     sets = {"samples": (to_float(images), labels),
-            "real train (floor)": (to_float(train_x[floor_set]), train_y[floor_set] if labels is not None else None)}
+            FLOOR: (to_float(train_x[floor_set]), train_y[floor_set] if labels is not None else None)}
     test = to_float(test_x)
     if is_run(tokenizer_run):
         from tokenizer import load_tokenizer
         sets["tokenizer recon"] = (reconstructions(load_tokenizer(tokenizer_run), test)[:n], None)
-    rows = {}
-    suffixes = {kind: "" if kind == "a" else f"_{kind}" for kind in JUDGES}
-    for kind, suffix in suffixes.items():   # judge a gives every figure, judge b a second distance (keys with _b)
-        model = load_classifier(root, dataset, kind=kind)
-        _, test_feats = classify(model, test)
-        for name, (x, y) in sets.items():
-            if kind == "a":
-                rows[name] = judge(model, x, test_feats, y)
-            else:
-                rows[name][f"frechet{suffix}"] = frechet_distance(classify(model, x)[1], test_feats)
-        floor = rows["real train (floor)"][f"frechet{suffix}"]
-        for r in rows.values():
-            r[f"x_real{suffix}"] = r[f"frechet{suffix}"] / max(floor, 1e-9)
+    rows = judged_by_classifiers(sets, test, root, dataset)
     c2st_sets = {name: x for name, (x, _) in sets.items()}
     if "tokenizer recon" in sets:   # the reconstructions' own floor: the test digits they come from
         c2st_sets["real test (recon floor)"] = test[:n]
@@ -118,9 +105,6 @@ def main(argv: list[str] | None = None) -> dict:
         rows[name].update(two_sample_test(x, c2st_reference, seed=args.c2st_seed, seeds=args.c2st_seeds))
     print(f"two-sample test: mean of {args.c2st_seeds} seeds, each trained until its validation loss stopped "
           "improving; c2st_spread is half the range of the seeds")
-    for r in rows.values():
-        if "x_real" in r:
-            r["x_real_worst"] = max(r[f"x_real{suffix}"] for suffix in suffixes.values())
     keys = ["n", "frechet", "x_real", "frechet_b", "x_real_b", "c2st", "c2st_spread", "confident", "class_kl",
             "precision", "recall", "cond_acc"]
     print(f"{'':24s}" + "".join(f"{k:>10s}" for k in keys))
