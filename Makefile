@@ -2,7 +2,7 @@
 # make test: set up, run the test suite. Both create .venv when missing.
 # make app: also install the app extra (gradio), then serve the browser demo on 127.0.0.1:7860
 #           (runs/prior when trained, else the shipped runs in pretrained/; the page says which).
-# make pretrained: retrain and re-measure the shipped runs in pretrained/ (~50 min on 2 cores).
+# make pretrained: retrain and re-measure the shipped runs in pretrained/ (~90 min on 2 cores).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python

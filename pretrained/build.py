@@ -1,6 +1,6 @@
 """Rebuild the shipped runs in pretrained/ with the project's own commands (CPU, fp32).
 
-    python pretrained/build.py                   # train, prune, measure, write cards + SHA256SUMS (~50 min, 2 cores)
+    python pretrained/build.py                   # train, prune, measure, write cards + SHA256SUMS (~90 min, 2 cores)
     python pretrained/build.py --skip-training   # keep the weights; re-measure, rewrite cards + SHA256SUMS
     python pretrained/build.py --set mnist --only tokenizer   # retrain one run, keep the others, re-measure
     python pretrained/build.py --set mnist --only priors      # retrain the priors over the shipped tokenizer
@@ -45,14 +45,14 @@ SETS = {
         "weights_licence": "cc-by-sa-3.0",
         "runs": {
             "tokenizer": {"stage": "tokenizer", "train": [],
-                          "about": "the default tokenizer (configs/tokenizer.yaml): K=64, one adversarial decoder epoch"},
+                          "about": "the default tokenizer (tokenizer/config.py): K=64, two adversarial decoder epochs"},
             "prior": {"stage": "prior", "train": ["--config", "configs/prior-large.yaml",
                                                    "tokenizer=pretrained/mnist/tokenizer"],
                       "sampling": {"digit": "none", "cfg": 0.2, "temperature": 1.0, "keep_likeliest": 1.0},
                       "about": "the quality prior (configs/prior-large.yaml): 4 layers x 112, 8 epochs, augmented, Muon"},
             "prior-default": {"stage": "prior", "train": ["tokenizer=pretrained/mnist/tokenizer"],
                               "sampling": {"digit": "all", "cfg": 0.35, "temperature": 1.0, "keep_likeliest": 1.0},
-                              "about": "the default prior (configs/prior.yaml): what `make demo` trains (2 layers x 112, Muon)"},
+                              "about": "the default prior (prior/config.py): what `make demo` trains (2 layers x 112, Muon)"},
         },
     },
     "fashion": {
@@ -61,11 +61,11 @@ SETS = {
         "weights_licence": "mit",
         "runs": {
             "tokenizer": {"stage": "tokenizer", "train": ["--config", "configs/tokenizer-fashion.yaml"],
-                          "about": "the Fashion tokenizer (configs/tokenizer-fashion.yaml): K=512, MSE decoder"},
+                          "about": "the default tokenizer on Fashion (configs/tokenizer-fashion.yaml): K=64, two adversarial decoder epochs"},
             "prior": {"stage": "prior", "train": ["--config", "configs/prior-fashion.yaml",
                                                    "tokenizer=pretrained/fashion/tokenizer"],
-                      "sampling": {"digit": "all", "cfg": 1.0, "temperature": 1.0, "keep_likeliest": 1.0},
-                      "about": "the Fashion prior (configs/prior-fashion.yaml): 2 layers, 2 epochs"},
+                      "sampling": {"digit": "all", "cfg": 0.35, "temperature": 1.0, "keep_likeliest": 1.0},
+                      "about": "the Fashion prior (configs/prior-fashion.yaml): the default recipe at 4 layers x 8 epochs"},
         },
     },
 }
@@ -172,6 +172,11 @@ def seed0_nll_bits(folder: Path) -> float:
     return test_nll_bits(load_prior(folder)[0], tokens.flatten(1), labels)
 
 
+def rounded(value):
+    """A figure for the card's front matter: 6 decimals (each seed's, for a list)."""
+    return [rounded(v) for v in value] if isinstance(value, list) else round(value, 6)
+
+
 def write_card(set_name: str, spec: dict, trained_here: bool) -> None:
     """README.md: the commands, times and figures; the numbers also as YAML front matter.
     Its machine line names this machine when it trained the runs, else stays the card's own."""
@@ -188,8 +193,7 @@ def write_card(set_name: str, spec: dict, trained_here: bool) -> None:
             entry["sampling"] = run_spec["sampling"]
             table = measure_prior(set_name, run, run_spec)
             entry["seed0_nll_bits_per_token"] = seed0_nll_bits(run_dir(set_name, run))
-            entry["samples_10k_seed0"] = {name: {k: round(v, 6) for k, v in row.items()}
-                                          for name, row in table.items()}
+            entry["samples_10k_seed0"] = {name: {k: rounded(v) for k, v in row.items()} for name, row in table.items()}
         runs[run] = entry
     trained_on = machine() if trained_here or not old.get("machine") else old["machine"]
     front = {"license": spec["weights_licence"], "datasets": [spec["dataset"]], "library_name": "vqgen",
@@ -223,8 +227,9 @@ def card_body(set_name: str, spec: dict, runs: dict, trained_on: str) -> str:
               f"`python sampling/evaluate.py S/samples.npz --tokenizer pretrained/{set_name}/tokenizer` "
               "(x real: the distance over that of 10k real training images, the floor no sampler beats; "
               "worst judge: the larger of the two; two-sample test: the held-out accuracy of a fresh classifier "
-              "trained to tell the set from other real training images, 50% when it cannot; the real row is "
-              "its floor):", ""]
+              "trained until its validation loss stops improving to tell the set from other real training "
+              "images, mean of 3 seeds +- half their range, 50% when it cannot; the real rows are its floors, "
+              "real test images that of the reconstructions):", ""]
     for run, entry in runs.items():
         if run == "tokenizer":
             continue
@@ -235,8 +240,12 @@ def card_body(set_name: str, spec: dict, runs: dict, trained_on: str) -> str:
                   "|---|---|---|---|---|---|---|---|---|"]
         for name, row in entry["samples_10k_seed0"].items():
             cond = f"{row['cond_acc']:.1%}" if "cond_acc" in row else "-"
+            c2st = f"{row['c2st']:.1%} +- {row['c2st_spread']:.1%}" if "c2st_spread" in row else f"{row['c2st']:.1%}"
+            if "frechet" not in row:   # the reconstructions' floor: a two-sample figure only
+                lines.append(f"| {name} | - | - | - | - | - | {c2st} | - | - |")
+                continue
             lines.append(f"| {name} | {row['frechet']:.2f} | {row['x_real']:.2f}x | {row['frechet_b']:.2f} | "
-                         f"{row['x_real_b']:.2f}x | {row['x_real_worst']:.2f}x | {row['c2st']:.1%} | "
+                         f"{row['x_real_b']:.2f}x | {row['x_real_worst']:.2f}x | {c2st} | "
                          f"{row['confident']:.1%} | {cond} |")
         lines.append("")
     lines += ["## Licence", "",

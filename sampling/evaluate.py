@@ -107,9 +107,9 @@ def main(argv: list[str] | None = None) -> dict:
           "improving; c2st_spread is half the range of the seeds")
     keys = ["n", "frechet", "x_real", "frechet_b", "x_real_b", "c2st", "c2st_spread", "confident", "class_kl",
             "precision", "recall", "cond_acc"]
-    print(f"{'':24s}" + "".join(f"{k:>10s}" for k in keys))
+    print(f"{'':24s}" + "".join(f"{k:>12s}" for k in keys))
     for name, r in rows.items():
-        cells = [f"{r[k]:>10d}" if k == "n" else f"{r[k]:>10.4g}" if k in r else f"{'-':>10s}" for k in keys]
+        cells = [f"{r[k]:>12d}" if k == "n" else f"{r[k]:>12.4g}" if k in r else f"{'-':>12s}" for k in keys]
         print(f"{name:24s}" + "".join(cells))
     ours = rows["samples"]
     print(f"samples / real training digits: {ours['x_real']:.2f}x (judge a), {ours['x_real_b']:.2f}x (judge b); "
