@@ -15,7 +15,7 @@ import yaml
 from safetensors.torch import load_file
 
 from common.checkpoint import list_checkpoints
-from common.config import ConfigError, apply_overrides
+from common.config import ConfigError, load_config
 from common.distributed import STOP_CHECK_EVERY
 from common.training import WeightAverage, epoch_steps, lr_at, warmup_for
 from conftest import REPO, TINY_PRIOR, run_cli
@@ -163,7 +163,7 @@ def test_every_warmup_ends_early_on_eight_processes(config):
     from prior.config import PriorConfig
     from tokenizer.config import TokenizerConfig
     kind = TokenizerConfig if "tokenizer" in config else PriorConfig
-    cfg = apply_overrides(kind(), yaml.safe_load((REPO / config).read_text()), config)
+    cfg = load_config(kind, ["--config", str(REPO / config)])   # the defaults, then the file (may hold none)
     steps = cfg.epochs * epoch_steps(60_000, 8, cfg.batch_size)
     assert warmup_for(cfg.warmup_steps, 8) <= 0.2 * steps
     assert lr_at(warmup_for(cfg.warmup_steps, 8), steps, cfg, processes=8) == pytest.approx(cfg.lr, rel=1e-3)
