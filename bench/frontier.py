@@ -54,10 +54,10 @@ def main() -> None:
     import torch
     from sampling import ALL_CLASSES, generate, load_models
     from sampling.judge import FLOOR, judged_by_classifiers, real_digit_sets
-    from tokenizer.data import data_root, ensure_dataset, load_split, to_float
+    from tokenizer.data import data_root, ensure_dataset, is_own_dataset, load_split, to_float
 
     models = load_models(args.prior)
-    if models.dataset not in ("mnist", "fashion"):
+    if is_own_dataset(models.dataset):
         raise SystemExit(f"{args.prior}: the judges are MNIST and Fashion classifiers; this prior learnt {models.dataset}")
     root = data_root()
     ensure_dataset(root, models.dataset)

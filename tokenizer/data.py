@@ -79,7 +79,8 @@ def verify(root: Path, dataset: str) -> list[str]:
         if not path.is_file():
             missing.append(name)
             continue
-        stamp = (str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns)
+        info = path.stat()
+        stamp = (str(path.resolve()), info.st_size, info.st_mtime_ns)
         if stamp in _VERIFIED:
             continue
         if file_digest(path, "md5") != MD5[dataset][name]:
