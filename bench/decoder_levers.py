@@ -1,19 +1,23 @@
-"""Issue 27's decoder levers, each judged by the two-sample test on reconstructions.
+"""The decoder levers (issues 27 and 36), each judged by the two-sample test on reconstructions.
 
-    python bench/decoder_levers.py --base runs/tok-base [--variants gan3 global3 ...] [--seeds 0 1 2]
+    python bench/decoder_levers.py [--variants default refine2 ...] [--seeds 0 1 2] [--base RUN]
 
---base is a tokenizer run trained with decoder_epochs=0 (its encoder and codebook,
-hence its codes, are shared by every variant). Each variant copies it to
-runs/levers/NAME-sSEED and runs only the decoder phase there with its own keys
-(decoder_seed=SEED: another draw of the phase alone), then prints, for the test
-digits' reconstructions: the two-sample accuracy against real training digits
-(sampling/judge.py; 50% = indistinguishable), the Frechet distance under judges
-a and b, PSNR and the phase's training seconds. Mean and spread over the seeds
-follow. Results go to runs/levers/results.jsonl as they come (rerun: skipped).
+A variant's keys that shape the network (tokenizer.model.VQVAEShape: decoder_refine, ...)
+need codes of their own: the bench trains one phase-one tokenizer per such set of keys
+(decoder_epochs=0, runs/levers/base[-key=value...]); the other keys are the decoder
+phase's. --base names a phase-one run to use for variants without shape keys. Each
+variant copies its base to runs/levers/NAME-sSEED and runs only the decoder phase there
+(decoder_seed=SEED: another draw of the phase alone), then prints, for the test digits'
+reconstructions: the two-sample accuracy against real training digits (sampling/judge.py,
+the evaluator's test that learns to a stop, its seed = SEED; 50% = indistinguishable), the
+Frechet distance under judges a and b, PSNR and the phase's training seconds. Mean and
+spread over the seeds follow. Results go to runs/levers/results.jsonl as they come (rerun:
+skipped). One job at a time: the phase's seconds are only comparable so.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import statistics
@@ -22,9 +26,14 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-GAN = {"decoder_loss": "gan"}
-VARIANTS = {   # name -> decoder-phase keys
-    "gan1": {**GAN, "decoder_epochs": 1},                                # today's default
+sys.path.insert(0, str(REPO))
+from tokenizer.model import VQVAEShape  # noqa: E402  (after the path: the bench runs from anywhere)
+
+SHAPE_KEYS = {f.name for f in dataclasses.fields(VQVAEShape)}
+GAN = {"decoder_loss": "gan", "decoder_disc_whole_digit": False,   # issue 27's variants, on the defaults
+       "decoder_weight_average": 0.0}                                  # of their day (--base runs/tok-base)
+VARIANTS = {   # name -> keys (shape keys: a phase-one run of their own)
+    "gan1": {**GAN, "decoder_epochs": 1},                                # issue 27's default before it
     "gan3": {**GAN, "decoder_epochs": 3},
     "ema3": {**GAN, "decoder_epochs": 3, "decoder_weight_average": 0.999},
     "whole3": {**GAN, "decoder_epochs": 3, "decoder_disc_whole_digit": True},
@@ -35,7 +44,29 @@ VARIANTS = {   # name -> decoder-phase keys
     "whole2": {**GAN, "decoder_epochs": 2, "decoder_disc_whole_digit": True},
     "whole-ema2": {**GAN, "decoder_epochs": 2, "decoder_disc_whole_digit": True, "decoder_weight_average": 0.999},
     "whole-ema6": {**GAN, "decoder_epochs": 6, "decoder_disc_whole_digit": True, "decoder_weight_average": 0.999},
+    # issue 36: the adopted recipe (2 epochs, whole-digit head, average 0.999), then levers on it
+    "default": {},
+    "refine2": {"decoder_refine": 2},
+    "refine2-disc64": {"decoder_refine": 2, "decoder_disc_channels": 64},
+    "refine2-w03": {"decoder_refine": 2, "decoder_gan_weight": 0.3},
+    "refine2-ep4": {"decoder_refine": 2, "decoder_epochs": 4},
+    "disc64-lr1e3": {"decoder_disc_channels": 64, "decoder_disc_lr": 1e-3},
+    "w03": {"decoder_gan_weight": 0.3},
+    "disc64-lr1e3-w03": {"decoder_disc_channels": 64, "decoder_disc_lr": 1e-3, "decoder_gan_weight": 0.3},
 }
+
+
+def base_for(keys: dict, out: Path, given: Path | None) -> Path:
+    """The phase-one run a variant starts from: its shape keys' own (trained here once), or --base."""
+    shape = {k: v for k, v in keys.items() if k in SHAPE_KEYS}
+    if given is not None and not shape:
+        return given
+    base = out / "-".join(["base", *(f"{k}={v}" for k, v in sorted(shape.items()))])
+    if not (base / "checkpoints").is_dir():
+        args = [f"out_dir={base}", "decoder_epochs=0", *(f"{k}={v}" for k, v in shape.items())]
+        subprocess.run([sys.executable, str(REPO / "tokenizer/train.py"), *args], cwd=REPO, check=True,
+                       stdout=subprocess.DEVNULL)
+    return base
 
 
 def run_variant(base: Path, out: Path, keys: dict, seed: int) -> None:
@@ -47,7 +78,7 @@ def run_variant(base: Path, out: Path, keys: dict, seed: int) -> None:
                    stdout=subprocess.DEVNULL)
 
 
-def measure(run: Path) -> dict:
+def measure(run: Path, seed: int) -> dict:
     import torch
     from sampling.judge import (classify, frechet_distance, load_classifier, real_digit_sets, reconstructions,
                                 two_sample_accuracy)
@@ -57,7 +88,10 @@ def measure(run: Path) -> dict:
     train_x, _ = load_split(root, "mnist", train=True)
     test = to_float(load_split(root, "mnist", train=False)[0])
     recon = reconstructions(load_tokenizer(run), test)
-    result = {"c2st": two_sample_accuracy(recon, to_float(train_x[real_digit_sets(len(train_x), 10000)[1]])),
+    report = {}
+    result = {"c2st": two_sample_accuracy(recon, to_float(train_x[real_digit_sets(len(train_x), 10000)[1]]),
+                                          seed=seed, report=report),
+              "c2st_epochs": report["epochs"],
               "psnr": float(10 * torch.log10(1 / (recon - test).pow(2).mean()))}
     for kind in ("a", "b"):
         judge = load_classifier(root, kind=kind)
@@ -69,8 +103,8 @@ def measure(run: Path) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--base", required=True, help="a tokenizer run with decoder_epochs=0")
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--base", help="a tokenizer run with decoder_epochs=0, for variants without shape keys")
+    p.add_argument("--variants", nargs="+", default=["default", "refine2"], choices=list(VARIANTS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--out", default="runs/levers")
     args = p.parse_args()
@@ -83,8 +117,9 @@ def main() -> None:
         for seed in args.seeds:
             if (name, seed) not in done:
                 run = out / f"{name}-s{seed}"
-                run_variant(Path(args.base), run, VARIANTS[name], seed)
-                done[(name, seed)] = {"variant": name, "seed": seed, **measure(run)}
+                base = base_for(VARIANTS[name], out, Path(args.base) if args.base else None)
+                run_variant(base, run, VARIANTS[name], seed)
+                done[(name, seed)] = {"variant": name, "seed": seed, **measure(run, seed)}
                 with open(results_file, "a") as f:
                     f.write(json.dumps(done[(name, seed)]) + "\n")
             r = done[(name, seed)]

@@ -1,7 +1,8 @@
 """The frontier, not a point: each judge's distance against the samples' confidence, over
-guidance and temperature, for one prior.
+guidance, temperature, nucleus, guidance schedule and keeping the likeliest, for one prior.
 
     python bench/frontier.py --prior mnist --digit none --cfg 0,0.1,0.2,0.35 [--temperature 1.0,0.9]
+        [--top-p 1,0.95] [--cfg-schedule constant,linear] [--keep-likeliest 1,0.8]
     python bench/frontier.py --prior mnist/prior-default --digit all --cfg 0,0.2,0.35,0.5 --json runs/frontier.json
 
 For each setting: n samples (seed 0) judged by sampling/evaluate.py's two classifier judges
@@ -15,6 +16,7 @@ is left to `sampling/evaluate.py` at the setting chosen from this table.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -47,6 +49,11 @@ def main() -> None:
                    help="none: each sample draws its class; all: a balanced set, a class per sample in turn")
     p.add_argument("--cfg", type=floats, default=[0.0, 0.1, 0.2, 0.35, 0.5], help="guidance scales, comma-separated")
     p.add_argument("--temperature", type=floats, default=[1.0], help="temperatures, comma-separated")
+    p.add_argument("--top-p", type=floats, default=[1.0], help="nucleus shares, comma-separated (1: all codes)")
+    p.add_argument("--cfg-schedule", default="constant",
+                   help="guidance schedules along the sequence, comma-separated: constant, linear")
+    p.add_argument("--keep-likeliest", type=floats, default=[1.0],
+                   help="shares of each class's likeliest samples kept, comma-separated (1: all)")
     p.add_argument("--n", type=int, default=10000)
     p.add_argument("--json", default=None, help="also write every point here")
     args = p.parse_args()
@@ -65,23 +72,27 @@ def main() -> None:
     test = to_float(load_split(root, models.dataset, train=False)[0])
     floor, _ = real_digit_sets(len(train_x), args.n)
     sets, settings = {FLOOR: (to_float(train_x[floor]), None)}, {}
-    for temperature in args.temperature:
-        for scale in args.cfg:
-            name = f"cfg {scale:g}, T {temperature:g}"
-            start = time.perf_counter()
-            out = generate(n=args.n, digit=None if args.digit == "none" else ALL_CLASSES, cfg=scale,
-                           temperature=temperature, seed=0, models=models)
-            settings[name] = {"cfg": scale, "temperature": temperature,
-                              "generate_s": round(time.perf_counter() - start, 1)}
-            sets[name] = ((out["images"] * 255).round() / 255, out["labels"])   # the levels a saved sample has
-            print(f"{name}: {settings[name]['generate_s']} s", flush=True)
+    grid = itertools.product(args.cfg_schedule.split(","), args.keep_likeliest, args.top_p, args.temperature, args.cfg)
+    for schedule, keep, top_p, temperature, scale in grid:
+        setting = {"cfg": scale, "temperature": temperature, "top_p": top_p, "cfg_schedule": schedule,
+                   "keep_likeliest": keep}
+        name = ", ".join([f"cfg {scale:g}", f"T {temperature:g}"] + [f"p {top_p:g}"] * (top_p < 1)
+                         + [schedule] * (schedule != "constant") + [f"keep {keep:g}"] * (keep < 1))
+        start = time.perf_counter()
+        out = generate(n=args.n, digit=None if args.digit == "none" else ALL_CLASSES, cfg=scale,
+                       temperature=temperature, top_p=top_p if top_p < 1 else None, cfg_schedule=schedule,
+                       keep_likeliest=keep, seed=0, models=models)
+        settings[name] = {**setting, "generate_s": round(time.perf_counter() - start, 1)}
+        sets[name] = ((out["images"] * 255).round() / 255, out["labels"])   # the levels a saved sample has
+        print(f"{name}: {settings[name]['generate_s']} s", flush=True)
     rows = judged_by_classifiers(sets, test, root, models.dataset)
     print(f"\n{args.prior} (--digit {args.digit}), {args.n} samples a setting, seed 0")
-    print(f"{'':22s}{'confident':>10s}{'x real a':>10s}{'x real b':>10s}{'worst':>8s}{'precision':>10s}{'recall':>8s}"
+    width = max(22, *(len(name) + 2 for name in rows))
+    print(f"{'':{width}s}{'confident':>10s}{'x real a':>10s}{'x real b':>10s}{'worst':>8s}{'precision':>10s}{'recall':>8s}"
           f"{'cond_acc':>10s}")
     for name, r in rows.items():
         cond = f"{r['cond_acc']:>10.1%}" if "cond_acc" in r else f"{'-':>10s}"
-        print(f"{name:22s}{r['confident']:>10.1%}{r['x_real']:>10.2f}{r['x_real_b']:>10.2f}{r['x_real_worst']:>8.2f}"
+        print(f"{name:{width}s}{r['confident']:>10.1%}{r['x_real']:>10.2f}{r['x_real_b']:>10.2f}{r['x_real_worst']:>8.2f}"
               f"{r['precision']:>10.3f}{r['recall']:>8.3f}{cond}")
     real = rows[FLOOR]["confident"]
     points = [rows[name] for name in settings]

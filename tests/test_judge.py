@@ -84,6 +84,19 @@ def test_the_two_sample_test_is_blind_to_real_digits_sees_noise_and_repeats_itse
     assert seeds["c2st"] == pytest.approx(sum(seeds["c2st_seeds"]) / 3) and 0 <= seeds["c2st_spread"] < 0.1
 
 
+def test_the_two_sample_test_never_stops_before_its_minimum_epochs(mnist_root):
+    from sampling.judge import real_digit_sets, two_sample_accuracy
+    train_x, _ = load_split(mnist_root, "mnist", train=True)
+    a, b = real_digit_sets(len(train_x), 1000)
+    real, other = to_float(train_x[a]), to_float(train_x[b])
+    free, held = {}, {}
+    two_sample_accuracy(real, other, max_epochs=6, patience=1, min_epochs=0, report=free)
+    assert free["epochs"] < 4, free   # nothing to learn: a patience of 1 ends it early ...
+    two_sample_accuracy(real, other, max_epochs=6, patience=1, min_epochs=4, report=held)
+    assert held["epochs"] >= 4, held   # ... but not before the minimum
+    assert held["best_epoch"] <= held["epochs"]
+
+
 def test_evaluate_refuses_too_few_images_before_any_work(tmp_path):
     import numpy as np
     from sampling.evaluate import main
