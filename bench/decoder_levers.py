@@ -1,13 +1,11 @@
 """The decoder levers (issues 27 and 36), each judged by the two-sample test on reconstructions.
 
-    python bench/decoder_levers.py [--variants default refine2 ...] [--seeds 0 1 2] [--base RUN]
+    python bench/decoder_levers.py [--variants default w03 ...] [--seeds 0 1 2] [--base RUN]
 
-A variant's keys that shape the network (tokenizer.model.VQVAEShape: decoder_refine, ...)
-need codes of their own: the bench trains one phase-one tokenizer per such set of keys
-(decoder_epochs=0, runs/levers/base[-key=value...]); the other keys are the decoder
-phase's. --base names a phase-one run to use for variants without shape keys. Each
-variant copies its base to runs/levers/NAME-sSEED and runs only the decoder phase there
-(decoder_seed=SEED: another draw of the phase alone), then prints, for the test digits'
+Every variant starts from one phase-one tokenizer (the default recipe with
+decoder_epochs=0, trained here once into runs/levers/base, or --base RUN), so all
+share its encoder and codebook, hence its codes. Each variant copies the base to
+runs/levers/NAME-sSEED and runs only the decoder phase there (decoder_seed=SEED: another draw of the phase alone), then prints, for the test digits'
 reconstructions: the two-sample accuracy against real training digits (sampling/judge.py,
 the evaluator's test that learns to a stop, its seed = SEED; 50% = indistinguishable), the
 Frechet distance under judges a and b, PSNR and the phase's training seconds. Mean and
@@ -17,7 +15,6 @@ skipped). One job at a time: the phase's seconds are only comparable so.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import shutil
 import statistics
@@ -26,13 +23,9 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-from tokenizer.model import VQVAEShape  # noqa: E402  (after the path: the bench runs from anywhere)
-
-SHAPE_KEYS = {f.name for f in dataclasses.fields(VQVAEShape)}
 GAN = {"decoder_loss": "gan", "decoder_disc_whole_digit": False,   # issue 27's variants, on the defaults
        "decoder_weight_average": 0.0}                                  # of their day (--base runs/tok-base)
-VARIANTS = {   # name -> keys (shape keys: a phase-one run of their own)
+VARIANTS = {   # name -> the decoder phase's keys
     "gan1": {**GAN, "decoder_epochs": 1},                                # issue 27's default before it
     "gan3": {**GAN, "decoder_epochs": 3},
     "ema3": {**GAN, "decoder_epochs": 3, "decoder_weight_average": 0.999},
@@ -46,26 +39,18 @@ VARIANTS = {   # name -> keys (shape keys: a phase-one run of their own)
     "whole-ema6": {**GAN, "decoder_epochs": 6, "decoder_disc_whole_digit": True, "decoder_weight_average": 0.999},
     # issue 36: the adopted recipe (2 epochs, whole-digit head, average 0.999), then levers on it
     "default": {},
-    "refine2": {"decoder_refine": 2},
-    "refine2-disc64": {"decoder_refine": 2, "decoder_disc_channels": 64},
-    "refine2-w03": {"decoder_refine": 2, "decoder_gan_weight": 0.3},
-    "refine2-ep4": {"decoder_refine": 2, "decoder_epochs": 4},
     "disc64-lr1e3": {"decoder_disc_channels": 64, "decoder_disc_lr": 1e-3},
     "w03": {"decoder_gan_weight": 0.3},
     "disc64-lr1e3-w03": {"decoder_disc_channels": 64, "decoder_disc_lr": 1e-3, "decoder_gan_weight": 0.3},
 }
 
 
-def base_for(keys: dict, out: Path, given: Path | None) -> Path:
-    """The phase-one run a variant starts from: its shape keys' own (trained here once), or --base."""
-    shape = {k: v for k, v in keys.items() if k in SHAPE_KEYS}
-    if given is not None and not shape:
-        return given
-    base = out / "-".join(["base", *(f"{k}={v}" for k, v in sorted(shape.items()))])
+def phase_one(out: Path) -> Path:
+    """The default recipe's tokenizer without its decoder phase, trained once into out/base."""
+    base = out / "base"
     if not (base / "checkpoints").is_dir():
-        args = [f"out_dir={base}", "decoder_epochs=0", *(f"{k}={v}" for k, v in shape.items())]
-        subprocess.run([sys.executable, str(REPO / "tokenizer/train.py"), *args], cwd=REPO, check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run([sys.executable, str(REPO / "tokenizer/train.py"), f"out_dir={base}", "decoder_epochs=0"],
+                       cwd=REPO, check=True, stdout=subprocess.DEVNULL)
     return base
 
 
@@ -103,8 +88,8 @@ def measure(run: Path, seed: int) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--base", help="a tokenizer run with decoder_epochs=0, for variants without shape keys")
-    p.add_argument("--variants", nargs="+", default=["default", "refine2"], choices=list(VARIANTS))
+    p.add_argument("--base", help="a tokenizer run with decoder_epochs=0 (default: trained here once)")
+    p.add_argument("--variants", nargs="+", default=["default", "w03"], choices=list(VARIANTS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--out", default="runs/levers")
     args = p.parse_args()
@@ -117,7 +102,7 @@ def main() -> None:
         for seed in args.seeds:
             if (name, seed) not in done:
                 run = out / f"{name}-s{seed}"
-                base = base_for(VARIANTS[name], out, Path(args.base) if args.base else None)
+                base = Path(args.base) if args.base else phase_one(out)
                 run_variant(base, run, VARIANTS[name], seed)
                 done[(name, seed)] = {"variant": name, "seed": seed, **measure(run, seed)}
                 with open(results_file, "a") as f:

@@ -40,7 +40,6 @@ class TokenizerConfig(TrainConfig, VQVAEShape):
             (self.embedding_dim >= 1, "embedding_dim", "must be >= 1"),
             (self.hidden_channels >= 1, "hidden_channels", "must be >= 1"),
             (self.res_blocks >= 0, "res_blocks", "must be >= 0"),
-            (self.decoder_refine >= 0, "decoder_refine", "must be >= 0 (0 = none)"),
             (self.decoder_epochs >= 0, "decoder_epochs", "must be >= 0 (0 = none)"),
             (self.decoder_lr > 0, "decoder_lr", "must be > 0"),
             (self.decoder_gan_weight >= 0, "decoder_gan_weight", "must be >= 0 (0 = MSE only)"),

@@ -38,7 +38,6 @@ class VQVAEShape:
     embedding_dim: int = 16          # vq: code vector size (16: the PSNR of 64 here, ~30% cheaper)
     hidden_channels: int = 64        # width of the encoder and decoder convolutions
     res_blocks: int = 0              # residual blocks at 7x7 in the encoder and in the decoder
-    decoder_refine: int = 0          # residual blocks at full resolution before the decoder's output (the strokes)
     beta: float = 0.25               # vq: weight of the commitment loss
     ema: bool = True                 # vq: codes follow EMA cluster means (+0.6 dB over gradient updates)
     ema_decay: float = 0.99          # vq with ema: decay of the running cluster statistics
@@ -315,20 +314,13 @@ class Decoder(nn.Module):
     def __init__(self, shape: VQVAEShape):
         super().__init__()
         C, D = shape.hidden_channels, shape.code_dim
-        # Without refinement the last transposed conv draws every pixel from 14x14 features;
-        # with it, the last doubling gives C/2 channels that residual blocks at full
-        # resolution turn into strokes (docs/RESULTS.md, issue 36).
-        last = max(1, C // 2) if shape.decoder_refine else shape.in_channels
         self.net = nn.Sequential(
             nn.Conv2d(D, C, 3, padding=1),
             *[ResBlock(C) for _ in range(shape.res_blocks)],
             nn.ReLU(),
             *[layer for _ in range(shape.halvings - 1)
               for layer in (nn.ConvTranspose2d(C, C, 4, stride=2, padding=1), nn.ReLU())],   # 7 -> 14
-            nn.ConvTranspose2d(C, last, 4, stride=2, padding=1),                               # 14 -> 28
-            *([*[ResBlock(last) for _ in range(shape.decoder_refine)], nn.ReLU(),
-               nn.Conv2d(last, shape.in_channels, 3, padding=1)] if shape.decoder_refine else []),
-            nn.Tanh(),                                                                          # in [-1, 1]
+            nn.ConvTranspose2d(C, shape.in_channels, 4, stride=2, padding=1), nn.Tanh(),      # 14 -> 28, in [-1, 1]
         )
 
     def forward(self, z):
