@@ -24,6 +24,8 @@ from pathlib import Path
 
 from common.errors import OneLineArgumentParser, run_main
 
+RECON_FLOOR = "real test (recon floor)"   # the reconstructions' own floor: the test images they come from
+
 
 def tokenizer_dataset(run: Path) -> str:
     """The dataset a tokenizer run (a folder or a shipped run's name) was trained on (mnist when
@@ -60,7 +62,8 @@ def main(argv: list[str] | None = None) -> dict:
         check_writable(Path(args.json), "--json")
 
     import torch
-    from sampling.judge import FLOOR, judged_by_classifiers, real_digit_sets, reconstructions, two_sample_test
+    from sampling.judge import (FLOOR, floor_two_sample_test, judge_dir, judged_by_classifiers, real_digit_sets,
+                                reconstructions, two_sample_test)
     from tokenizer.data import data_root, ensure_dataset, load_split, to_float
 
     from sampling import read_npz
@@ -98,13 +101,19 @@ def main(argv: list[str] | None = None) -> dict:
         sets["tokenizer recon"] = (reconstructions(load_tokenizer(tokenizer_run), test)[:n], None)
     rows = judged_by_classifiers(sets, test, root, dataset)
     c2st_sets = {name: x for name, (x, _) in sets.items()}
-    if "tokenizer recon" in sets:   # the reconstructions' own floor: the test digits they come from
-        c2st_sets["real test (recon floor)"] = test[:n]
-        rows["real test (recon floor)"] = {"n": min(n, len(test))}
+    if "tokenizer recon" in sets:
+        c2st_sets[RECON_FLOOR] = test[:n]
+        rows[RECON_FLOOR] = {"n": min(n, len(test))}
+    floors = judge_dir(dataset, "a") / "c2st_floors.json"   # beside the judge a it belongs with
     for name, x in c2st_sets.items():
-        rows[name].update(two_sample_test(x, c2st_reference, seed=args.c2st_seed, seeds=args.c2st_seeds))
+        if name in (FLOOR, RECON_FLOOR):   # the same real sets every time: measured once, then kept
+            rows[name].update(floor_two_sample_test(name, x, c2st_reference, floors, seed=args.c2st_seed,
+                                                    seeds=args.c2st_seeds))
+        else:
+            rows[name].update(two_sample_test(x, c2st_reference, seed=args.c2st_seed, seeds=args.c2st_seeds))
     print(f"two-sample test: mean of {args.c2st_seeds} seeds, each trained until its validation loss stopped "
-          "improving; c2st_spread is half the range of the seeds")
+          f"improving; c2st_spread is half the range of the seeds; the real sets' rows are measured once and "
+          f"kept in {floors}")
     keys = ["n", "frechet", "x_real", "frechet_b", "x_real_b", "c2st", "c2st_spread", "confident", "class_kl",
             "precision", "recall", "cond_acc"]
     print(f"{'':24s}" + "".join(f"{k:>12s}" for k in keys))
@@ -142,7 +151,7 @@ def judge_own_set(path: Path, images, dataset: str, tokenizer_run: Path, root: P
         from tokenizer import load_tokenizer
         sets["tokenizer recon"] = reconstructions(load_tokenizer(tokenizer_run), to_float(data.test))[:n]
     if "tokenizer recon" in sets:
-        sets["real test (recon floor)"] = to_float(data.test[:n])
+        sets[RECON_FLOOR] = to_float(data.test[:n])
     rows = {name: {"n": len(x), **two_sample_test(x, reference, seed=args.c2st_seed, seeds=args.c2st_seeds)}
             for name, x in sets.items()}
     for name, r in rows.items():

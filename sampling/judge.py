@@ -14,6 +14,7 @@ as a gain where both distances agree.
 """
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.checkpoint import CheckpointError, load_weights, save_weights
+from common.checkpoint import CheckpointError, atomic_write_text, load_weights, save_weights
 from common.runs import load_weights_into
 from tokenizer.data import data_root, ensure_dataset, load_split, to_float
 
@@ -299,6 +300,24 @@ def two_sample_test(candidates: torch.Tensor, real: torch.Tensor, seed: int = 0,
     "c2st_spread": half the range, "c2st_seeds": each}."""
     each = [two_sample_accuracy(candidates, real, seed=seed + k, **kwargs) for k in range(seeds)]
     return {"c2st": sum(each) / len(each), "c2st_spread": (max(each) - min(each)) / 2, "c2st_seeds": each}
+
+
+def floor_two_sample_test(name: str, candidates: torch.Tensor, real: torch.Tensor, cache: Path, seed: int = 0,
+                          seeds: int = C2ST_SEEDS) -> dict:
+    """two_sample_test for a floor (real images against real images: the same sets for a data
+    set and n every time), measured once and kept in `cache` (a JSON file, one entry per set,
+    size, seeds and test settings): the two floors are half of an evaluation's time."""
+    key = json.dumps([name, len(candidates), len(real), seed, seeds, C2ST_MAX_EPOCHS, C2ST_MIN_EPOCHS,
+                      C2ST_PATIENCE, C2ST_LR, C2ST_WARMUP, C2ST_BATCH])
+    try:
+        known = json.loads(cache.read_text()) if cache.is_file() else {}
+    except ValueError:   # a damaged cache is measured again, not trusted
+        known = {}
+    if key not in known:
+        known[key] = two_sample_test(candidates, real, seed=seed, seeds=seeds)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(cache, json.dumps(known, indent=1))
+    return known[key]
 
 
 def real_digit_sets(count: int, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -97,6 +97,24 @@ def test_the_two_sample_test_never_stops_before_its_minimum_epochs(mnist_root):
     assert held["best_epoch"] <= held["epochs"]
 
 
+def test_a_floor_is_measured_once_then_read_back_and_a_damaged_record_is_measured_again(mnist_root, tmp_path,
+                                                                                         monkeypatch):
+    import sampling.judge as judge
+    train_x, _ = load_split(mnist_root, "mnist", train=True)
+    a, b = judge.real_digit_sets(len(train_x), 200)
+    real, other = to_float(train_x[a]), to_float(train_x[b])
+    cache = tmp_path / "classifier" / "c2st_floors.json"
+    first = judge.floor_two_sample_test("real train (floor)", real, other, cache, seeds=2)
+    assert len(first["c2st_seeds"]) == 2 and cache.is_file()
+    with monkeypatch.context() as m:
+        m.setattr(judge, "two_sample_test", lambda *args, **kw: pytest.fail("a kept floor was measured again"))
+        assert judge.floor_two_sample_test("real train (floor)", real, other, cache, seeds=2) == first
+        with pytest.raises(pytest.fail.Exception):   # another size is another floor
+            judge.floor_two_sample_test("real train (floor)", real[:100], other, cache, seeds=2)
+    cache.write_text('{"cut short')
+    assert judge.floor_two_sample_test("real train (floor)", real, other, cache, seeds=2) == first
+
+
 def test_evaluate_refuses_too_few_images_before_any_work(tmp_path):
     import numpy as np
     from sampling.evaluate import main
