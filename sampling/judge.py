@@ -229,7 +229,8 @@ def two_sample_accuracy(candidates: torch.Tensor, real: torch.Tensor, seed: int 
     at 28x28; the larger set cut to the smaller) with a cosine-decayed rate, is checked on a
     validation share after each epoch, stops once that loss has not improved for `patience`
     epochs (never before `min_epochs`), and is scored, with its best weights, on a held-out
-    test share it never saw (neither for training nor for stopping). 0.5: it cannot tell them apart; 1.0: it always can.
+    test share it never saw (neither for training nor for stopping). 0.5: it cannot tell them
+    apart; 1.0: it always can.
 
     A test stopped early can be passed without the images being right: 3 epochs at a constant
     rate gave our reconstructions 63-76%, 16 one-cycle epochs 97.3% (docs/RESULTS.md).
@@ -306,7 +307,7 @@ def floor_two_sample_test(name: str, candidates: torch.Tensor, real: torch.Tenso
                           seeds: int = C2ST_SEEDS) -> dict:
     """two_sample_test for a floor (real images against real images: the same sets for a data
     set and n every time), measured once and kept in `cache` (a JSON file, one entry per set,
-    size, seeds and test settings): the two floors are half of an evaluation's time."""
+    size, seeds and test settings): the two floors are 72 of an evaluation's 168 epochs."""
     key = json.dumps([name, len(candidates), len(real), seed, seeds, C2ST_MAX_EPOCHS, C2ST_MIN_EPOCHS,
                       C2ST_PATIENCE, C2ST_LR, C2ST_WARMUP, C2ST_BATCH])
     try:
