@@ -229,7 +229,7 @@ def test_two_process_cpu_run_agrees_with_one(tmp_path, mnist_root):
     args = [f"data_root={mnist_root}", "hidden_channels=16", "embedding_dim=8", "codebook_size=32",
             "train_subset=2048", "epochs=2", "warmup_steps=10", "dead_code_steps=5", "lr=0.003",
             "decoder_epochs=1", "decoder_loss=gan"]
-    result = run_cli(["-m", "torch.distributed.run", "--nproc_per_node", "2", "tokenizer/train.py",
+    result = run_cli(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "tokenizer/train.py",
                       # warmups count samples of the per-process batch: twice the steps at half the batch
                       *args, "batch_size=16", "warmup_steps=20", "decoder_gan_warmup=400", f"out_dir={tmp_path}/ddp"],
                      env={"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}, timeout=600)
