@@ -5,12 +5,12 @@
 Every variant starts from one phase-one tokenizer (the default recipe with
 decoder_epochs=0, trained here once into runs/levers/base, or --base RUN), so all
 share its encoder and codebook, hence its codes. Each variant copies the base to
-runs/levers/NAME-sSEED and runs only the decoder phase there (decoder_seed=SEED: another draw of the phase alone), then prints, for the test digits'
-reconstructions: the two-sample accuracy against real training digits (sampling/judge.py,
-the evaluator's test that learns to a stop, its seed = SEED; 50% = indistinguishable), the
-Frechet distance under judges a and b, PSNR and the phase's training seconds. Mean and
-spread over the seeds follow. Results go to runs/levers/results.jsonl as they come (rerun:
-skipped). One job at a time: the phase's seconds are only comparable so.
+runs/levers/NAME-sSEED and runs only the decoder phase there (decoder_seed=SEED: another
+draw of the phase alone), then prints, for the test digits' reconstructions: the
+two-sample accuracy against real training digits (sampling/judge.py, the evaluator's test
+that learns to a stop, its seed = SEED; 50% = indistinguishable), the Frechet distance
+under judges a and b, PSNR and the phase's training seconds. Mean and spread over the seeds
+follow. Results go to runs/levers/results.jsonl as they come (rerun: skipped). One job at a time: the phase's seconds are only comparable so.
 """
 from __future__ import annotations
 

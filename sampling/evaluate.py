@@ -24,8 +24,6 @@ from pathlib import Path
 
 from common.errors import OneLineArgumentParser, run_main
 
-RECON_FLOOR = "real test (recon floor)"   # the reconstructions' own floor: the test images they come from
-
 
 def tokenizer_dataset(run: Path) -> str:
     """The dataset a tokenizer run (a folder or a shipped run's name) was trained on (mnist when
@@ -62,8 +60,8 @@ def main(argv: list[str] | None = None) -> dict:
         check_writable(Path(args.json), "--json")
 
     import torch
-    from sampling.judge import (FLOOR, floor_two_sample_test, judge_dir, judged_by_classifiers, real_digit_sets,
-                                reconstructions, two_sample_test)
+    from sampling.judge import (FLOOR, RECON_FLOOR, floor_two_sample_test, judge_dir, judged_by_classifiers,
+                                real_digit_sets, reconstructions, two_sample_test)
     from tokenizer.data import data_root, ensure_dataset, load_split, to_float
 
     from sampling import read_npz
@@ -135,7 +133,7 @@ def judge_own_set(path: Path, images, dataset: str, tokenizer_run: Path, root: P
     images against other training images) and the tokenizer's test reconstructions."""
     import torch
     from common.pretrained import is_run
-    from sampling.judge import reconstructions, two_sample_test
+    from sampling.judge import RECON_FLOOR, reconstructions, two_sample_test
     from tokenizer.data import DataError, load_dataset, to_float
     from tokenizer.own_images import is_prepared
     side = images.shape[-1]

@@ -180,6 +180,7 @@ def judge(model: Classifier, images: torch.Tensor, reference_feats: torch.Tensor
 
 
 FLOOR = "real train (floor)"   # the set of real training digits every distance is a multiple of
+RECON_FLOOR = "real test (recon floor)"   # the reconstructions' own floor: the test images they come from
 
 
 def judged_by_classifiers(sets: dict, test: torch.Tensor, root: Path, dataset: str) -> dict[str, dict]:
