@@ -10,7 +10,8 @@ draw of the phase alone), then prints, for the test digits' reconstructions: the
 two-sample accuracy against real training digits (sampling/judge.py, the evaluator's test
 that learns to a stop, its seed = SEED; 50% = indistinguishable), the Frechet distance
 under judges a and b, PSNR and the phase's training seconds. Mean and spread over the seeds
-follow. Results go to runs/levers/results.jsonl as they come (rerun: skipped). One job at a time: the phase's seconds are only comparable so.
+follow. Results go to runs/levers/results.jsonl as they come (rerun: skipped). One job at
+a time: the phase's seconds are only comparable so.
 """
 from __future__ import annotations
 
