@@ -32,7 +32,6 @@ class TrainConfig:
     data_root: str = ""              # "" -> $VQGEN_DATA or data/
     dataset: str = "mnist"           # mnist, fashion (Debian package dataset-fashion-mnist), or PATH: a folder
                                      # of images (class subfolders = labels) or an .npz with images [N,H,W(,C)]
-    skip_bad_images: bool = False    # dataset=PATH: leave unreadable image files out (counted) instead of stopping
     seed: int = 0                    # weights, data order and sampling all follow it
     epochs: int = 1                  # epochs of epoch_samples each (the schedule spans them all)
     epoch_samples: int = 0           # samples an epoch counts; 0 = the training set's size for mnist and fashion,
@@ -121,13 +120,13 @@ def apply_overrides(cfg, overrides: dict[str, Any], source: str):
     """Return a copy of `cfg` with `overrides` applied; unknown keys name close matches."""
     hints = typing.get_type_hints(type(cfg))
     names = [f.name for f in fields(cfg)]
-    retired = getattr(cfg, "RETIRED", {})
+    retired, why = getattr(cfg, "RETIRED", {}), getattr(cfg, "RETIRED_WHY", {})
     updates = {}
     for key, value in overrides.items():
         if key in retired:
             if value != retired[key]:
-                raise ConfigError(f"{key}={value!r} in {source}: this switch was removed after it lost its "
-                                  f"measurement (docs/RESULTS.md); drop the key")
+                reason = why.get(key, "this switch was removed after it lost its measurement (docs/RESULTS.md)")
+                raise ConfigError(f"{key}={value!r} in {source}: {reason}; drop the key")
             continue
         if key not in names:
             close = difflib.get_close_matches(key, names, n=3, cutoff=0.6)
@@ -137,8 +136,13 @@ def apply_overrides(cfg, overrides: dict[str, Any], source: str):
     return dataclasses.replace(cfg, **updates)
 
 
-def parse_value(text: str) -> Any:
-    """Parse a CLI value the way YAML would (`3` -> int, `1e-3` -> float, `true` -> bool)."""
+def parse_value(text: str, annotation: Any = None) -> Any:
+    """Parse a CLI value the way YAML would (`3` -> int, `1e-3` -> float, `true` -> bool), except
+    for a key that holds a string (a path, a name), which takes the text as typed: `dataset=0123`
+    is the folder 0123, not the octal number 83, and `out_dir=2024-10-01` no date."""
+    if annotation is str or (typing.get_origin(annotation) in (typing.Union, types.UnionType)
+                             and str in typing.get_args(annotation)):
+        return text
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
@@ -209,7 +213,7 @@ def load_config(cls, argv: list[str], default_file: str | Path | None = None, us
             config_file = arg.split("=", 1)[1]
         elif "=" in arg and not arg.startswith("-"):
             key, value = arg.split("=", 1)
-            pairs.append((key.strip(), parse_value(value)))
+            pairs.append((key.strip(), value))
         else:
             raise ConfigError(f"cannot parse argument {arg!r}: use key=value or --config FILE (see --help)")
 
@@ -219,7 +223,8 @@ def load_config(cls, argv: list[str], default_file: str | Path | None = None, us
         raise ConfigError(f"config file {config_file} not found")
     if path is not None and path.is_file():
         cfg = apply_overrides(cfg, read_yaml_mapping(path), str(path))
-    cfg = apply_overrides(cfg, dict(pairs), "the command line")
+    hints = typing.get_type_hints(cls)
+    cfg = apply_overrides(cfg, {key: parse_value(value, hints.get(key)) for key, value in pairs}, "the command line")
     cfg.validate()
     return cfg
 

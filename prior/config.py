@@ -28,7 +28,9 @@ class PriorConfig(TrainConfig, PriorShape):
     # Switches that lost their ablation left the code (figures: docs/RESULTS.md, "prior levers" and
     # "augmentation"); a saved run still names them, at the value that now is the only behaviour.
     RETIRED: ClassVar[dict] = {"zero_init": False, "tie_embeddings": False, "label_smoothing": 0.0,
-                               "token_dropout": 0.0, "augment_mode": "warp"}
+                               "token_dropout": 0.0, "augment_mode": "warp", "skip_bad_images": False}
+    RETIRED_WHY: ClassVar[dict] = {"skip_bad_images": "the prior reads the data set as its tokenizer prepared it, "
+                                                      "skipped files included"}
     # A run saved before a key existed ran without it: the values such a run used (the defaults
     # before the adopted recipe moved here from configs/prior.yaml).
     ABSENT_IN_OLD_RUNS: ClassVar[dict] = {"rope": "none", "activation": "gelu", "optimizer": "adamw",

@@ -29,7 +29,7 @@ from prior.data import augmented_codes, load_code_grids
 from prior.model import GPT
 from prior.muon import MuonWithAdamW
 from tokenizer import load_tokenizer
-from tokenizer.data import data_root, epoch_samples_for, is_own_dataset, load_dataset
+from tokenizer.data import data_root, epoch_samples_for, is_own_dataset, load_run_dataset
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "prior.yaml"
 
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
         tokenizer.to(accelerator.device)
 
         def prepare():   # data and code cache are per machine: its first process makes them
-            data = load_dataset(dataset, root, info["image_size"], train_subset=cfg.train_subset, quiet=True)
+            data = load_run_dataset(dataset, info, root, cfg.tokenizer, cfg.train_subset)
             return data, load_code_grids(tokenizer, data, dataset, Path(cfg.out_dir) / "codes", cfg.train_subset)
         data, grids = together(prepare, on="local-first")
         train_images = data.train if cfg.augment else None

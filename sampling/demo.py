@@ -116,17 +116,16 @@ class Demo:
         """Test image `index` of the loaded tokenizer's data set, float [C,H,W]. Never fetched or
         prepared inside a request (that can take minutes): a server without it says how to get it."""
         if self._test_images is None:
-            from tokenizer.data import DataError, data_root, is_own_dataset, load_dataset, verify
-            from tokenizer.own_images import is_prepared
+            from tokenizer.data import DataError, data_root, is_own_dataset, load_run_dataset, run_data_info, verify
             models = self.require_models()
             root, dataset = data_root(str(self.data_root or "")), models.dataset
             try:
-                ready = not verify(root, dataset) if not is_own_dataset(dataset) else \
-                    is_prepared(dataset, models.tokenizer.shape.side, root)   # preparing is for training
-                if not ready:
+                if not is_own_dataset(dataset) and verify(root, dataset):   # preparing is for training
                     raise DemoError(f"no {dataset} test images on this server (in {root}); its owner can prepare "
                                     f"them with `python -m tokenizer.data {dataset}`; draw one meanwhile")
-                self._test_images = load_dataset(dataset, root, models.tokenizer.shape.side, quiet=True).test
+                recorded = run_data_info(models.tokenizer_dir, dataset)
+                self._test_images = load_run_dataset(dataset, recorded, root, models.tokenizer_dir,
+                                                     prepare_missing=False).test
             except DataError as err:
                 raise DemoError(str(err)) from None
         if not 0 <= index < len(self._test_images):

@@ -134,13 +134,12 @@ def judge_own_set(path: Path, images, dataset: str, tokenizer_run: Path, root: P
     import torch
     from common.pretrained import is_run
     from sampling.judge import RECON_FLOOR, reconstructions, two_sample_test
-    from tokenizer.data import DataError, load_dataset, to_float
-    from tokenizer.own_images import is_prepared
-    side = images.shape[-1]
-    if not is_prepared(dataset, side, root):
-        raise DataError(f"dataset={dataset} is not prepared on this machine (in {root}/prepared); training the "
-                        f"tokenizer prepares it, or pass data_root= / VQGEN_DATA of the machine that trained it")
-    data = load_dataset(dataset, root, side, quiet=True)
+    from tokenizer.data import DataError, load_run_dataset, run_data_info, to_float
+    recorded = run_data_info(tokenizer_run, dataset)
+    if images.shape[-1] != recorded["image_size"]:
+        raise DataError(f"{path}: {images.shape[-1]}x{images.shape[-1]} samples, but {tokenizer_run} was trained "
+                        f"at {recorded['image_size']}x{recorded['image_size']}; pass the --tokenizer they came from")
+    data = load_run_dataset(dataset, recorded, root, tokenizer_run, prepare_missing=False)
     n = min(len(images), len(data.train) // 2)
     order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(args.c2st_seed))
     reference, floor = to_float(data.train[order[:n]]), to_float(data.train[order[n:2 * n]])

@@ -6,11 +6,14 @@ from typing import ClassVar, Literal
 
 from common.config import ConfigError, TrainConfig
 from tokenizer.model import VQVAEShape
+from tokenizer.pictures import MAX_PIXELS
 
 
 @dataclass
 class TokenizerConfig(TrainConfig, VQVAEShape):
     out_dir: str = "runs/tokenizer"  # the run folder
+    skip_bad_images: bool = False    # dataset=PATH: leave unreadable image files out (counted) instead of stopping
+    max_image_pixels: int = MAX_PIXELS   # dataset=PATH: a picture declaring more pixels is a bad file (a decompression bomb)
     epochs: int = 2                  # passes over the 60k training digits (other sets: the same samples seen, see train.py)
     batch_size: int = 64
     lr: float = 2e-3                 # Adam peak learning rate
@@ -36,6 +39,7 @@ class TokenizerConfig(TrainConfig, VQVAEShape):
         super().validate()
         checks = [
             (self.dataset.strip() != "", "dataset", "must be mnist, fashion or a path"),
+            (self.max_image_pixels >= 1, "max_image_pixels", "must be >= 1"),
             (self.codebook_size >= 2, "codebook_size", "must be >= 2"),
             (self.embedding_dim >= 1, "embedding_dim", "must be >= 1"),
             (self.hidden_channels >= 1, "hidden_channels", "must be >= 1"),

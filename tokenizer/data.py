@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from common.checkpoint import file_digest
-from tokenizer.own_images import DataError, describe_problem, is_own_dataset, prepare
+from tokenizer.own_images import DataError, describe_problem, is_own_dataset, prepare, prepare_recorded
+from tokenizer.pictures import MAX_PIXELS
 
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
          "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -228,31 +229,48 @@ def builtin_info(dataset: str) -> dict:
 
 
 def load_dataset(dataset: str, root: Path, image_size: int = 0, skip_bad: bool = False, train_subset: int = 0,
-                 quiet: bool = False) -> DataSet:
+                 quiet: bool = False, max_pixels: int = MAX_PIXELS) -> DataSet:
     """mnist, fashion (fetched when missing) or a user's folder / .npz (tokenizer.own_images),
     checked before any training; one-line DataError otherwise."""
+    if is_own_dataset(dataset):
+        own = prepare(dataset, image_size, root, skip_bad=skip_bad, quiet=quiet, max_pixels=max_pixels)
+        return _subset(_as_dataset(own), train_subset)
+    if image_size not in (0, 28):
+        raise DataError(f"image_size={image_size}: dataset={dataset} is 28x28; drop image_size= "
+                        f"(or export the set to a folder of images and pass dataset=PATH)")
+    ensure_dataset(root, dataset)
+    (train, train_labels), (test, test_labels) = (load_split(root, dataset, train=t) for t in (True, False))
+    return _subset(DataSet(train, train_labels, test, test_labels, builtin_info(dataset)), train_subset)
+
+
+def load_run_dataset(dataset: str, recorded: dict, root: Path, run: str | Path, train_subset: int = 0,
+                     prepare_missing: bool = True) -> DataSet:
+    """The data set a tokenizer run trained on, exactly: a user's set as the run recorded it
+    (`recorded`: its data.json; its prepared copy, or the folder prepared again with the run's
+    settings and refused in one line when it holds other pictures since). prepare_missing=False:
+    a DataError instead of preparing."""
     if not is_own_dataset(dataset):
-        if image_size not in (0, 28):
-            raise DataError(f"image_size={image_size}: dataset={dataset} is 28x28; drop image_size= "
-                            f"(or export the set to a folder of images and pass dataset=PATH)")
-        ensure_dataset(root, dataset)
-        (train, train_labels), (test, test_labels) = (load_split(root, dataset, train=t) for t in (True, False))
-        info = builtin_info(dataset)
-    else:
-        own = prepare(dataset, image_size, root, skip_bad=skip_bad, quiet=quiet)
-        as_tensor = lambda a: torch.from_numpy(a)  # noqa: E731 (a copy-on-write map: no copy until written)
-        labels = lambda a, n: torch.from_numpy(np.asarray(a)).long() if a is not None else torch.zeros(n, dtype=torch.long)  # noqa: E731
-        train, test = as_tensor(own.train), as_tensor(own.test)
-        train_labels, test_labels = labels(own.train_labels, len(train)), labels(own.test_labels, len(test))
-        info = own.info
-    if train_subset:
-        train, train_labels = train[:train_subset], train_labels[:train_subset]
-    return DataSet(train, train_labels, test, test_labels, info)
+        return load_dataset(dataset, root, train_subset=train_subset)
+    own = prepare_recorded(dataset, recorded, root, run=run, prepare_missing=prepare_missing)
+    return _subset(_as_dataset(own), train_subset)
+
+
+def _as_dataset(own) -> DataSet:
+    """An own_images.OwnSet as tensors: copy-on-write maps of its arrays (no copy until written)."""
+    labels = lambda a, n: torch.from_numpy(np.asarray(a)).long() if a is not None else torch.zeros(n, dtype=torch.long)  # noqa: E731
+    return DataSet(torch.from_numpy(own.train), labels(own.train_labels, len(own.train)),
+                   torch.from_numpy(own.test), labels(own.test_labels, len(own.test)), own.info)
+
+
+def _subset(data: DataSet, train_subset: int) -> DataSet:
+    if not train_subset:
+        return data
+    return DataSet(data.train[:train_subset], data.train_labels[:train_subset], data.test, data.test_labels, data.info)
 
 
 def run_data_info(run_dir: Path, dataset: str) -> dict:
     """What a tokenizer run's data set was: mnist and fashion are known, a user's set is read
-    from the run's data.json (written when it trained)."""
+    from the run's data.json (written when it trained: its size, classes and identity)."""
     if not is_own_dataset(dataset):
         return builtin_info(dataset)
     path = Path(run_dir) / DATA_INFO

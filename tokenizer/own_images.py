@@ -7,17 +7,23 @@ Layouts a folder may have (image files: png, jpg, jpeg, bmp, webp, tif, tiff, an
 - PATH/train/... and PATH/test/... (or val/): the split as given, each part in either layout
 Without train/test folders a fixed share (HELD_OUT) is held out, drawn with a fixed seed, and
 the run records which. An .npz holds `images` uint8 [N,H,W] or [N,H,W,C] (C 1, 3 or 4) and
-optionally `labels` (integers), read without unpickling.
+optionally `labels` (integers), read without unpickling and checked from its header first.
 
-Every image is decoded once, when the set is first prepared: an unreadable file is named in
+Every image is decoded once, when the set is first prepared, as a viewer shows it
+(tokenizer/pictures.py): an unreadable file, or one declaring more than max_pixels, is named in
 one line (skip_bad=True skips it and counts it instead); files that are not images by their
-extension are left out and counted. Pictures become grey when every file is grey, else colour
-(RGB; a grey picture among colour ones is repeated on three channels, and the summary line
-says so); transparent pixels are composited onto black. Each is resized (antialiased) so its
-shorter side is image_size, then centre-cropped to a square. The result is cached under
-DATA_ROOT/prepared/<key>/ as .npy files keyed by the listing (paths, sizes, modification
-times) and the settings, so the next command starts in seconds and reads it memory-mapped: a
-set larger than memory trains from the page cache.
+extension are left out and counted. Pictures become grey when every kept file is grey, else
+colour (RGB; a grey picture among colour ones is repeated on three channels, and the summary
+line says so). Each is resized (antialiased) so its shorter side is image_size, then
+centre-cropped to a square.
+
+The result is cached under DATA_ROOT/prepared/<key>/ (or, where that cannot be written, the
+user's cache folder) as .npy files, keyed by the listing (paths, sizes, times, inodes and a
+checksum of each file's first and last bytes) and the settings, so the next command starts in
+seconds and reads it memory-mapped: a set larger than memory trains from the page cache. The
+prepared arrays' digest is the set's identity: a tokenizer run records it, and the stages after
+it refuse a set that is no longer the same. A prepared set unused for PRUNE_DAYS is removed, and
+so is a preparation that was killed half-way.
 """
 from __future__ import annotations
 
@@ -25,19 +31,29 @@ import hashlib
 import json
 import os
 import shutil
+import socket
+import time
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from common.checkpoint import file_digest
 from common.errors import VQGenError
+from tokenizer.pictures import (MAX_PIXELS, BadPicture, pixel_limit, read_header, read_picture, reason, square,
+                                to_viewed)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 SPLIT_NAMES = ("train", ("test", "val"))
 HELD_OUT = 0.1            # share held out for testing when the folder has no test/ part
 MIN_TEST, MIN_TRAIN = 10, 50   # below this a held-out figure or a training run means nothing
 SPLIT_SEED = 0
-FORMAT = 1                # bump when the cached arrays change meaning
+FORMAT = 2                # bump when the cached arrays change meaning
+PRUNE_DAYS = 30           # a prepared set unused this long is removed when another is prepared
+STAMP_BYTES = 4096        # the listing checksums this much of each file's start and end
+ARRAY_FILES = ("train", "test", "train_labels", "test_labels")
 
 
 class DataError(VQGenError):
@@ -52,7 +68,8 @@ class OwnSet:
     test: np.ndarray
     train_labels: np.ndarray | None
     test_labels: np.ndarray | None
-    info: dict   # channels, image_size, class_names, split, sizes, skipped, ignored, converted
+    info: dict   # channels, image_size, class_names, split, sizes, skipped, ignored, converted,
+                 # multi_frame, and its identity: key (the cache folder), digest, the settings
 
     @property
     def channels(self) -> int:
@@ -72,45 +89,95 @@ def describe_problem(path: Path) -> str | None:
     return None
 
 
-def _cache_folder(path: Path, image_size: int, root: Path, skip_bad: bool) -> tuple[Path, dict]:
+def user_cache() -> Path:
+    """Where prepared sets go when DATA_ROOT/prepared cannot be written."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vqgen"
+
+
+def cache_roots(root: Path) -> list[Path]:
+    return [Path(root) / "prepared", user_cache() / "prepared"]
+
+
+def _find_cache(key: str, root: Path) -> Path | None:
+    return next((folder / key for folder in cache_roots(root) if (folder / key / "info.json").is_file()), None)
+
+
+def _cache_key(path: Path, image_size: int, settings: dict) -> tuple[str, dict]:
     listing = _npz_listing(path) if path.is_file() else _folder_listing(path)
-    key = hashlib.sha256(json.dumps([FORMAT, str(path.resolve()), image_size, skip_bad, listing["stamp"]])
+    key = hashlib.sha256(json.dumps([FORMAT, str(path.resolve()), image_size, settings, listing["stamp"]])
                          .encode()).hexdigest()[:20]
-    return Path(root) / "prepared" / key, listing
+    return key, listing
 
 
-def is_prepared(path: str | Path, image_size: int, root: Path) -> bool:
-    """Whether the set is in the cache already (at this size, as listed now)."""
-    path = Path(path).expanduser()
-    if describe_problem(path):
-        return False
-    try:
-        return any((_cache_folder(path, size, root, skip)[0] / "info.json").is_file()
-                   for size in (image_size, 0) for skip in (False, True))
-    except DataError:
-        return False
-
-
-def prepare(path: str | Path, image_size: int, root: Path, skip_bad: bool = False, quiet: bool = False) -> OwnSet:
+def prepare(path: str | Path, image_size: int, root: Path, skip_bad: bool = False, quiet: bool = False,
+            max_pixels: int = MAX_PIXELS) -> OwnSet:
     """The set at `path` at image_size x image_size (0: chosen from the images), from the cache
     when its listing is unchanged, else decoded, checked and cached (atomically)."""
     path = Path(path).expanduser()
     problem = describe_problem(path)
     if problem:
         raise DataError(problem)
-    cache, listing = _cache_folder(path, image_size, Path(root), skip_bad)
-    if image_size and not (cache / "info.json").is_file():   # prepared before with image_size chosen for it
-        auto, _ = _cache_folder(path, 0, Path(root), skip_bad)
-        if (auto / "info.json").is_file() and json.loads((auto / "info.json").read_text())["image_size"] == image_size:
-            cache = auto
-    if not (cache / "info.json").is_file():
-        info = _write_cache(cache, lambda out: _decode_npz(path, image_size, out) if path.is_file() else
-                            _decode_folder(path, listing, image_size, skip_bad, out))
+    settings = {"skip_bad_images": skip_bad, "max_image_pixels": max_pixels}
+    cache, key, listing = _cached(path, image_size, root, settings)
+    if cache is None:
+        cache, info = _write_cache(Path(root), key, lambda out: {**settings, **(
+            _decode_npz(path, image_size, out) if path.is_file() else
+            _decode_folder(path, listing, image_size, skip_bad, max_pixels, out))})
         if not quiet:
             print(summary(path, info), flush=True)
+    return _load(cache)
+
+
+def _cached(path: Path, image_size: int, root: Path, settings: dict) -> tuple[Path | None, str, dict]:
+    """(the prepared copy of the set as listed now or None, its key, the listing)."""
+    key, listing = _cache_key(path, image_size, settings)
+    cache = _find_cache(key, root)
+    if cache is None and image_size:   # prepared before with image_size chosen for it
+        auto = _find_cache(_cache_key(path, 0, settings)[0], root)
+        if auto is not None and json.loads((auto / "info.json").read_text())["image_size"] == image_size:
+            cache = auto
+    return cache, key, listing
+
+
+def _load(cache: Path) -> OwnSet:
     info = json.loads((cache / "info.json").read_text())
-    load = lambda name: np.load(cache / f"{name}.npy", mmap_mode="c") if (cache / f"{name}.npy").is_file() else None  # noqa: E731
-    return OwnSet(load("train"), load("test"), load("train_labels"), load("test_labels"), info)
+    try:
+        os.utime(cache / "info.json")   # marks it used: PRUNE_DAYS count from here
+    except OSError:
+        pass                            # a read-only cache is still a cache
+    arrays = [np.load(cache / f"{name}.npy", mmap_mode="c") if (cache / f"{name}.npy").is_file() else None
+              for name in ARRAY_FILES]
+    return OwnSet(arrays[0], arrays[1], arrays[2], arrays[3], {**info, "key": cache.name})
+
+
+def prepare_recorded(path: str | Path, recorded: dict, root: Path, run: str | Path, quiet: bool = True,
+                     prepare_missing: bool = True) -> OwnSet:
+    """The set a tokenizer run trained on, as its run recorded it (data.json): its prepared copy
+    when it is still here, else the folder prepared again with the run's settings, and refused in
+    one line when it no longer holds the same pictures."""
+    path = Path(path).expanduser()
+    settings = {"skip_bad_images": recorded.get("skip_bad_images", False),
+                "max_image_pixels": recorded.get("max_image_pixels", MAX_PIXELS)}
+    copy = _find_cache(recorded["key"], root) if "key" in recorded else None
+    if copy is None and describe_problem(path) is None:   # the folder as it is now, prepared already?
+        copy = _cached(path, recorded["image_size"], root, settings)[0]
+    if copy is None and not prepare_missing:
+        raise DataError(f"dataset={path} is not prepared on this machine (in {Path(root) / 'prepared'}); "
+                        f"training its tokenizer prepares it, or pass data_root= / VQGEN_DATA of the machine "
+                        f"that trained {run}")
+    got = _load(copy) if copy is not None else prepare(path, recorded["image_size"], root, quiet=quiet,
+                                                       skip_bad=settings["skip_bad_images"],
+                                                       max_pixels=settings["max_image_pixels"])
+    if "digest" not in recorded:   # a run from before sets had an identity: as it is now
+        return got
+    if got.info["digest"] != recorded["digest"]:
+        then, now = (f"{i['train_size']} training and {i['test_size']} test images, "
+                     f"{'colour' if i['channels'] == 3 else 'grey'}, {len(i['class_names'] or [])} classes"
+                     for i in (recorded, got.info))
+        same = " (the same counts, other pictures)" if then == now else ""
+        raise DataError(f"dataset={path} has changed since {run} was trained on it (then: {then}; now: {now}"
+                        f"{same}); retrain the tokenizer on it, or restore the set")
+    return got
 
 
 def summary(path: Path, info: dict) -> str:
@@ -120,6 +187,7 @@ def summary(path: Path, info: dict) -> str:
     notes = [f"{info['skipped']} unreadable file(s) skipped"] if info["skipped"] else []
     notes += [f"{info['ignored']} file(s) that are not images left out"] if info["ignored"] else []
     notes += [f"{info['converted']} grey picture(s) made colour to match the rest"] if info["converted"] else []
+    notes += [f"{info['multi_frame']} file(s) with several frames: the first used"] if info.get("multi_frame") else []
     return (f"prepared {path}: {info['train_size']} training and {info['test_size']} test images "
             f"({info['split']}), {'colour' if info['channels'] == 3 else 'grey'} at "
             f"{info['image_size']}x{info['image_size']}, {kind}" + (f"; {'; '.join(notes)}" if notes else ""))
@@ -127,9 +195,23 @@ def summary(path: Path, info: dict) -> str:
 
 # -- listing ------------------------------------------------------------------------
 
+def _file_stamp(file: Path, stat: os.stat_result) -> list:
+    """What says a file is unchanged: size, times, inode and a checksum of its first and last
+    bytes (a picture replaced by another of the same size, its time kept, still differs)."""
+    try:
+        with open(file, "rb") as f:
+            ends = f.read(STAMP_BYTES)
+            if stat.st_size > 2 * STAMP_BYTES:
+                f.seek(-STAMP_BYTES, os.SEEK_END)
+            ends += f.read()
+        checksum = zlib.crc32(ends)
+    except OSError:
+        checksum = None   # unreadable: decoding names it
+    return [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, checksum]
+
+
 def _npz_listing(path: Path) -> dict:
-    stat = path.stat()
-    return {"stamp": [path.name, stat.st_size, stat.st_mtime_ns]}
+    return {"stamp": [path.name, *_file_stamp(path, path.stat())]}
 
 
 def _images_in(folder: Path) -> tuple[list[Path], int]:
@@ -180,7 +262,7 @@ def _folder_listing(path: Path) -> dict:
     if not any(files.values()):
         raise DataError(f"dataset={path}: no image files found ({', '.join(sorted(IMAGE_SUFFIXES))}); "
                         f"expected PATH/<class>/<images>, PATH/<images> or PATH/train/ and PATH/test/")
-    stamp = [[name, [[str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns] for p, _ in found]]
+    stamp = [[name, [[str(p.relative_to(path)), *_file_stamp(p, p.stat())] for p, _ in found]]
              for name, found in files.items()]
     return {"stamp": stamp, "files": files, "ignored": sum(part[1] for part in parts.values()),
             "labelled": labelled.pop(), "split": split}
@@ -188,100 +270,75 @@ def _folder_listing(path: Path) -> dict:
 
 # -- decoding -------------------------------------------------------------------------
 
-def _colour_of(image) -> bool:
-    """Whether a picture (opened, not decoded) is colour: its mode, or a palette of colours."""
-    if image.mode == "P":
-        palette = np.frombuffer(image.getpalette() or b"", np.uint8).reshape(-1, 3) if image.getpalette() else None
-        return palette is not None and bool((palette.max(1) != palette.min(1)).any())
-    return image.mode in ("RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV", "RGBX", "RGBa")
-
-
-def _square(image, size: int, colour: bool) -> np.ndarray:
-    """A decoded PIL picture -> uint8 [size,size] or [size,size,3]: alpha onto black, shorter side
-    resized to size (antialiased), centre-cropped."""
-    from PIL import Image
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        image = Image.alpha_composite(black, rgba)
-    image = image.convert("RGB" if colour else "L")
-    width, height = image.size
-    scale = size / min(width, height)
-    if (width, height) != (size, size):
-        new = (max(size, round(width * scale)), max(size, round(height * scale)))
-        image = image.resize(new, Image.BICUBIC, reducing_gap=None)
-        left, top = (new[0] - size) // 2, (new[1] - size) // 2
-        image = image.crop((left, top, left + size, top + size))
-    return np.asarray(image, dtype=np.uint8)
-
-
 def auto_size(sides: list[int]) -> int:
     """The image_size a set of pictures suits: 28 up to 28 pixels (MNIST's), 32 up to 48, else 64."""
     side = int(np.median(sides)) if sides else 28
     return 28 if side <= 28 else 32 if side <= 48 else 64
 
 
-def _decode_folder(path: Path, listing: dict, image_size: int, skip_bad: bool, out: Path) -> dict:
+def _decode_folder(path: Path, listing: dict, image_size: int, skip_bad: bool, max_pixels: int, out: Path) -> dict:
     """Decode every picture straight into memory-mapped .npy files in `out`, one at a time:
     preparing never holds the set in memory, so a folder larger than memory prepares too."""
-    from PIL import Image, UnidentifiedImageError
-    opened, bad = {}, []
-    colour, sides = False, []
-    for part, files in listing["files"].items():   # one pass over the headers: colour? sizes?
-        kept = []
-        for file, label in files:
-            try:
-                with Image.open(file) as image:
-                    colour |= _colour_of(image)
-                    sides.append(min(image.size))
-                kept.append((file, label))
-            except (UnidentifiedImageError, OSError, ValueError) as err:
-                bad.append((file, err))
-        opened[part] = kept
-    _refuse_bad(path, bad, skip_bad)
-    if "all" in opened:   # no train/test folders: hold out a seeded share of the files
-        train, test = _held_out(path, len(opened["all"]))
-        opened = {"train": [opened["all"][i] for i in train], "test": [opened["all"][i] for i in test]}
-    _check_sizes(path, len(opened["train"]), len(opened["test"]))   # before the long decode
-    size = image_size or auto_size(sides)
-    classes = sorted({label for files in opened.values() for _, label in files}) if listing["labelled"] else None
-    converted, skipped, sizes = 0, len(bad), {}
-    for part, files in opened.items():
-        shape = (len(files), 3, size, size) if colour else (len(files), size, size)   # the models' layout
-        images = np.lib.format.open_memmap(out / f"{part}.npy", mode="w+", dtype=np.uint8, shape=shape)
-        labels = []
-        for file, label in files:
-            try:
-                with Image.open(file) as image:
-                    image.load()   # decodes: a file truncated past its header fails here
-                    converted += colour and not _colour_of(image)
-                    picture = _square(image, size, colour)
-            except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
-                _refuse_bad(path, [(file, err)], skip_bad)
-                skipped += 1
-                continue
-            images[len(labels)] = picture.transpose(2, 0, 1) if colour else picture
-            labels.append(classes.index(label) if classes else 0)
-        images.flush()
-        del images
-        if len(labels) < len(files):   # skipped files left rows unused at the end
-            _shrink(out / f"{part}.npy", len(labels))
-        if classes:
-            np.save(out / f"{part}_labels.npy", np.asarray(labels, np.int64))
-        sizes[part] = len(labels)
+    opened, bad, headers = {}, [], {}
+    with pixel_limit(max_pixels):
+        for part, files in listing["files"].items():   # one pass over the headers: colour? sizes?
+            kept = []
+            for file, label in files:
+                try:
+                    headers[file] = read_header(file, max_pixels)
+                    kept.append((file, label))
+                except BadPicture as err:
+                    bad.append((file, err))
+            opened[part] = kept
+        _refuse_bad(path, bad, skip_bad)
+        if "all" in opened:   # no train/test folders: hold out a seeded share of the files
+            train, test = _held_out(path, len(opened["all"]))
+            opened = {"train": [opened["all"][i] for i in train], "test": [opened["all"][i] for i in test]}
+        _check_sizes(path, len(opened["train"]), len(opened["test"]))   # before the long decode
+        colour = any(header.colour for header in headers.values())
+        size = image_size or auto_size([header.side for header in headers.values()])
+        classes = sorted({label for files in opened.values() for _, label in files}) if listing["labelled"] else None
+        skipped, sizes, kept_colour, multi_frame = len(bad), {}, 0, 0
+        for part, files in opened.items():
+            shape = (len(files), 3, size, size) if colour else (len(files), size, size)   # the models' layout
+            images = np.lib.format.open_memmap(out / f"{part}.npy", mode="w+", dtype=np.uint8, shape=shape)
+            labels = []
+            for file, label in files:
+                try:
+                    picture = square(read_picture(file, colour, max_pixels), size)
+                except BadPicture as err:
+                    _refuse_bad(path, [(file, err)], skip_bad)
+                    skipped += 1
+                    continue
+                images[len(labels)] = picture.transpose(2, 0, 1) if colour else picture
+                labels.append(classes.index(label) if classes else 0)
+                kept_colour += headers[file].colour
+                multi_frame += headers[file].frames > 1
+            images.flush()
+            del images
+            if len(labels) < len(files):   # skipped files left rows unused at the end
+                _rewrite(out / f"{part}.npy", len(labels))
+            if classes:
+                np.save(out / f"{part}_labels.npy", np.asarray(labels, np.int64))
+            sizes[part] = len(labels)
+    if colour and not kept_colour:   # the colour files were all skipped: the set is grey (exactly: R=G=B)
+        for part in sizes:
+            _rewrite(out / f"{part}.npy", sizes[part], lambda rows: rows[:, 0])
+        colour = False
     _check_sizes(path, sizes["train"], sizes["test"])
     return {"channels": 3 if colour else 1, "image_size": size, "class_names": classes, "split": listing["split"],
-            "skipped": skipped, "ignored": listing["ignored"], "converted": converted,
-            "train_size": sizes["train"], "test_size": sizes["test"]}
+            "skipped": skipped, "ignored": listing["ignored"],
+            "converted": sizes["train"] + sizes["test"] - kept_colour if colour else 0,
+            "multi_frame": multi_frame, "train_size": sizes["train"], "test_size": sizes["test"]}
 
 
-def _shrink(file: Path, rows: int, chunk: int = 4096) -> None:
-    """Keep the first `rows` rows of an .npy file, copied a chunk at a time."""
+def _rewrite(file: Path, rows: int, change=lambda rows: rows, chunk: int = 4096) -> None:
+    """Keep the first `rows` rows of an .npy file, each chunk passed through `change`."""
     old = np.load(file, mmap_mode="r")
-    tmp = file.with_name(f"shrunk-{file.name}")
-    new = np.lib.format.open_memmap(tmp, mode="w+", dtype=old.dtype, shape=(rows, *old.shape[1:]))
+    tmp = file.with_name(f"rewritten-{file.name}")
+    new = np.lib.format.open_memmap(tmp, mode="w+", dtype=old.dtype, shape=(rows, *change(old[:1]).shape[1:]))
     for i in range(0, rows, chunk):
-        new[i:i + chunk] = old[i:min(i + chunk, rows)]
+        new[i:i + chunk] = change(old[i:min(i + chunk, rows)])
     new.flush()
     del new, old
     os.replace(tmp, file)
@@ -291,29 +348,69 @@ def _refuse_bad(path: Path, bad: list, skip_bad: bool) -> None:
     if bad and not skip_bad:
         file, err = bad[0]
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-        reason = str(err).splitlines()[0][:100] if str(err) else type(err).__name__
-        raise DataError(f"dataset={path}: cannot read {file}{more} ({reason}); fix or remove it, or pass "
+        raise DataError(f"dataset={path}: cannot read {file}{more} ({err}); fix or remove it, or pass "
                         f"skip_bad_images=true to leave such files out")
+
+
+def _npz_header(path: Path) -> dict[str, tuple[tuple, np.dtype]]:
+    """{array name: (shape, dtype)} of the images and labels in an .npz, from the headers alone."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = {name[:-4]: name for name in archive.namelist() if name.endswith(".npy")}
+            if "images" not in members:
+                raise DataError(f"dataset={path}: no 'images' array (has: {', '.join(members) or 'none'}); "
+                                f"write it with numpy.savez(path, images=..., labels=...)")
+            headers = {}
+            for name in ("images", "labels"):
+                if name in members:
+                    with archive.open(members[name]) as f:
+                        version = np.lib.format.read_magic(f)
+                        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                            np.lib.format.read_array_header_2_0
+                        shape, _, dtype = read(f)
+                    headers[name] = (shape, dtype)
+            return headers
+    except (zipfile.BadZipFile, zlib.error, OSError, ValueError, EOFError) as err:
+        raise DataError(f"dataset={path}: not a readable .npz ({reason(err)}); write it with "
+                        f"numpy.savez(path, images=..., labels=...)") from None
+
+
+def _check_npz(path: Path) -> None:
+    """Shapes, types and size from the headers, before a byte of pixels is read."""
+    headers = _npz_header(path)
+    shape, dtype = headers["images"]
+    if dtype != np.uint8 or len(shape) not in (3, 4) or (len(shape) == 4 and shape[3] not in (1, 3, 4)):
+        raise DataError(f"dataset={path}: 'images' must be uint8 [N,H,W] or [N,H,W,C] with C 1, 3 or 4, "
+                        f"got {dtype} {list(shape)}")
+    if shape[0] == 0 or 0 in shape[1:3]:
+        raise DataError(f"dataset={path}: 'images' holds no pictures ({list(shape)}); expected [N,H,W] with "
+                        f"N, H and W at least 1")
+    if "labels" in headers:
+        label_shape, label_dtype = headers["labels"]
+        if label_shape != (shape[0],) or label_dtype.kind not in "iu":
+            raise DataError(f"dataset={path}: 'labels' must be integers >= 0, one per image, got "
+                            f"{label_dtype} {list(label_shape)}")
+    size = int(np.prod(shape))
+    import psutil
+    free = psutil.virtual_memory().available
+    if 3 * size > free:   # the array, its squared copy and the split written out
+        raise DataError(f"dataset={path}: 'images' is {size / 1e9:.1f} GB; preparing an .npz reads it whole "
+                        f"and needs ~{3 * size / 1e9:.0f} GB of memory, {free / 1e9:.0f} GB is free: save it "
+                        f"as a folder of pictures instead (prepared one at a time)")
 
 
 def _decode_npz(path: Path, image_size: int, out: Path) -> dict:
     """An .npz is read whole (numpy cannot map a zip member), so it must fit in memory."""
     from PIL import Image
+    _check_npz(path)
     try:
         with np.load(path, allow_pickle=False) as data:
-            if "images" not in data.files:
-                raise DataError(f"dataset={path}: no 'images' array (has: {', '.join(data.files) or 'none'})")
             images = data["images"]
             labels = data["labels"] if "labels" in data.files else None
-    except (ValueError, OSError, EOFError, KeyError) as err:
-        raise DataError(f"dataset={path}: not a readable .npz ({str(err).splitlines()[0][:100]})") from None
-    if images.dtype != np.uint8 or images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[3] not in (1, 3, 4)):
-        raise DataError(f"dataset={path}: 'images' must be uint8 [N,H,W] or [N,H,W,C] with C 1, 3 or 4, "
-                        f"got {images.dtype} {list(images.shape)}")
-    if labels is not None and (labels.shape != (len(images),) or labels.dtype.kind not in "iu" or
-                               (len(labels) and labels.min() < 0)):
-        raise DataError(f"dataset={path}: 'labels' must be integers >= 0, one per image, got "
-                        f"{labels.dtype} {list(labels.shape)}")
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as err:
+        raise DataError(f"dataset={path}: not a readable .npz ({reason(err)})") from None
+    if labels is not None and len(labels) and labels.min() < 0:
+        raise DataError(f"dataset={path}: 'labels' must be integers >= 0, one per image, got {labels.min()}")
     if images.ndim == 4 and images.shape[3] == 1:
         images = images[..., 0]
     colour = images.ndim == 4
@@ -322,7 +419,7 @@ def _decode_npz(path: Path, image_size: int, out: Path) -> dict:
     if images.shape[1:3] == (size, size) and mode != "RGBA":
         squared = np.ascontiguousarray(images)
     else:
-        squared = np.stack([_square(Image.fromarray(image, mode), size, colour) for image in images])
+        squared = np.stack([square(to_viewed(Image.fromarray(image, mode), colour), size) for image in images])
     present = np.unique(labels) if labels is not None else None
     classes = [str(c) for c in range(int(present.max()) + 1)] if present is not None and len(present) else None
     train, test = _held_out(path, len(squared))
@@ -335,7 +432,7 @@ def _decode_npz(path: Path, image_size: int, out: Path) -> dict:
         np.save(out / "test_labels.npy", labels[test].astype(np.int64))
     return {"channels": 3 if colour else 1, "image_size": size, "class_names": classes,
             "split": f"{HELD_OUT:.0%} held out at random (seed {SPLIT_SEED})", "skipped": 0, "ignored": 0,
-            "converted": 0, "train_size": len(train), "test_size": len(test)}
+            "converted": 0, "multi_frame": 0, "train_size": len(train), "test_size": len(test)}
 
 
 def _held_out(path: Path, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -354,15 +451,47 @@ def _check_sizes(path: Path, n_train: int, n_test: int) -> None:
                         f"{MIN_TRAIN} and {MIN_TEST}")
 
 
-def _write_cache(cache: Path, fill) -> dict:
+# -- the cache ------------------------------------------------------------------------
+
+def digest(folder: Path, class_names) -> str:
+    """The prepared set's identity: its arrays and class names (the same pictures, labels and
+    split give the same digest, wherever and whenever they were prepared)."""
+    parts = [class_names] + [file_digest(folder / f"{name}.npy") if (folder / f"{name}.npy").is_file() else None
+                             for name in ARRAY_FILES]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:32]
+
+
+def _writable_folder(root: Path) -> Path:
+    """DATA_ROOT/prepared, or the user's cache folder where that cannot be written (said once)."""
+    first, fallback = cache_roots(root)
+    problems = []
+    for folder in (first, fallback):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / f".probe-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as err:
+            problems.append(f"{folder}: {err.strerror or reason(err)}")
+            continue
+        if folder == fallback:
+            print(f"note: {first} cannot be written ({problems[0]}); the prepared set goes to {fallback}", flush=True)
+        return folder
+    raise DataError(f"cannot write a prepared set to {first} or {fallback} ({'; '.join(problems)}); pass "
+                    f"data_root= a writable folder (or set VQGEN_DATA)")
+
+
+def _write_cache(root: Path, key: str, fill) -> tuple[Path, dict]:
     """fill(folder) writes the arrays there and returns the set's info; the folder is then
-    renamed into place: a reader sees all of it or none."""
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(f".tmp-{cache.name}-{os.getpid()}")
+    renamed into place: a reader sees all of it or none. Returns (the cache folder, info)."""
+    folder = _writable_folder(root)
+    cache = folder / key
+    tmp = folder / f".tmp-{key}-{os.getpid()}@{socket.gethostname()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
         info = fill(tmp)
+        info["digest"] = digest(tmp, info["class_names"])
         (tmp / "info.json").write_text(json.dumps(info))
         try:
             os.rename(tmp, cache)
@@ -371,4 +500,32 @@ def _write_cache(cache: Path, fill) -> dict:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return info
+    _prune(folder)
+    return cache, {**info, "key": key}
+
+
+def _prune(folder: Path) -> None:
+    """Remove what nobody will read: prepared sets unused for PRUNE_DAYS, and the temporaries
+    of preparations whose process died (on this machine; elsewhere, after a day)."""
+    now, host = time.time(), socket.gethostname()
+    for entry in folder.iterdir():
+        try:
+            if entry.name.startswith(".tmp-"):
+                pid, _, owner = entry.name.split("-", 2)[2].partition("@")   # .tmp-<key>-<pid>@<host>
+                dead = owner == host and pid.isdigit() and not _alive(int(pid))
+                if dead or now - entry.stat().st_mtime > 86_400:
+                    shutil.rmtree(entry, ignore_errors=True)
+            elif (entry / "info.json").is_file() and now - (entry / "info.json").stat().st_mtime > PRUNE_DAYS * 86_400:
+                shutil.rmtree(entry, ignore_errors=True)
+        except OSError:
+            continue   # removed by another process meanwhile
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

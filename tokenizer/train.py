@@ -203,7 +203,8 @@ def main(argv: list[str] | None = None) -> dict:
         root = data_root(cfg.data_root)
         # checked (and, for a user's set, decoded and cached) once per machine, before any training
         data = together(lambda: load_dataset(cfg.dataset, root, cfg.image_size, cfg.skip_bad_images,
-                                             cfg.train_subset, quiet=not accelerator.is_local_main_process),
+                                             cfg.train_subset, quiet=not accelerator.is_local_main_process,
+                                             max_pixels=cfg.max_image_pixels),
                         on="local-first")
         cfg = resolve_data(cfg, data.info)
         find_resume_point(cfg, "tokenizer")   # refuse a mismatched run dir before any training
