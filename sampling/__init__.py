@@ -172,7 +172,9 @@ def generate(n: int = 64, digit=None, temperature: float = 1.0, top_k: int | Non
     cfg_schedule: "constant" or "linear" (guidance rising from 0 to 2 * cfg along the sequence).
     keep_likeliest: draw more and keep this share of each condition's likeliest (module doc)."""
     check_sampling_args(n, temperature, top_k, top_p, digit, batch_size, cfg_schedule, keep_likeliest, seed, cfg)
-    gpt, prior_cfg, tok = (models or load_models(prior, tokenizer, device))[:3]
+    models = models or load_models(prior, tokenizer, device)
+    gpt, prior_cfg, tok = models[:3]
+    prior = getattr(models, "prior_dir", prior)   # messages name the prior in use, not the default
     device = next(gpt.parameters()).device   # given models may live anywhere
     shape = prior_cfg.shape()
     if not prior_cfg.class_conditional:

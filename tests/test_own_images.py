@@ -191,6 +191,13 @@ def test_a_flat_folder_trains_an_unconditional_prior(tmp_path, digits):
     assert result.returncode == 2 and "has no classes" in result.stderr
     result = run_cli(["sampling/generate.py", "--n", "4", "--prior", str(prior), "--out", str(tmp_path / "s")])
     assert result.returncode == 0, result.stderr[-3000:]
+    # A picture added since the tokenizer trained, its prepared copy gone: the prior refuses the set
+    recorded = json.loads((tok / "data.json").read_text())
+    shutil.rmtree(tmp_path / "data" / "prepared" / recorded["key"])
+    Image.fromarray(np.full((28, 28), 255, np.uint8)).save(flat / "added.png")
+    result = run_cli(["prior/train.py", *tiny_prior, f"tokenizer={tok}", f"data_root={tmp_path}/data",
+                      f"out_dir={tmp_path / 'prior-2'}"])
+    assert result.returncode == 2 and f"has changed since {tok}" in result.stderr, result.stderr[-3000:]
 
 
 @pytest.fixture(scope="module")
@@ -207,6 +214,13 @@ def colour_runs(tmp_path_factory, digits):
     assert run_cli(["prior/train.py", *tiny_prior, f"tokenizer={tok}", f"data_root={base}/data",
                     f"out_dir={prior}"]).returncode == 0
     return folder, tok, prior, base / "data"
+
+
+def test_generate_names_the_prior_it_was_given(colour_runs, tmp_path):
+    _, _, prior, _ = colour_runs
+    result = run_cli(["sampling/generate.py", "--n", "4", "--prior", str(prior), "--out", str(tmp_path / "s"),
+                      "--digit", "12"])
+    assert result.returncode == 2 and f"the prior {prior} has 3 classes" in result.stderr, result.stderr
 
 
 def test_the_page_serves_a_colour_run_with_its_class_names(colour_runs):

@@ -199,11 +199,11 @@ def _file_stamp(file: Path, stat: os.stat_result) -> list:
     """What says a file is unchanged: size, times, inode and a checksum of its first and last
     bytes (a picture replaced by another of the same size, its time kept, still differs)."""
     try:
-        with open(file, "rb") as f:
-            ends = f.read(STAMP_BYTES)
-            if stat.st_size > 2 * STAMP_BYTES:
-                f.seek(-STAMP_BYTES, os.SEEK_END)
-            ends += f.read()
+        fd = os.open(file, os.O_RDONLY)
+        try:
+            ends = os.pread(fd, STAMP_BYTES, 0) + os.pread(fd, STAMP_BYTES, max(STAMP_BYTES, stat.st_size - STAMP_BYTES))
+        finally:
+            os.close(fd)
         checksum = zlib.crc32(ends)
     except OSError:
         checksum = None   # unreadable: decoding names it
@@ -217,12 +217,13 @@ def _npz_listing(path: Path) -> dict:
 def _images_in(folder: Path) -> tuple[list[Path], int]:
     """(image files directly in folder, count of other files)."""
     images, others = [], 0
-    for entry in sorted(folder.iterdir()):
-        if entry.is_file():
-            if entry.suffix.lower() in IMAGE_SUFFIXES:
-                images.append(entry)
-            elif not entry.name.startswith("."):
-                others += 1
+    with os.scandir(folder) as entries:   # is_file() from the listing itself: no stat per file
+        for entry in sorted(entries, key=lambda e: e.name):
+            if entry.is_file():
+                if Path(entry.name).suffix.lower() in IMAGE_SUFFIXES:
+                    images.append(folder / entry.name)
+                elif not entry.name.startswith("."):
+                    others += 1
     return images, others
 
 
@@ -280,7 +281,7 @@ def _decode_folder(path: Path, listing: dict, image_size: int, skip_bad: bool, m
     """Decode every picture straight into memory-mapped .npy files in `out`, one at a time:
     preparing never holds the set in memory, so a folder larger than memory prepares too."""
     opened, bad, headers = {}, [], {}
-    with pixel_limit(max_pixels):
+    with pixel_limit():
         for part, files in listing["files"].items():   # one pass over the headers: colour? sizes?
             kept = []
             for file, label in files:

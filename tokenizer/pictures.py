@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -44,16 +43,14 @@ class Header:
 
 
 @contextlib.contextmanager
-def pixel_limit(max_pixels: int):
-    """Pillow's own decompression-bomb check at our bound (it refuses twice its limit and warns
-    above it): the bound is ours to state and check, with one message."""
+def pixel_limit():
+    """Pillow's own decompression-bomb check off (it refuses at twice its limit with a message of
+    its own): within this, `opened` checks the bound the caller states, with one message."""
     from PIL import Image
     old = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = max_pixels
+    Image.MAX_IMAGE_PIXELS = None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            yield
+        yield
     finally:
         Image.MAX_IMAGE_PIXELS = old
 
@@ -123,7 +120,7 @@ def to_viewed(image, colour: bool):
         raise BadPicture(f"mode {image.mode} ({REFUSED_MODES[image.mode]}) is not read; save it as RGB or grey")
     image.load()
     profile = image.info.get("icc_profile")   # taken first: a converted image does not keep it
-    image = ImageOps.exif_transpose(image)
+    ImageOps.exif_transpose(image, in_place=True)
     if image.mode in SIXTEEN_BIT or image.mode in ("I", "F"):
         image = Image.fromarray(wide_grey_to_uint8(image))
     if image.mode in ALPHA_MODES or (image.mode == "P" and "transparency" in image.info):
@@ -131,7 +128,8 @@ def to_viewed(image, colour: bool):
         image = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
     if profile and image.mode in ("RGB", "RGBA", "CMYK"):
         image = to_srgb(image, profile)
-    return image.convert("RGB" if colour else "L")
+    mode = "RGB" if colour else "L"
+    return image if image.mode == mode else image.convert(mode)
 
 
 def wide_grey_to_uint8(image) -> np.ndarray:
