@@ -51,7 +51,9 @@ class TrainConfig:
                                      # what gets evaluated and saved for use (0 = the weights as trained)
     resume: str = "auto"             # auto | never | PATH to a checkpoint dir
     tracker: Literal["none", "wandb"] = "none"   # wandb: offline unless WANDB_MODE says otherwise
-    eval_every: int = 0              # steps between evaluations (test metrics, plots); 0 = every epoch, -1 = at the end only
+    eval_every: int = 0              # steps between held-out evaluations; 0 = about ten a run, -1 = at the end only
+    eval_samples: int = 1000         # held-out (and training) items each evaluation measures; the final one, all held out
+    patience: int = 3                # stop after this many evaluations without a better held-out loss (0 = never)
     save_every: int = 0              # steps between checkpoints; 0 = once per epoch (and always at the end)
     keep_checkpoints: int = 2        # newest checkpoints kept in out_dir/checkpoints
 
@@ -68,7 +70,9 @@ class TrainConfig:
         _require(self.weight_decay >= 0, "weight_decay", "must be >= 0")
         _require(self.grad_clip >= 0, "grad_clip", "must be >= 0 (0 = off)")
         _require(0 <= self.weight_average < 1, "weight_average", "must be in [0, 1) (0 = off; 0.999 is typical)")
-        _require(self.eval_every >= -1, "eval_every", "must be >= 1 steps, 0 (every epoch) or -1 (at the end only)")
+        _require(self.eval_every >= -1, "eval_every", "must be >= 1 steps, 0 (about ten a run) or -1 (at the end only)")
+        _require(self.eval_samples >= 1, "eval_samples", "must be >= 1")
+        _require(self.patience >= 0, "patience", "must be >= 0 (0 = never stop early)")
         _require(self.save_every >= 0, "save_every", "must be >= 0 (0 = every epoch)")
         _require(self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
         _require(self.out_dir != "", "out_dir", "must not be empty")

@@ -8,6 +8,12 @@ discriminator, `SideModel`), an optional moving average of the weights
 every `save_every` steps (independent of evaluations), at the end and on
 SIGINT/SIGTERM, and exact resume.
 
+Held-out data is watched while training: about EVALS_PER_RUN evaluations a run on bounded
+subsets (`eval_samples`), the weights that scored best there kept (`BestWeights`) and shipped,
+a run stopped after `patience` evaluations without improvement, and one warning line when
+training and held-out loss part. The final evaluation measures the shipped weights on the
+whole held-out set.
+
 Exact resume holds because nothing random is left to chance: the data order of
 an epoch is a function of (seed, epoch), and every process's RNG state is saved
 with the weights, so a resumed CPU run ends with the same bits as an unbroken one,
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,8 +36,9 @@ from torch import nn
 
 from common.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, save_checkpoint
 from common.config import ConfigError, config_from_file, config_to_dict
-from common.distributed import (StopSignal, TrainingError, agree_on_resume_point, agreed_stop, check_layout,
-                                check_replicas_agree, raise_if_nonfinite, restore_rng, rng_states, together)
+from common.distributed import (StopSignal, TrainingError, agree_on_resume_point, agreed_stop, broadcast_object,
+                                check_layout, check_replicas_agree, raise_if_nonfinite, restore_rng, rng_states,
+                                together)
 from common.runs import (CONFIG, append_metrics, read_last_metrics, read_metrics, save_run_config,
                          save_run_weights, truncate_metrics)
 from common.tracking import make_accelerator, start_tracking
@@ -39,9 +47,10 @@ from common.tracking import make_accelerator, start_tracking
 # means the checkpoint belongs to a different experiment.
 # decoder_*: the tokenizer's second phase, which checks its own config in its own folder
 RESUMABLE_KEYS = {"epochs", "max_steps", "eval_every", "save_every", "tracker", "resume", "keep_checkpoints",
-                  "out_dir", "data_root", "log_every"}
+                  "out_dir", "data_root", "log_every", "patience", "eval_samples"}
 RESUMABLE_PREFIX = "decoder_"
 LOG_EVERY = 25
+EVALS_PER_RUN = 10   # eval_every=0: held-out loss measured about this often, whatever the run's length
 
 
 @dataclass
@@ -106,7 +115,9 @@ class Task:
     model: nn.Module
     train_tensors: tuple[torch.Tensor, ...]               # on the host, indexed along dim 0; batches move to the device
     loss_fn: Callable[[nn.Module, tuple[torch.Tensor, ...]], tuple[torch.Tensor, dict[str, torch.Tensor]]]
-    evaluate: Callable[[nn.Module], dict[str, float]]     # main process, unwrapped model in eval mode
+    # Main process, unwrapped model in eval mode: held-out (and training) metrics on at most
+    # `limit` items of each (None: all of the held-out set, the final evaluation).
+    evaluate: Callable[[nn.Module, int | None], dict[str, float]]
     make_optimizer: Callable[[nn.Module], torch.optim.Optimizer] | None = None
     report: Callable[[Path, nn.Module, list[dict], list[dict]], None] | None = None  # plots
     export: Callable[[nn.Module], dict[str, torch.Tensor]] = field(default=lambda m: m.state_dict())
@@ -114,6 +125,20 @@ class Task:
     # data; must be a function of the epoch alone so that resume stays exact.
     epoch_tensors: Callable[[int], tuple[torch.Tensor, ...]] | None = None
     side: SideModel | None = None                         # a second model stepped beside this one
+    score: str | None = None          # the held-out metric (lower is better) that picks the weights that ship
+                                      # and stops a run that no longer improves it; None: the last weights ship
+    overfit_warning: Callable[[dict], str | None] | None = None   # a line when training and held-out loss part
+    load_export: Callable[[nn.Module, dict[str, torch.Tensor]], None] = field(
+        default=lambda m, weights: m.load_state_dict(weights))   # the inverse of export
+
+
+def evaluation_subset(n: int, limit: int | None) -> torch.Tensor | slice:
+    """Which of n items an evaluation measures: all (limit None or >= n), else `limit` evenly
+    spaced, the same ones at every evaluation (a set stored in class order is sampled across
+    its classes)."""
+    if limit is None or limit >= n:
+        return slice(None)
+    return torch.linspace(0, n - 1, limit).round().long()
 
 
 def warmup_for(steps: int, processes: int) -> int:
@@ -191,175 +216,283 @@ def find_resume_point(cfg, stage: str) -> Path | None:
 
 
 def fit(cfg, task: Task, accelerator=None, last: bool = True) -> dict:
-    """Train `task.model` under `cfg`; returns the last evaluation's metrics.
+    """Train `task.model` under `cfg`; returns the final evaluation's metrics.
     last=False keeps the accelerator (and its process group) for another fit."""
     resume_from = find_resume_point(cfg, task.stage)
-    accelerator = accelerator or make_accelerator(cfg.tracker)
-    out_dir = Path(cfg.out_dir)
-    is_main = accelerator.is_main_process
-    rank, world = accelerator.process_index, accelerator.num_processes
+    trainer = Trainer(cfg, task, accelerator or make_accelerator(cfg.tracker))
+    trainer.resume(resume_from)
+    with StopSignal() as stop, trainer.progress:  # the bar is closed on errors too, so they print last
+        while trainer.step < trainer.stop_at:
+            trainer.train_step()
+            due_eval = trainer.step % trainer.eval_every == 0 or trainer.step == trainer.stop_at
+            due_save = trainer.step % trainer.save_every == 0 or trainer.step == trainer.stop_at
+            if due_eval and trainer.evaluate_and_keep_best():
+                trainer.stop_early()   # held-out loss stopped improving: what is left is not worth training
+                due_save = True
+            if due_save:
+                trainer.save()
+            trainer.stop_on_signal(stop)
+    return trainer.finish(last)
 
-    model = task.model
-    optimizer = (task.make_optimizer or _default_optimizer(cfg))(model)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    raw_model = accelerator.unwrap_model(model)
-    side = _prepare_side(task.side, accelerator)
-    average = WeightAverage(raw_model, cfg.weight_average, world) if cfg.weight_average > 0 else None
-    # The training set stays on the host (a user's set may be a memory map larger than memory,
-    # or than the GPU's): each batch is gathered there and moved to the device.
-    data = task.train_tensors
 
-    n_train = data[0].shape[0]
-    per_epoch = cfg.epoch_samples or n_train
-    steps_per_epoch = epoch_steps(per_epoch, world, cfg.batch_size)
-    total_steps = cfg.epochs * steps_per_epoch
-    # An evaluation (full test set, plots) costs seconds, a checkpoint almost nothing:
-    # the two cadences are separate so a run can checkpoint often and evaluate rarely.
-    eval_every = {0: steps_per_epoch, -1: total_steps}.get(cfg.eval_every, cfg.eval_every)
-    save_every = cfg.save_every or steps_per_epoch
+class Trainer:
+    """The loop's state and its steps, as `fit` calls them: train a step, evaluate and keep the
+    best weights, save, stop on a signal or when held-out loss stops improving, finish."""
 
-    trained = _TrainedState(raw_model, optimizer, side, average)
-    step, history = 0, []
-    resume_from = agree_on_resume_point(resume_from, accelerator.device)
-    if resume_from is not None:
-        state = together(lambda: _load_resume_state(resume_from, task.stage, trained), on="local-first")
-        check_layout(state, resume_from, world, cfg.batch_size)
-        restore_rng(state["rng"], rank, accelerator)
-        step, history = state["step"], state["history"]
-        together(lambda: truncate_metrics(out_dir / "metrics.jsonl", step))
-        accelerator.print(f"resuming {task.stage} from {resume_from} (step {step}/{total_steps})")
-    else:
-        torch.manual_seed(cfg.seed + rank)
-    together(lambda: save_run_config(out_dir, cfg))
-    # Plain `accelerate launch` on a machine with several GPUs uses them all: say so.
-    accelerator.print(f"{task.stage}: {world} process(es) on {accelerator.device.type}, batch {cfg.batch_size} each "
-                      f"({world * cfg.batch_size} a step), {accelerator.mixed_precision} mixed precision, "
-                      f"{total_steps} steps")
-    start_tracking(accelerator, cfg.tracker, task.stage, config_to_dict(cfg), str(out_dir))
+    def __init__(self, cfg, task: Task, accelerator):
+        self.cfg, self.task, self.accelerator = cfg, task, accelerator
+        self.out_dir = Path(cfg.out_dir)
+        self.rank, self.world = accelerator.process_index, accelerator.num_processes
+        optimizer = (task.make_optimizer or _default_optimizer(cfg))(task.model)
+        self.model, self.optimizer = accelerator.prepare(task.model, optimizer)
+        self.raw_model = accelerator.unwrap_model(self.model)
+        self.side = _prepare_side(task.side, accelerator)
+        self.average = WeightAverage(self.raw_model, cfg.weight_average, self.world) if cfg.weight_average > 0 else None
+        self.best = BestWeights()
+        self.trained = _TrainedState(self.raw_model, self.optimizer, self.side, self.average, self.best)
+        # The training set stays on the host (a user's set may be a memory map larger than memory,
+        # or than the GPU's): each batch is gathered there and moved to the device.
+        self.data = task.train_tensors
+        self.n_train = self.data[0].shape[0]
+        self.per_epoch = cfg.epoch_samples or self.n_train
+        self.steps_per_epoch = epoch_steps(self.per_epoch, self.world, cfg.batch_size)
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        # An evaluation costs seconds, a checkpoint almost nothing: separate cadences.
+        self.eval_every = {0: max(1, self.total_steps // EVALS_PER_RUN), -1: self.total_steps}.get(
+            cfg.eval_every, cfg.eval_every)
+        self.save_every = cfg.save_every or self.steps_per_epoch
+        self.step, self.history, self.metrics, self.warned = 0, [], {}, False
+        self.stop_at = min(self.total_steps, cfg.max_steps) if cfg.max_steps else self.total_steps
+        self.bad_step = torch.full((), -1, dtype=torch.long, device=accelerator.device)   # first non-finite step
+        self.sums, self.n_logged = {}, 0
+        self.order_epoch, self.order = -1, None
+        self.time_before = self.train_before = self.paused = 0.0
+        self.t_start = time.perf_counter()
 
-    stop_at = min(total_steps, cfg.max_steps) if cfg.max_steps else total_steps
-    metrics = read_last_metrics(out_dir / "metrics.jsonl") if step >= stop_at else {}
+    # -- start --------------------------------------------------------------------------
+    def resume(self, resume_from: Path | None) -> None:
+        cfg, accelerator, stage = self.cfg, self.accelerator, self.task.stage
+        resume_from = agree_on_resume_point(resume_from, accelerator.device)
+        if resume_from is not None:
+            state = together(lambda: _load_resume_state(resume_from, stage, self.trained), on="local-first")
+            check_layout(state, resume_from, self.world, cfg.batch_size)
+            restore_rng(state["rng"], self.rank, accelerator)
+            self.step, self.history = state["step"], state["history"]
+            accelerator.print(f"resuming {stage} from {resume_from} (step {self.step}/{self.total_steps})")
+            if self.best.stopped(cfg.patience):   # it had stopped early: nothing left to train
+                self.stop_at = self.step
+        else:
+            torch.manual_seed(cfg.seed + self.rank)
+        # Evaluations logged after the checkpoint (all of them, starting afresh) are redone
+        together(lambda: truncate_metrics(self.out_dir / "metrics.jsonl", self.step))
+        together(lambda: save_run_config(self.out_dir, cfg))
+        # Plain `accelerate launch` on a machine with several GPUs uses them all: say so.
+        accelerator.print(f"{stage}: {self.world} process(es) on {accelerator.device.type}, batch {cfg.batch_size} "
+                          f"each ({self.world * cfg.batch_size} a step), {accelerator.mixed_precision} mixed "
+                          f"precision, {self.total_steps} steps, held-out loss measured every {self.eval_every}")
+        start_tracking(accelerator, cfg.tracker, stage, config_to_dict(cfg), str(self.out_dir))
+        if self.step >= self.stop_at:
+            self.metrics = read_last_metrics(self.out_dir / "metrics.jsonl")
+        # time_s: wall time of the run; train_s: the part spent in training steps
+        # (evaluation, plots and checkpoints excluded), the figure benchmarks compare.
+        self.time_before = self.history[-1]["time_s"] if self.history else 0.0
+        self.train_before = self.history[-1].get("train_s", 0.0) if self.history else 0.0
+        self.t_start = time.perf_counter()
+        self.progress = _progress(accelerator.is_main_process, self.stop_at, self.step, stage)
+        self.model.train()
 
-    def save(step_now: int):
-        raise_if_nonfinite(bad_step, out_dir)
-        rng = rng_states(accelerator)   # a collective: every process takes part
-        parts = lambda: {**trained.state_dict(), "rng": rng, "history": history,  # noqa: E731
-                         "layout": {"processes": world, "batch_size": cfg.batch_size}}
-        # main only; a failure there (a full disk, a folder in the way) stops every process in one line
-        together(lambda: save_checkpoint(out_dir / "checkpoints", step_now, parts(), task.stage,
-                                         cfg.keep_checkpoints))
+    def clock(self) -> dict:
+        now = time.perf_counter() - self.t_start
+        return {"time_s": round(now + self.time_before, 2), "train_s": round(now - self.paused + self.train_before, 2)}
 
-    def evaluate_on_main(step_now: int, train_logs: dict) -> dict:
-        raw_model.eval()
-        # Under mixed precision, every phase evaluates under the same autocast (accelerate
-        # wraps only the prepared module's forward: phase one's decode would run in fp32).
-        with average.swapped_in() if average is not None else contextlib.nullcontext(), torch.no_grad(), \
-                accelerator.autocast():
-            result = {"step": step_now, "epoch": round(step_now / steps_per_epoch, 3), **clock(),
-                      **train_logs, **task.evaluate(raw_model)}
-            append_metrics(out_dir / "metrics.jsonl", result)
-            save_run_weights(out_dir, task.export(raw_model), task.stage)
-            if task.report is not None:
-                task.report(out_dir, raw_model, history, read_metrics(out_dir / "metrics.jsonl"))
-        raw_model.train()
+    # -- train ----------------------------------------------------------------------------
+    def next_batch(self) -> tuple[torch.Tensor, ...]:
+        epoch, index = divmod(self.step, self.steps_per_epoch)
+        if epoch != self.order_epoch:  # each process takes its own stride of the shared order
+            self.order_epoch = epoch
+            self.order = epoch_order(self.n_train, self.cfg.seed, epoch, self.per_epoch)[self.rank::self.world]
+            if self.task.epoch_tensors is not None:   # its cost counts in train_s
+                self.data = self.task.epoch_tensors(epoch)
+        ids = self.order[index * self.cfg.batch_size:(index + 1) * self.cfg.batch_size]
+        return tuple(t[ids].to(self.accelerator.device, non_blocking=True) for t in self.data)
+
+    def train_step(self) -> None:
+        cfg, accelerator, side = self.cfg, self.accelerator, self.side
+        batch = self.next_batch()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(self.step, self.total_steps, cfg, self.world)
+        if side is None:
+            loss, logs = self.task.loss_fn(self.model, batch)
+        else:
+            side.raw.requires_grad_(False)   # the main loss moves the main model only
+            loss, logs, handover = self.task.loss_fn(self.model, batch, side.raw, self.step)
+            side.raw.requires_grad_(True)
+        accelerator.backward(loss)
+        if cfg.grad_clip > 0:
+            accelerator.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.average is not None:
+            self.average.update()
+        finite = torch.isfinite(loss.detach())
+        if side is not None:
+            side_loss, side_logs = side.step(batch, handover, accelerator, cfg.grad_clip)
+            logs = {**logs, **side_logs}
+            finite = finite & torch.isfinite(side_loss.detach())   # a NaN discriminator must not be saved
+        # Remember the first bad step on the device: no host sync per step.
+        self.bad_step = torch.where(~finite & (self.bad_step < 0), torch.full_like(self.bad_step, self.step),
+                                    self.bad_step)
+        for k, v in {"loss": loss, **logs}.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v.detach().float()
+        self.n_logged += 1
+        self.step += 1
+        self.progress.update(1)
+        if self.step % LOG_EVERY == 0 or self.step == self.stop_at:
+            raise_if_nonfinite(self.bad_step, self.out_dir)
+            means = {f"train_{k}": (v / self.n_logged).item() for k, v in self.sums.items()}
+            self.history.append({"step": self.step, **self.clock(), **means})
+            self.progress.set_postfix(loss=f"{means['train_loss']:.4f}")
+            self.sums, self.n_logged = {}, 0
+
+    # -- evaluate -----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def evaluating(self):
+        """The model as it would ship (the weight average swapped in), in eval mode, its time
+        kept out of train_s. Under mixed precision every phase evaluates under the same
+        autocast (accelerate wraps only the prepared module's forward)."""
+        started = time.perf_counter()
+        self.raw_model.eval()
+        try:
+            with self.average.swapped_in() if self.average is not None else contextlib.nullcontext(), \
+                    torch.no_grad(), self.accelerator.autocast():
+                yield self.raw_model
+        finally:
+            self.raw_model.train()
+            self.paused += time.perf_counter() - started
+
+    def evaluate_and_keep_best(self) -> bool:
+        """Held-out (and training) loss on bounded subsets; the best weights so far kept, and
+        written as the run's weights. Returns, the same on every process, whether the held-out
+        loss has not improved for `patience` evaluations."""
+        raise_if_nonfinite(self.bad_step, self.out_dir)
+
+        def on_main() -> dict:
+            with self.evaluating() as model:
+                result = {"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 3), **self.clock(),
+                          **self.last_train_logs(), **self.task.evaluate(model, self.cfg.eval_samples)}
+                if self.task.score is not None and self.best.offer(result[self.task.score], self.step,
+                                                                    self.task.export(model)):
+                    save_run_weights(self.out_dir, self.best.weights, self.task.stage)
+            result["best_step"] = self.best.step if self.task.score is not None else self.step
+            append_metrics(self.out_dir / "metrics.jsonl", result)
+            self.say(result)
+            return result
+
+        result = together(on_main) or {}
+        self.accelerator.log({k: v for k, v in result.items() if isinstance(v, (int, float))}, step=self.step)
+        return bool(broadcast_object(self.task.score is not None and self.best.stopped(self.cfg.patience)))
+
+    def last_train_logs(self) -> dict:
+        return {k: v for k, v in self.history[-1].items() if k.startswith("train_")} if self.history else {}
+
+    def say(self, result: dict) -> None:
         shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()}
-        accelerator.print(f"[{task.stage}] " + " ".join(f"{k}={v}" for k, v in shown.items()))
+        self.accelerator.print(f"[{self.task.stage}] " + " ".join(f"{k}={v}" for k, v in shown.items()))
+        warning = self.task.overfit_warning(result) if self.task.overfit_warning else None
+        if warning and not self.warned:   # once a run: the figures go on in metrics.jsonl
+            self.warned = True
+            print(f"WARNING: {self.task.stage}: {warning}", file=sys.stderr, flush=True)
+
+    def stop_early(self) -> None:
+        self.accelerator.print(f"{self.task.stage}: held-out loss has not improved for {self.cfg.patience} "
+                               f"evaluations; stopping at step {self.step} with the weights of step {self.best.step}")
+        self.stop_at = self.step
+
+    # -- save and stop --------------------------------------------------------------------------
+    def save(self) -> None:
+        raise_if_nonfinite(self.bad_step, self.out_dir)
+        started = time.perf_counter()
+        rng = rng_states(self.accelerator)   # a collective: every process takes part
+        parts = lambda: {**self.trained.state_dict(), "rng": rng, "history": self.history,  # noqa: E731
+                         "layout": {"processes": self.world, "batch_size": self.cfg.batch_size}}
+        # main only; a failure there (a full disk, a folder in the way) stops every process in one line
+        together(lambda: save_checkpoint(self.out_dir / "checkpoints", self.step, parts(), self.task.stage,
+                                         self.cfg.keep_checkpoints))
+        self.paused += time.perf_counter() - started
+
+    def stop_on_signal(self, stop: StopSignal) -> None:
+        signal_name = agreed_stop(stop, self.step)
+        if signal_name and self.step < self.stop_at:
+            self.save()
+            self.progress.close()
+            self.accelerator.print(f"{signal_name}: saved a checkpoint at step {self.step} in {self.out_dir}/checkpoints; "
+                                   f"run the same command again to resume")
+            self.accelerator.end_training()
+            raise SystemExit(130 if signal_name == "SIGINT" else 143)
+
+    # -- finish ---------------------------------------------------------------------------------
+    def finish(self, last: bool) -> dict:
+        """The weights that ship (the best by held-out loss, else the average or the last) in the
+        model, measured on the whole held-out set, written with the plots."""
+        for model_now in [self.raw_model] + ([self.side.raw] if self.side is not None else []):
+            said = check_replicas_agree(model_now, self.accelerator.device)
+            if said:
+                self.accelerator.print(said)
+        if self.average is not None:
+            self.average.copy_to_model()
+        best = broadcast_object(self.best.weights)   # kept on the main process, where it was measured
+        if best is not None:
+            self.task.load_export(self.raw_model, best)
+        if not self.metrics.get("final"):   # not a finished run run again
+            self.metrics = together(self.final_evaluation) or {}
+        if last:
+            self.accelerator.end_training()
+        return self.metrics
+
+    def final_evaluation(self) -> dict:
+        started = time.perf_counter()
+        self.raw_model.eval()
+        with torch.no_grad(), self.accelerator.autocast():
+            result = {"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 3), **self.clock(),
+                      **self.last_train_logs(), **self.task.evaluate(self.raw_model, None),
+                      "best_step": self.best.step if self.task.score is not None else self.step, "final": True}
+            append_metrics(self.out_dir / "metrics.jsonl", result)
+            save_run_weights(self.out_dir, self.task.export(self.raw_model), self.task.stage)
+            if self.task.report is not None:
+                self.task.report(self.out_dir, self.raw_model, self.history, read_metrics(self.out_dir / "metrics.jsonl"))
+        self.raw_model.train()
+        self.paused += time.perf_counter() - started
+        self.say(result)
         return result
 
-    def evaluate(step_now: int, train_logs: dict) -> dict:
-        raise_if_nonfinite(bad_step, out_dir)
-        result = together(lambda: evaluate_on_main(step_now, train_logs)) or {}
-        accelerator.log({k: v for k, v in result.items() if isinstance(v, (int, float))}, step=step_now)
-        return result
 
-    bad_step = torch.full((), -1, dtype=torch.long, device=accelerator.device)
-    # time_s: wall time of the run; train_s: the part spent in training steps
-    # (evaluation, plots and checkpoints excluded), the figure benchmarks compare.
-    time_before = history[-1]["time_s"] if history else 0.0
-    train_before = history[-1].get("train_s", 0.0) if history else 0.0
-    t_start, paused = time.perf_counter(), 0.0
+class BestWeights:
+    """The exported weights that scored best on held-out data so far, their step, and how many
+    evaluations have passed without a better score (in every checkpoint: resume stays exact)."""
 
-    def clock() -> dict:
-        now = time.perf_counter() - t_start
-        return {"time_s": round(now + time_before, 2), "train_s": round(now - paused + train_before, 2)}
+    def __init__(self):
+        self.score, self.step, self.since, self.weights = math.inf, 0, 0, None
 
-    sums, n_logged = {}, 0
-    progress = _progress(is_main, stop_at, step, task.stage)
-    model.train()
-    order_epoch, order = -1, None
-    with StopSignal() as stop, progress:  # the bar is closed on errors too, so they print last
-        while step < stop_at:
-            epoch, index = divmod(step, steps_per_epoch)
-            if epoch != order_epoch:  # each process takes its own stride of the shared order
-                order_epoch = epoch
-                order = epoch_order(n_train, cfg.seed, epoch, per_epoch)[rank::world]
-                if task.epoch_tensors is not None:   # its cost counts in train_s
-                    data = task.epoch_tensors(epoch)
-            batch_ids = order[index * cfg.batch_size:(index + 1) * cfg.batch_size]
-            batch = tuple(t[batch_ids].to(accelerator.device, non_blocking=True) for t in data)
+    def offer(self, score: float, step: int, weights: dict[str, torch.Tensor]) -> bool:
+        """Keep these weights if they score better; returns whether they did."""
+        if score < self.score:
+            self.score, self.step, self.since = score, step, 0
+            self.weights = {k: v.detach().to("cpu", copy=True) for k, v in weights.items()}
+            return True
+        self.since += 1
+        return False
 
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, total_steps, cfg, world)
-            if side is None:
-                loss, logs = task.loss_fn(model, batch)
-            else:
-                side.raw.requires_grad_(False)   # the main loss moves the main model only
-                loss, logs, handover = task.loss_fn(model, batch, side.raw, step)
-                side.raw.requires_grad_(True)
-            accelerator.backward(loss)
-            if cfg.grad_clip > 0:
-                accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if average is not None:
-                average.update()
-            finite = torch.isfinite(loss.detach())
-            if side is not None:
-                side_loss, side_logs = side.step(batch, handover, accelerator, cfg.grad_clip)
-                logs = {**logs, **side_logs}
-                finite = finite & torch.isfinite(side_loss.detach())   # a NaN discriminator must not be saved
+    def stopped(self, patience: int) -> bool:
+        return patience > 0 and self.since >= patience
 
-            # Remember the first bad step on the device: no host sync per step.
-            bad_step = torch.where(~finite & (bad_step < 0), torch.full_like(bad_step, step), bad_step)
-            for k, v in {"loss": loss, **logs}.items():
-                sums[k] = sums.get(k, 0.0) + v.detach().float()
-            n_logged += 1
-            step += 1
-            progress.update(1)
+    def state_dict(self) -> dict:
+        return {"score": self.score if math.isfinite(self.score) else None, "step": self.step, "since": self.since,
+                "weights": self.weights}
 
-            if step % LOG_EVERY == 0 or step == stop_at:
-                raise_if_nonfinite(bad_step, out_dir)
-                means = {f"train_{k}": (v / n_logged).item() for k, v in sums.items()}
-                history.append({"step": step, **clock(), **means})
-                progress.set_postfix(loss=f"{means['train_loss']:.4f}")
-                sums, n_logged = {}, 0
-            due_eval = step % eval_every == 0 or step == stop_at
-            due_save = step % save_every == 0 or step == stop_at
-            if due_eval or due_save:
-                pause_start = time.perf_counter()
-                if due_eval:
-                    train_logs = {k: v for k, v in history[-1].items() if k.startswith("train_")} if history else {}
-                    metrics = evaluate(step, train_logs)
-                if due_save:
-                    save(step)
-                paused += time.perf_counter() - pause_start
-            signal_name = agreed_stop(stop, step)
-            if signal_name and step < stop_at:
-                save(step)
-                progress.close()
-                accelerator.print(f"{signal_name}: saved a checkpoint at step {step} in {out_dir}/checkpoints; "
-                                  f"run the same command again to resume")
-                accelerator.end_training()
-                raise SystemExit(130 if signal_name == "SIGINT" else 143)
-    for model_now in [raw_model] + ([side.raw] if side is not None else []):
-        said = check_replicas_agree(model_now, accelerator.device)
-        if said:
-            accelerator.print(said)
-    if average is not None:
-        average.copy_to_model()
-    if last:
-        accelerator.end_training()
-    return metrics
+    def load_state_dict(self, state: dict) -> None:
+        score = state["score"]
+        self.score, self.step, self.since = math.inf if score is None else score, state["step"], state["since"]
+        self.weights = state["weights"]
 
 
 @dataclass
@@ -370,9 +503,11 @@ class _TrainedState:
     optimizer: torch.optim.Optimizer
     side: _PreparedSide | None
     average: WeightAverage | None
+    best: BestWeights
 
     def state_dict(self) -> dict:
-        parts = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+        parts = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "best": self.best.state_dict()}
         if self.side is not None:
             parts.update(side_model=self.side.raw.state_dict(), side_optimizer=self.side.optimizer.state_dict())
         if self.average is not None:
@@ -387,6 +522,8 @@ class _TrainedState:
             self.side.optimizer.load_state_dict(state["side_optimizer"])
         if self.average is not None:
             self.average.load_state_dict(state["weight_average"])
+        if "best" in state:   # checkpoints from before best weights were kept have none
+            self.best.load_state_dict(state["best"])
 
 
 @dataclass

@@ -23,7 +23,6 @@ class PriorConfig(TrainConfig, PriorShape):
     z_loss: float = 0.0            # weight of log(sum(exp(logits)))^2, which keeps the logits from drifting
     optimizer: Literal["adamw", "muon"] = "muon"   # muon: Muon on the blocks' weight matrices, AdamW on the rest
     lr_schedule: Literal["cosine", "wsd"] = "wsd"   # warmup-stable-decay
-    eval_every: int = -1           # test NLL and plots once, at the end (checkpoints every epoch: save_every 0)
 
     # Switches that lost their ablation left the code (figures: docs/RESULTS.md, "prior levers" and
     # "augmentation"); a saved run still names them, at the value that now is the only behaviour.

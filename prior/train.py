@@ -23,7 +23,7 @@ from common.tracking import make_accelerator
 from common.errors import run_main
 from common.distributed import together
 from common.runs import run_lock
-from common.training import Task, find_resume_point, fit
+from common.training import Task, evaluation_subset, find_resume_point, fit
 from prior.config import PriorConfig
 from prior.data import augmented_codes, load_code_grids
 from prior.model import GPT
@@ -32,6 +32,7 @@ from tokenizer import load_tokenizer
 from tokenizer.data import data_root, epoch_samples_for, is_own_dataset, load_run_dataset
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "prior.yaml"
+OVERFIT_BITS = 0.3   # held-out minus training NLL, bits/token, past which the run warns that it memorises
 
 
 def resolve_vocab(cfg: PriorConfig, codebook_size: int) -> PriorConfig:
@@ -85,14 +86,33 @@ def make_task(cfg: PriorConfig, tokenizer, grids: dict, train_images: torch.Tens
             return loss + cfg.z_loss * logits.logsumexp(-1).square().mean(), {}
         return loss, {}
 
-    def evaluate(m):
-        null = torch.full_like(test_labels, null_class)
-        bits = test_nll_bits(m, test_codes, test_labels if cfg.class_conditional else null)
+    train_codes, train_labels = grids["train_codes"].long(), grids["train_labels"]
+
+    def evaluate(m, limit: int | None):
+        """Held-out NLL (on `limit` grids; None: all), and the training set's measured the same
+        way: eval mode (no dropout), the grids as encoded (no augmentation)."""
+        def nll(codes, labels, n):
+            rows = evaluation_subset(len(codes), n)
+            labels = labels if cfg.class_conditional else torch.full_like(labels, null_class)
+            return test_nll_bits(m, codes[rows], labels[rows])
+        bits = nll(test_codes, test_labels, limit)
         result = {"test_nll_bits_per_token": bits, "test_nll_bits_per_image": bits * tokens,
+                  "train_nll_bits_per_token": nll(train_codes, train_labels, limit or cfg.eval_samples),
                   "uniform_bits_per_image": tokens * math.log2(cfg.vocab_size)}
         if cfg.class_conditional:
-            result["test_nll_bits_per_image_unconditional"] = test_nll_bits(m, test_codes, null) * tokens
+            rows = evaluation_subset(len(test_codes), limit)
+            null = torch.full_like(test_labels[rows], null_class)
+            result["test_nll_bits_per_image_unconditional"] = test_nll_bits(m, test_codes[rows], null) * tokens
         return result
+
+    def overfit_warning(result):
+        gap = result["test_nll_bits_per_token"] - result["train_nll_bits_per_token"]
+        if gap > OVERFIT_BITS:
+            return (f"training and held-out loss part at step {result['step']}: {result['train_nll_bits_per_token']:.3f} "
+                    f"bits/token on training grids, {result['test_nll_bits_per_token']:.3f} held out (gap {gap:.2f} > "
+                    f"{OVERFIT_BITS}): it learns the training set by heart; the best held-out weights ship, and "
+                    f"fewer epochs, dropout= or weight_decay= may help")
+        return None
 
     def report(out_dir: Path, m, history, metrics):
         device = next(m.parameters()).device
@@ -135,7 +155,8 @@ def make_task(cfg: PriorConfig, tokenizer, grids: dict, train_images: torch.Tens
 
     return Task(stage="prior", model=model, train_tensors=(grids["train_codes"].long(), grids["train_labels"]),
                 loss_fn=loss_fn, evaluate=evaluate, make_optimizer=make_optimizer, report=report,
-                epoch_tensors=epoch_tensors if cfg.augment else None)
+                epoch_tensors=epoch_tensors if cfg.augment else None, score="test_nll_bits_per_token",
+                overfit_warning=overfit_warning)
 
 
 def resolve_data(cfg: PriorConfig, tokenizer) -> tuple[PriorConfig, str, dict]:

@@ -42,7 +42,7 @@ def main(argv: list[str]) -> None:
         return loss, {}
 
     task = Task(stage="toy", model=nn.Linear(4, 1), train_tensors=(x, y), loss_fn=loss_fn,
-                evaluate=lambda m: {"fit": nn.functional.mse_loss(m(x), y).item()})
+                evaluate=lambda m, limit: {"fit": nn.functional.mse_loss(m(x), y).item()})
     fit(cfg, task, accelerator)
 
 

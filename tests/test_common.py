@@ -97,7 +97,7 @@ def test_non_finite_loss_stops_with_its_step_and_keeps_the_good_checkpoint(tmp_p
 
     cfg = TrainConfig(out_dir=str(tmp_path / "run"), epochs=3, batch_size=4, save_every=5, warmup_steps=0)
     task = Task(stage="toy", model=model, train_tensors=(torch.randn(16, 2),), loss_fn=loss_fn,
-                evaluate=lambda m: {})
+                evaluate=lambda m, limit: {})
     with pytest.raises(TrainingError, match="non-finite loss at step 6.*step_000000005"):
         fit(cfg, task)
     assert [p.name for p in list_checkpoints(tmp_path / "run" / "checkpoints")] == ["step_000000005"]
@@ -110,10 +110,10 @@ def test_checkpoints_follow_save_every_not_evaluations(tmp_path, save_every, exp
                       warmup_steps=0, keep_checkpoints=10)
     task = Task(stage="toy", model=nn.Linear(2, 1), train_tensors=(torch.randn(16, 2),),
                 loss_fn=lambda m, batch: (m(batch[0]).pow(2).mean(), {}),
-                evaluate=lambda m: evaluated.append(1) or {})
+                evaluate=lambda m, limit: evaluated.append(limit) or {})
     fit(cfg, task)
     assert [int(p.name.split("_")[1]) for p in list_checkpoints(tmp_path / "run" / "checkpoints")] == expected
-    assert len(evaluated) == 1   # only at the end: eval_every=100 is past the 8 steps
+    assert evaluated == [cfg.eval_samples, None]   # at the end only (eval_every=100 is past the 8 steps), then the final one on all held out
 
 
 @pytest.mark.parametrize("script", ["tokenizer/train.py", "prior/train.py"])

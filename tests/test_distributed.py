@@ -127,7 +127,7 @@ def test_a_non_finite_discriminator_loss_stops_training_without_saving_it(tmp_pa
         return (loss * float("nan") if calls["n"] == 4 else loss), {}
 
     task = Task(stage="toy", model=nn.Linear(2, 1), train_tensors=(torch.randn(32, 2),),
-                loss_fn=lambda m, batch, side, step: (m(batch[0]).pow(2).mean(), {}, None), evaluate=lambda m: {},
+                loss_fn=lambda m, batch, side, step: (m(batch[0]).pow(2).mean(), {}, None), evaluate=lambda m, limit: {},
                 side=SideModel(nn.Linear(2, 1), side_loss, lambda d: torch.optim.SGD(d.parameters(), lr=0.1)))
     cfg = TrainConfig(out_dir=str(tmp_path / "run"), epochs=2, batch_size=4, save_every=2, warmup_steps=0)
     with pytest.raises(TrainingError, match="non-finite loss at step 3.*step_000000002"):

@@ -32,7 +32,7 @@ from common.errors import run_main
 from common.distributed import together
 from common.runs import append_metrics, run_lock, save_run_weights
 from common.distributed import processes
-from common.training import SideModel, Task, epoch_steps, find_resume_point, fit, warmup_for
+from common.training import SideModel, Task, epoch_steps, evaluation_subset, find_resume_point, fit, warmup_for
 from tokenizer.config import TokenizerConfig
 from tokenizer.data import (DATA_INFO, batch_like_mnist, check_dataset, data_root, encode_digits, epoch_samples_for,
                             is_own_dataset, load_dataset, to_float)
@@ -43,6 +43,7 @@ from tokenizer.model import VQVAE
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "tokenizer.yaml"
 BLANK_STD = 0.02         # reconstructions whose pixels barely vary across images: collapsed
 USAGE_DROP = 0.5         # usage falling below half of its best so far: collapsing
+OVERFIT_DB = 1.0         # training minus held-out PSNR past which the run warns that it memorises
 
 
 def to_model_range(images_uint8: torch.Tensor) -> torch.Tensor:
@@ -86,9 +87,11 @@ def make_task(cfg: TokenizerConfig, train_images: torch.Tensor, test_images: tor
     best = {"usage": 0.0, "recon_std": 0.0}
     last_counts = [None]
 
-    def evaluate(m):
-        result = evaluate_tokenizer(m, test_images)
+    def evaluate(m, limit: int | None):
+        result = evaluate_tokenizer(m, test_images[evaluation_subset(len(test_images), limit)])
         last_counts[0] = result.pop("counts")
+        seen = train_images[evaluation_subset(len(train_images), limit or cfg.eval_samples)]
+        result["train_psnr"] = evaluate_tokenizer(m, seen)["test_psnr"]   # measured the same way
         # Collapse is a fall from a healthy state: reconstructions turning (near) constant,
         # or usage dropping sharply. An untrained net's blank output is not a collapse.
         collapsed = ((result["recon_std"] < BLANK_STD and best["recon_std"] >= 2 * BLANK_STD)
@@ -115,8 +118,16 @@ def make_task(cfg: TokenizerConfig, train_images: torch.Tensor, test_images: tor
             curves = {k: (steps, [h[k] for h in history]) for k in history[0] if k.startswith("train_")}
             save_curves(out_dir / "loss.png", curves, log_y=True, title="training losses")
 
+    def overfit_warning(result):
+        gap = result["train_psnr"] - result["test_psnr"]
+        if gap > OVERFIT_DB:
+            return (f"training and held-out reconstructions part at step {result['step']}: {result['train_psnr']:.2f} "
+                    f"dB on training images, {result['test_psnr']:.2f} dB held out (gap {gap:.2f} > {OVERFIT_DB} dB); "
+                    f"the best held-out weights ship")
+        return None
+
     return Task(stage="tokenizer", model=model, train_tensors=(train_images,), loss_fn=loss_fn,
-                evaluate=evaluate, report=report)
+                evaluate=evaluate, report=report, score="test_mse", overfit_warning=overfit_warning)
 
 
 def decoder_task(joint: Task, train_images: torch.Tensor, cfg: TokenizerConfig) -> Task:
@@ -167,7 +178,7 @@ def decoder_task(joint: Task, train_images: torch.Tensor, cfg: TokenizerConfig) 
                                                                      betas=(0.5, 0.9)))
     return Task(stage="tokenizer", model=model.decoder, train_tensors=(codes, train_images),
                 loss_fn=gan_loss if side else mse_loss, side=side,
-                evaluate=lambda decoder: joint.evaluate(model),
+                evaluate=lambda decoder, limit: joint.evaluate(model, limit),   # the weight average ships
                 report=lambda out_dir, decoder, history, metrics: joint.report(out_dir, model, history, metrics),
                 export=lambda decoder: model.state_dict())
 
@@ -233,7 +244,7 @@ def finish_decoder_phase(cfg, model, joint: dict, decoder: dict, joint_steps: in
     (on the main process; the others return {}, as fit does)."""
     def on_main() -> dict:
         merged = {**decoder, "phase": "decoder", "step": joint_steps + decoder["step"],
-                  "epoch": round(cfg.epochs + decoder["epoch"], 3),
+                  "epoch": round(cfg.epochs + decoder["epoch"], 3), "best_step": joint_steps + decoder["best_step"],
                   **{k: round(joint[k] + decoder[k], 2) for k in ("time_s", "train_s") if k in joint and k in decoder}}
         out = Path(cfg.out_dir)
         save_run_weights(out, model.state_dict(), "tokenizer")
