@@ -51,6 +51,7 @@ RESUMABLE_KEYS = {"epochs", "max_steps", "eval_every", "save_every", "tracker", 
 RESUMABLE_PREFIX = "decoder_"
 LOG_EVERY = 25
 EVALS_PER_RUN = 10   # eval_every=0: held-out loss measured about this often, whatever the run's length
+ETA_STEPS, ETA_SECONDS = 50, 20.0   # the run says how long it will take after this many steps or seconds
 
 
 @dataclass
@@ -258,7 +259,7 @@ class Trainer:
         self.steps_per_epoch = epoch_steps(self.per_epoch, self.world, cfg.batch_size)
         self.total_steps = cfg.epochs * self.steps_per_epoch
         # An evaluation costs seconds, a checkpoint almost nothing: separate cadences.
-        self.eval_every = {0: max(1, self.total_steps // EVALS_PER_RUN), -1: self.total_steps}.get(
+        self.eval_every = {0: -(-self.total_steps // EVALS_PER_RUN), -1: self.total_steps}.get(
             cfg.eval_every, cfg.eval_every)
         self.save_every = cfg.save_every or self.steps_per_epoch
         self.step, self.history, self.metrics, self.warned = 0, [], {}, False
@@ -268,6 +269,7 @@ class Trainer:
         self.order_epoch, self.order = -1, None
         self.time_before = self.train_before = self.paused = 0.0
         self.t_start = time.perf_counter()
+        self.first_step, self.eta_said = 0, False   # for the one line that says how long the run will take
 
     # -- start --------------------------------------------------------------------------
     def resume(self, resume_from: Path | None) -> None:
@@ -298,6 +300,7 @@ class Trainer:
         self.time_before = self.history[-1]["time_s"] if self.history else 0.0
         self.train_before = self.history[-1].get("train_s", 0.0) if self.history else 0.0
         self.t_start = time.perf_counter()
+        self.first_step, self.eta_said = self.step, self.step >= self.stop_at
         self.progress = _progress(accelerator.is_main_process, self.stop_at, self.step, stage)
         self.model.train()
 
@@ -347,12 +350,24 @@ class Trainer:
         self.n_logged += 1
         self.step += 1
         self.progress.update(1)
+        self.say_how_long()
         if self.step % LOG_EVERY == 0 or self.step == self.stop_at:
             raise_if_nonfinite(self.bad_step, self.out_dir)
             means = {f"train_{k}": (v / self.n_logged).item() for k, v in self.sums.items()}
             self.history.append({"step": self.step, **self.clock(), **means})
             self.progress.set_postfix(loss=f"{means['train_loss']:.4f}")
             self.sums, self.n_logged = {}, 0
+
+    def say_how_long(self) -> None:
+        """Once, after ETA_STEPS steps or ETA_SECONDS of training: how long the rest will take."""
+        if self.eta_said:
+            return
+        done, seconds = self.step - self.first_step, self.clock()["train_s"] - self.train_before
+        if done >= ETA_STEPS or seconds >= ETA_SECONDS or self.step == self.stop_at:
+            self.eta_said = True
+            left = (self.stop_at - self.step) * seconds / max(done, 1)
+            self.accelerator.print(f"{self.task.stage}: {seconds / max(done, 1):.2f} s a step; the {self.stop_at - self.step} "
+                                   f"steps left take about {left / 60:.1f} min of training (evaluations besides)")
 
     # -- evaluate -----------------------------------------------------------------------------
     @contextlib.contextmanager
