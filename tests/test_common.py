@@ -160,3 +160,40 @@ def test_learning_rate_schedules_warm_up_hold_and_end_at_the_floor():
     assert lr_at(50, 100, cosine) < 0.9 * 1.0                          # cosine decays from the peak on
     assert [lr_at(s, 100, wsd) for s in (10, 50, 80)] == [1.0, 1.0, 1.0]  # wsd holds until the last 20 steps
     assert lr_at(90, 100, wsd) == pytest.approx(0.55)                   # then falls linearly
+
+
+def test_the_best_held_out_weights_ship_and_a_run_that_stops_improving_stops(tmp_path, capsys):
+    """Held-out loss falls until step 6, then rises: with patience 2 the run stops at step 8,
+    ships step 6's weights, warns once that training and held-out loss part, and the same
+    command run again trains no further."""
+    from safetensors.torch import load_file
+    snapshots = {}
+
+    def evaluate(m, limit):
+        step = len(snapshots) + 1
+        snapshots[step] = m.weight.detach().clone()
+        return {"held_out": abs(step - 6) + 1.0, "seen": 1.0}
+
+    def make_task():
+        torch.manual_seed(0)
+        return Task(stage="toy", model=nn.Linear(2, 1), train_tensors=(torch.randn(16, 2),),
+                    loss_fn=lambda m, batch: (m(batch[0]).pow(2).mean(), {}), evaluate=evaluate, score="held_out",
+                    overfit_warning=lambda r: "parted" if r["held_out"] - r["seen"] > 1.5 else None)
+    cfg = TrainConfig(out_dir=str(tmp_path / "run"), epochs=5, batch_size=4, eval_every=1, patience=2,
+                      warmup_steps=0, lr=0.1)
+    metrics = fit(cfg, make_task())
+    assert metrics["final"] and metrics["step"] == 8 and metrics["best_step"] == 6
+    assert torch.equal(load_file(tmp_path / "run" / "model.safetensors")["weight"], snapshots[6])
+    assert torch.equal(snapshots[9], snapshots[6])   # the final evaluation measured step 6's weights
+    err = capsys.readouterr().err
+    assert err.count("WARNING: toy: parted") == 1
+    snapshots.clear()
+    again = fit(cfg, make_task())   # the stopped run, run again: nothing left to train
+    assert again["step"] == 8 and again["best_step"] == 6 and not snapshots
+
+
+def test_evaluation_subsets_are_spread_over_the_set_and_fixed():
+    from common.training import evaluation_subset
+    rows = evaluation_subset(1000, 10)
+    assert rows.tolist() == [0, 111, 222, 333, 444, 555, 666, 777, 888, 999]
+    assert evaluation_subset(1000, None) == slice(None) and evaluation_subset(5, 10) == slice(None)
