@@ -168,9 +168,10 @@ def resolve_data(cfg: PriorConfig, tokenizer) -> tuple[PriorConfig, str, dict]:
         raise ConfigError(f"dataset={cfg.dataset}, but its tokenizer {cfg.tokenizer} was trained on "
                           f"dataset={dataset}; drop dataset= (the prior reads its tokenizer's)")
     classes = len(info["class_names"] or [])
+    n_train = min(info["train_size"], cfg.train_subset or info["train_size"])
     cfg = dataclasses.replace(resolve_vocab(cfg, tokenizer.codebook_size), dataset=dataset, grid=tokenizer.grid,
                               num_classes=classes, class_conditional=cfg.class_conditional and classes > 0,
-                              epoch_samples=epoch_samples_for(dataset, cfg.epoch_samples))
+                              epoch_samples=epoch_samples_for(dataset, cfg.epoch_samples, n_train))
     if cfg.augment and info["channels"] != 1:
         raise ConfigError(f"augment=true distorts grey images only; dataset={dataset} is colour: drop augment=")
     return cfg, dataset, info
