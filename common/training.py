@@ -164,6 +164,13 @@ def lr_at(step: int, total: int, cfg, processes: int = 1) -> float:
     return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * progress))
 
 
+def may_stop_early(step: int, total: int, cfg) -> bool:
+    """Whether a run may stop for lack of held-out progress at `step`: under wsd only once its
+    decay has begun (a plateau at the peak rate is what the decay is for: Fashion 9k, stopped on
+    one at 80%, missed the drop the decay gives), under cosine at any step."""
+    return cfg.lr_schedule != "wsd" or step >= total - max(1, round(total * cfg.cooldown_share))
+
+
 def epoch_steps(n_train: int, world: int, batch_size: int) -> int:
     """Optimizer steps per epoch: each of `world` processes takes batch_size of its share."""
     steps = (n_train // world) // batch_size
@@ -281,7 +288,7 @@ class Trainer:
             restore_rng(state["rng"], self.rank, accelerator)
             self.step, self.history = state["step"], state["history"]
             accelerator.print(f"resuming {stage} from {resume_from} (step {self.step}/{self.total_steps})")
-            if self.best.stopped(cfg.patience):   # it had stopped early: nothing left to train
+            if self.best.stopped_early:   # nothing left to train
                 self.stop_at = self.step
         else:
             torch.manual_seed(cfg.seed + self.rank)
@@ -405,7 +412,9 @@ class Trainer:
 
         result = together(on_main) or {}
         self.accelerator.log({k: v for k, v in result.items() if isinstance(v, (int, float))}, step=self.step)
-        return bool(broadcast_object(self.task.score is not None and self.best.stopped(self.cfg.patience)))
+        stop = self.task.score is not None and self.best.stopped(self.cfg.patience) and \
+            may_stop_early(self.step, self.total_steps, self.cfg)
+        return bool(broadcast_object(stop))
 
     def last_train_logs(self) -> dict:
         return {k: v for k, v in self.history[-1].items() if k.startswith("train_")} if self.history else {}
@@ -421,7 +430,7 @@ class Trainer:
     def stop_early(self) -> None:
         self.accelerator.print(f"{self.task.stage}: held-out loss has not improved for {self.cfg.patience} "
                                f"evaluations; stopping at step {self.step} with the weights of step {self.best.step}")
-        self.stop_at = self.step
+        self.stop_at = self.best.stopped_early = self.step
 
     # -- save and stop --------------------------------------------------------------------------
     def save(self) -> None:
@@ -487,6 +496,7 @@ class BestWeights:
 
     def __init__(self):
         self.score, self.step, self.since, self.weights = math.inf, 0, 0, None
+        self.stopped_early = 0   # the step the run stopped at for lack of progress; 0 while it goes on
 
     def offer(self, score: float, step: int, weights: dict[str, torch.Tensor]) -> bool:
         """Keep these weights if they score better; returns whether they did."""
@@ -502,12 +512,12 @@ class BestWeights:
 
     def state_dict(self) -> dict:
         return {"score": self.score if math.isfinite(self.score) else None, "step": self.step, "since": self.since,
-                "weights": self.weights}
+                "weights": self.weights, "stopped_early": self.stopped_early}
 
     def load_state_dict(self, state: dict) -> None:
         score = state["score"]
         self.score, self.step, self.since = math.inf if score is None else score, state["step"], state["since"]
-        self.weights = state["weights"]
+        self.weights, self.stopped_early = state["weights"], state["stopped_early"]
 
 
 @dataclass
