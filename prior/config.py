@@ -1,11 +1,14 @@
 """PriorConfig: the shared training keys plus the GPT's shape, one dataclass."""
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import ClassVar, Literal
 
 from common.config import ConfigError, TrainConfig
 from prior.model import PriorShape
+
+
+SMALL_SET, SMALL_SET_DROPOUT = 20_000, 0.2
 
 
 @dataclass
@@ -17,6 +20,8 @@ class PriorConfig(TrainConfig, PriorShape):
     batch_size: int = 128
     lr: float = 4e-3                      # peak learning rate (Muon's and AdamW's)
     weight_decay: float = 0.01            # on weight matrices and embeddings only
+    dropout: float = -1.0                 # residual dropout in training; -1: SMALL_SET_DROPOUT for a user's set of
+                                          # fewer than SMALL_SET training images (it measured better there), else 0
     warmup_steps: int = 100               # linear warmup, in steps of one process (N processes: /N, the same samples)
     augment: bool = False          # each epoch: fresh code grids of slightly distorted training digits
     augment_share: float = 0.5     # share of the digits distorted in each augmented epoch
@@ -43,7 +48,7 @@ class PriorConfig(TrainConfig, PriorShape):
             (self.n_layer >= 1, "n_layer", "must be >= 1"),
             (self.n_head >= 1 and self.n_embd % self.n_head == 0, "n_head", "must divide n_embd"),
             (self.n_embd >= 8, "n_embd", "must be >= 8"),
-            (0 <= self.dropout < 1, "dropout", "must be in [0, 1)"),
+            (self.dropout == -1 or 0 <= self.dropout < 1, "dropout", "must be in [0, 1), or -1 (by set size)"),
             (0 <= self.label_dropout < 1, "label_dropout", "must be in [0, 1)"),
             (0 <= self.augment_share <= 1, "augment_share", "must be in [0, 1]"),
             (self.augment or not self.augment_token, "augment_token", "needs augment=true"),
@@ -56,4 +61,5 @@ class PriorConfig(TrainConfig, PriorShape):
                 raise ConfigError(f"{key}={getattr(self, key)!r} {message}")
 
     def shape(self) -> PriorShape:
-        return PriorShape(**{f.name: getattr(self, f.name) for f in fields(PriorShape)})
+        shape = PriorShape(**{f.name: getattr(self, f.name) for f in fields(PriorShape)})
+        return replace(shape, dropout=max(shape.dropout, 0.0))   # -1 unresolved (no data set yet): none

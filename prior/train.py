@@ -24,7 +24,7 @@ from common.errors import run_main
 from common.distributed import together
 from common.runs import run_lock
 from common.training import Task, evaluation_subset, find_resume_point, fit
-from prior.config import PriorConfig
+from prior.config import SMALL_SET, SMALL_SET_DROPOUT, PriorConfig
 from prior.data import augmented_codes, load_code_grids
 from prior.model import GPT
 from prior.muon import MuonWithAdamW
@@ -171,10 +171,19 @@ def resolve_data(cfg: PriorConfig, tokenizer) -> tuple[PriorConfig, str, dict]:
     n_train = min(info["train_size"], cfg.train_subset or info["train_size"])
     cfg = dataclasses.replace(resolve_vocab(cfg, tokenizer.codebook_size), dataset=dataset, grid=tokenizer.grid,
                               num_classes=classes, class_conditional=cfg.class_conditional and classes > 0,
-                              epoch_samples=epoch_samples_for(dataset, cfg.epoch_samples, n_train))
+                              epoch_samples=epoch_samples_for(dataset, cfg.epoch_samples, n_train),
+                              dropout=dropout_for(dataset, cfg.dropout, n_train))
     if cfg.augment and info["channels"] != 1:
         raise ConfigError(f"augment=true distorts grey images only; dataset={dataset} is colour: drop augment=")
     return cfg, dataset, info
+
+
+def dropout_for(dataset: str, configured: float, n_train: int) -> float:
+    """The configured dropout, or for -1 one chosen by the set: SMALL_SET_DROPOUT on a user's set
+    of fewer than SMALL_SET training images, where a prior memorises, else none."""
+    if configured >= 0:
+        return configured
+    return SMALL_SET_DROPOUT if is_own_dataset(dataset) and n_train < SMALL_SET else 0.0
 
 
 def same_dataset(given: str, trained: str) -> bool:

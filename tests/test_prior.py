@@ -351,3 +351,11 @@ def test_code_grid_cache_follows_the_weights_not_the_file(tmp_path, tiny_tokeniz
         next(tokenizer.parameters()).add_(0.01)   # a retrained tokenizer
     prior.data.load_code_grids(tokenizer, mnist, "mnist", tmp_path, train_subset=64)
     assert len(calls) == 6 and len(list(tmp_path.glob("codes-*.safetensors"))) == 1
+
+
+def test_dropout_is_chosen_by_the_set_unless_given():
+    from prior.train import dropout_for
+    assert dropout_for("/my/icons", -1, 740) == 0.2 and dropout_for("/my/photos", -1, 50_000) == 0.0
+    assert dropout_for("mnist", -1, 512) == 0.0 and dropout_for("/my/icons", 0.0, 740) == 0.0
+    from prior.config import PriorConfig
+    assert PriorConfig().shape().dropout == 0.0   # unresolved: a model built without a data set has none
