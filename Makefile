@@ -1,5 +1,6 @@
 # make demo: set up, train both stages on the default configs, write 64 samples.
-# make test: set up, run the test suite. Both create .venv when missing.
+# make test: set up, run the fast tier of the test suite (~3 min on 2 cores); make test-all: every tier
+#            (slow, distributed, browser: ~14 min), what CI runs. Both create .venv when missing.
 # make app: also install the app extra (gradio), then serve the browser demo on 127.0.0.1:7860
 #           (runs/prior when trained, else the shipped runs in pretrained/; the page says which).
 # make pretrained: retrain and re-measure the shipped runs in pretrained/ (~90 min on 2 cores).
@@ -9,7 +10,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 APP_STAMP := $(VENV)/.app-stamp
 
-.PHONY: demo test app data bench clean-runs pretrained
+.PHONY: demo test test-all app data bench clean-runs pretrained
 
 # pip byte-compiles at install on purpose: with PYTHONDONTWRITEBYTECODE set (as here)
 # --no-compile made every later import of torch recompile it (13 s instead of 2 s).
@@ -32,6 +33,10 @@ demo: data
 	$(PY) sampling/generate.py --n 64
 
 test: data $(APP_STAMP)
+	$(PY) -m pytest -q -m "not slow and not distributed and not browser"
+	@echo "(the fast tier; make test-all runs every tier: slow, distributed and browser, as CI does)"
+
+test-all: data $(APP_STAMP)
 	$(PY) -m pytest -q
 
 app: $(APP_STAMP)

@@ -62,6 +62,7 @@ def test_an_empty_canvas_is_a_message(image):
         to_mnist(image)
 
 
+@pytest.mark.slow
 def test_sampling_in_the_page_draws_what_generate_py_draws(tiny_prior_run, tmp_path):
     prior, _ = tiny_prior_run
     demo = Demo(prior)
@@ -115,6 +116,7 @@ def test_the_demo_logic_does_not_import_gradio():
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.slow
 def test_a_bad_port_or_cache_bound_is_one_line_before_anything_loads():
     result = run_cli(["sampling/app.py", "--port", "70000"])
     assert result.returncode == 2 and result.stderr.strip() == "error: --port 70000: must be 1-65535"

@@ -116,6 +116,7 @@ def message_of(client: Page, args, name="on_sample") -> str:
     ({"keep_likeliest": math.nan}, "keep the likeliest share: nan is not a finite number"),
     ({"n": math.nan}, "samples: nan is not a finite number"),
 ])
+@pytest.mark.slow
 def test_every_bad_sample_value_gets_the_pages_own_one_line_message(page, changes, expected):
     client, _ = page
     message = message_of(client, sample_with(**changes))
@@ -156,6 +157,7 @@ def page_folder(cache) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_the_pages_files_are_deleted_once_old_even_under_concurrent_requests(page):
     """gradio's own delete_cache died here on the first sweep that met a request (32k files kept)."""
     from concurrent.futures import ThreadPoolExecutor
@@ -172,6 +174,7 @@ def test_the_pages_files_are_deleted_once_old_even_under_concurrent_requests(pag
         assert not any(p.parent.exists() for p in written), "their folders remain"   # one folder per file
 
 
+@pytest.mark.slow
 def test_the_page_never_touches_other_programs_files(page):
     """GRADIO_TEMP_DIR (default /tmp/gradio) is shared by every gradio app: the page sweeps only the
     folder it made, so another app's old files and fresh large ones outlive its sweeps."""
@@ -198,6 +201,7 @@ def size_bound_page(tiny_prior_run, mnist_root, tmp_path_factory):
         yield Page(url), cache
 
 
+@pytest.mark.slow
 def test_a_flood_of_answers_stays_under_the_bound_on_disk_and_every_answer_can_be_downloaded(size_bound_page):
     """Answers come faster than the age bound lets them go: the size bound, counted as `du`
     counts (blocks of files and of their folders), holds the folder, oldest first, while every

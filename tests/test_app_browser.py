@@ -13,6 +13,8 @@ import pytest
 
 from sampling.serving import free_port, served
 
+pytestmark = pytest.mark.browser   # a tier of its own: `pytest -m browser`
+
 CHROMIUM = os.environ.get("VQGEN_CHROMIUM") or next(
     (path for name in ("chromium", "chromium-browser", "google-chrome") if (path := shutil.which(name))), None)
 MISSING = [what for what, ok in [("gradio (pip install -e '.[app]')", importlib.util.find_spec("gradio")),

@@ -144,6 +144,7 @@ def test_a_device_this_machine_lacks_is_one_line(tiny_prior_run, tmp_path, flags
     one_line(result, says)
 
 
+@pytest.mark.slow
 def test_completing_a_bomb_or_an_empty_file_is_one_line(tiny_prior_run, tmp_path):
     bomb, empty, truncated = tmp_path / "bomb.png", tmp_path / "empty.npz", tmp_path / "cut.npz"
     bomb.write_bytes(huge_png(13000, 13000))

@@ -29,6 +29,7 @@ def torchrun(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess
     return run_cli([*TORCHRUN, *args], env=TWO_PROCESSES, timeout=timeout)
 
 
+@pytest.mark.distributed
 def test_a_resumed_ddp_prior_run_ends_with_the_bits_of_an_unbroken_one(tmp_path, tiny_tokenizer_run, mnist_root):
     """Each process draws its own label-dropout masks; every one must get its own RNG state back."""
     common = ["prior/train.py", *TINY_PRIOR, f"tokenizer={tiny_tokenizer_run}", f"data_root={mnist_root}",
@@ -40,6 +41,7 @@ def test_a_resumed_ddp_prior_run_ends_with_the_bits_of_an_unbroken_one(tmp_path,
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.distributed
 def test_resuming_on_another_process_count_is_refused_in_one_line(tmp_path, tiny_tokenizer_run, mnist_root):
     args = ["prior/train.py", *TINY_PRIOR, f"tokenizer={tiny_tokenizer_run}", f"data_root={mnist_root}",
             f"out_dir={tmp_path}/p", "epochs=4"]
@@ -57,6 +59,7 @@ def wait_for(condition, seconds: float, what: str) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("target", ["one rank", "the launcher"])
 def test_a_signal_stops_every_process_with_one_checkpoint(tmp_path, target):
     """Whether the signal reaches one process or all (the launcher forwards it), they stop
@@ -84,6 +87,7 @@ def test_a_signal_stops_every_process_with_one_checkpoint(tmp_path, target):
     assert took < 30, f"{took:.0f} s to stop"
 
 
+@pytest.mark.distributed
 def test_a_non_finite_loss_on_one_process_stops_every_process_with_one_line(tmp_path):
     result = torchrun([TOY, f"out_dir={tmp_path}/toy", "nan_rank=1", "nan_step=3", "epochs=4", "batch_size=8"],
                       timeout=120)
@@ -92,6 +96,7 @@ def test_a_non_finite_loss_on_one_process_stops_every_process_with_one_line(tmp_
     assert result.stderr.count("error: non-finite loss at step 3;") == 2, result.stderr[-3000:]
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("fault", ["checkpoint folder is a file", "disk full at the metrics append"])
 def test_a_failure_on_the_main_process_alone_stops_every_process_with_one_line(tmp_path, fault):
     """Only the main process writes checkpoints and metrics; when that fails, the other process
@@ -199,6 +204,7 @@ def test_codes_chosen_under_bf16_autocast_are_the_codes_encode_gives():
     assert torch.equal(in_training.indices, model.encode(images))
 
 
+@pytest.mark.distributed
 def test_both_stages_train_under_bf16(tmp_path, mnist_root):
     env = {"ACCELERATE_MIXED_PRECISION": "bf16", "WANDB_MODE": "disabled"}
     tok = run_cli(["tokenizer/train.py", "hidden_channels=16", "embedding_dim=8", "codebook_size=32",

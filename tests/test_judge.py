@@ -29,6 +29,7 @@ def small_judge(mnist_root):
     return model
 
 
+@pytest.mark.slow
 def test_judge_orders_real_above_shuffled_pixels(mnist_root, small_judge):
     model = small_judge
     test_x, _ = load_split(mnist_root, "mnist", train=False)
@@ -66,6 +67,7 @@ def test_evaluate_judges_with_the_tokenizers_dataset(tmp_path):
     assert tokenizer_dataset(tmp_path) == "fashion"
 
 
+@pytest.mark.slow
 def test_the_two_sample_test_is_blind_to_real_digits_sees_noise_and_repeats_itself(mnist_root):
     from sampling.judge import real_digit_sets, two_sample_accuracy, two_sample_test
     train_x, _ = load_split(mnist_root, "mnist", train=True)
@@ -97,6 +99,7 @@ def test_the_two_sample_test_never_stops_before_its_minimum_epochs(mnist_root):
     assert held["best_epoch"] <= held["epochs"]
 
 
+@pytest.mark.slow
 def test_a_floor_is_measured_once_then_read_back_and_a_damaged_record_is_measured_again(mnist_root, tmp_path,
                                                                                          monkeypatch):
     import sampling.judge as judge

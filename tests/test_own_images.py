@@ -136,6 +136,7 @@ def test_bad_sets_are_one_line_before_any_training(tmp_path, digits, damage, say
         assert got.info["skipped"] == 1 and len(got.train) + len(got.test) == 119
 
 
+@pytest.mark.slow
 def test_a_colour_folder_trains_both_stages_and_generates_colour_grids(tmp_path, digits):
     """The three commands on a folder of tinted digits at 40x40: a colour tokenizer at 32x32
     (8x8 codes), a class-conditional prior over them, and colour samples."""
@@ -172,6 +173,7 @@ def test_a_colour_folder_trains_both_stages_and_generates_colour_grids(tmp_path,
     assert "two-sample test" in result.stdout and "tokenizer recon" in result.stdout
 
 
+@pytest.mark.slow
 def test_a_flat_folder_trains_an_unconditional_prior(tmp_path, digits):
     flat = tmp_path / "flat"
     flat.mkdir()
@@ -216,6 +218,7 @@ def colour_runs(tmp_path_factory, digits):
     return folder, tok, prior, base / "data"
 
 
+@pytest.mark.slow
 def test_generate_names_the_prior_it_was_given(colour_runs, tmp_path):
     _, _, prior, _ = colour_runs
     result = run_cli(["sampling/generate.py", "--n", "4", "--prior", str(prior), "--out", str(tmp_path / "s"),
@@ -239,6 +242,7 @@ def test_the_page_serves_a_colour_run_with_its_class_names(colour_runs):
     assert torch.equal(completed.tokens[:, :4], demo.tokenize(test_image)[0][None, :4].expand(2, -1, -1))
 
 
+@pytest.mark.slow
 def test_a_killed_run_on_a_folder_resumes_to_the_bits_of_an_unbroken_one(colour_runs, tmp_path):
     from safetensors.torch import load_file
     folder, _, _, data = colour_runs
@@ -295,6 +299,7 @@ def peak_anonymous_mb(tmp_path, pictures: int) -> float:
     return float(result.stdout.split("RESULT")[1].split()[1])
 
 
+@pytest.mark.slow
 def test_a_set_larger_than_the_memory_it_may_use_prepares_and_trains_from_its_map(tmp_path):
     """Preparing and training on 4000 colour pictures at 128x128 (188 MB of uint8) takes little
     more anonymous memory than on 500 (23 MB): pictures are decoded one at a time into a

@@ -114,6 +114,7 @@ def test_each_tokenizer_still_measures_its_card_psnr(name):
     assert abs(measured["codebook_usage"] - card["codebook_usage"]) <= 1e-9
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,run", PRIORS)
 def test_each_prior_still_measures_its_card_bits_per_token(name, run):
     from prior import load_prior
@@ -128,6 +129,7 @@ def test_each_prior_still_measures_its_card_bits_per_token(name, run):
     assert abs(measured - card) <= 0.005, (measured, card)
 
 
+@pytest.mark.slow
 def test_generate_py_samples_a_shipped_run_from_anywhere_and_says_what_it_used(tmp_path):
     done = run_cli([str(REPO / "sampling/generate.py"), "--n", "8", "--prior", "mnist", "--out", "a"], cwd=tmp_path)
     assert done.returncode == 0, done.stderr

@@ -189,6 +189,7 @@ def test_prior_refuses_mismatched_vocab_and_missing_tokenizer(tmp_path, tiny_tok
 
 @pytest.mark.parametrize("augment", [[], ["augment=true"], ["augment=true", "augment_token=true"],
                                      ["optimizer=muon", "weight_average=0.9", "lr_schedule=wsd", "z_loss=1e-4"]])
+@pytest.mark.slow
 def test_prior_resume_is_bit_identical(tmp_path, tiny_tokenizer_run, mnist_root, augment):
     from prior.train import main
     common = TINY_PRIOR + [f"tokenizer={tiny_tokenizer_run}", f"data_root={mnist_root}", "eval_every=8", *augment]
@@ -217,6 +218,7 @@ def test_generate_api_seeds_digits_and_chunks(tiny_prior_run):
     assert generate(n=4, digit="null", prior=out_dir)["labels"] is None
 
 
+@pytest.mark.slow
 def test_generate_cli_writes_files_and_refuses_foreign_out(tiny_prior_run, tmp_path):
     out_dir, _ = tiny_prior_run
     result = run_cli(["sampling/generate.py", "--n", "12", "--prior", str(out_dir), "--out", str(tmp_path / "s"),

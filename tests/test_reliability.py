@@ -21,6 +21,7 @@ from tokenizer.data import DataError, verify
     ("sigint-step:70", 130, "SIGINT: saved a checkpoint at step 70"),
     ("disk-full:2", 2, "File too large"),  # the kernel refuses the writes
 ])
+@pytest.mark.slow
 def test_fault_then_resume_ends_bit_identical(fault, exit_code, says, tmp_path, tiny_tokenizer_run, mnist_root):
     out = tmp_path / "run"
     args = [*TINY_TOKENIZER, f"data_root={mnist_root}", f"out_dir={out}"]
@@ -52,6 +53,7 @@ def test_a_flipped_bit_in_tensor_data_is_caught(tmp_path):
         load_weights(path, "prior")
 
 
+@pytest.mark.slow
 def test_a_corrupted_latest_checkpoint_is_refused_by_name(tmp_path, tiny_tokenizer_run, mnist_root):
     run = tmp_path / "run"
     shutil.copytree(tiny_tokenizer_run, run)

@@ -52,6 +52,7 @@ def test_bad_config_is_one_clear_error(arg, message):
         load_config(TokenizerConfig, [arg])
 
 
+@pytest.mark.slow
 def test_cli_bad_key_exits_with_one_line_before_work(tmp_path):
     result = run_cli(["tokenizer/train.py", "codebook_sze=8", f"out_dir={tmp_path}/x"])
     assert result.returncode == 2
@@ -90,6 +91,7 @@ def test_trained_tiny_tokenizer_learns_and_round_trips(tiny_tokenizer_run, mnist
     assert torch.equal(again.encode(x), idx)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ema", [False, True])
 def test_resume_gives_bit_identical_weights(tmp_path, mnist_root, ema):
     common = TINY_TOKENIZER + [f"data_root={mnist_root}", f"ema={str(ema).lower()}", "eval_every=20"]
@@ -104,6 +106,7 @@ def test_resume_gives_bit_identical_weights(tmp_path, mnist_root, ema):
         assert torch.equal(a[k], b[k]), k
 
 
+@pytest.mark.slow
 def test_decoder_phase_keeps_the_codes_and_sharpens_the_images(tmp_path, tiny_tokenizer_run, mnist_root):
     """A trained run gets a decoder phase by running it again with decoder_epochs: codes stay, PSNR rises."""
     shutil.copytree(tiny_tokenizer_run, tmp_path / "extended")
@@ -175,6 +178,7 @@ def test_adversarial_phase_moves_the_decoder_only(tiny_tokenizer_run, mnist_root
     assert ("r1" in disc_logs) == bool(options) and len(disc(batch[1][:, None].float())) == 1 + bool(options)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("options", [[], ISSUE_27_OPTIONS], ids=["patch", "whole-digit-r1-average"])
 def test_adversarial_phase_keeps_the_codes_and_resumes_exactly(tmp_path, tiny_tokenizer_run, mnist_root, options):
     """decoder_loss=gan: same codes, a loadable tokenizer without the discriminator, and a run
@@ -224,6 +228,7 @@ def test_resume_refuses_a_run_with_a_different_config(tmp_path, mnist_root):
         main(common + ["resume=never"])
 
 
+@pytest.mark.distributed
 def test_two_process_cpu_run_agrees_with_one(tmp_path, mnist_root):
     """A real 2-process gloo run: same total batch as one process, replicas stay identical,
     in the decoder phase too (its own DDP wrapper around the decoder alone, and one around
@@ -245,6 +250,7 @@ def test_two_process_cpu_run_agrees_with_one(tmp_path, mnist_root):
     assert ddp["phase"] == "decoder" and (result.stdout + result.stderr).count("replicas agree") == 3
 
 
+@pytest.mark.slow
 def test_one_writer_per_run_folder_and_a_killed_holder_never_blocks(tmp_path, mnist_root):
     out = tmp_path / "run"
     args = ["tokenizer/train.py", *TINY_TOKENIZER, "epochs=6", f"data_root={mnist_root}", f"out_dir={out}"]
