@@ -35,7 +35,7 @@ class TrainConfig:
     seed: int = 0                    # weights, data order and sampling all follow it
     epochs: int = 1                  # epochs of epoch_samples each (the schedule spans them all)
     epoch_samples: int = 0           # samples an epoch counts; 0 = the training set's size for mnist and fashion,
-                                     # for dataset=PATH 60000 or 10 passes over the set, the fewer
+                                     # 60000 for dataset=PATH (the prior: at most 10 passes over the set)
     max_steps: int = 0               # > 0: stop after this many optimizer steps (smoke runs)
     train_subset: int = 0            # > 0: use only the first N training images
     batch_size: int = 128            # per process; DDP multiplies it by the world size

@@ -33,6 +33,7 @@ from tokenizer.data import data_root, epoch_samples_for, is_own_dataset, load_ru
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "prior.yaml"
 OVERFIT_BITS = 0.3   # held-out minus training NLL, bits/token, past which the run warns that it memorises
+OWN_PASSES = 10      # a user's set: at most this many passes over its code grids an epoch
 
 
 def resolve_vocab(cfg: PriorConfig, codebook_size: int) -> PriorConfig:
@@ -171,11 +172,18 @@ def resolve_data(cfg: PriorConfig, tokenizer) -> tuple[PriorConfig, str, dict]:
     n_train = min(info["train_size"], cfg.train_subset or info["train_size"])
     cfg = dataclasses.replace(resolve_vocab(cfg, tokenizer.codebook_size), dataset=dataset, grid=tokenizer.grid,
                               num_classes=classes, class_conditional=cfg.class_conditional and classes > 0,
-                              epoch_samples=epoch_samples_for(dataset, cfg.epoch_samples, n_train),
+                              epoch_samples=prior_epoch_samples(dataset, cfg.epoch_samples, n_train),
                               dropout=dropout_for(dataset, cfg.dropout, n_train))
     if cfg.augment and info["channels"] != 1:
         raise ConfigError(f"augment=true distorts grey images only; dataset={dataset} is colour: drop augment=")
     return cfg, dataset, info
+
+
+def prior_epoch_samples(dataset: str, configured: int, n_train: int) -> int:
+    """epoch_samples as the tokenizer counts them, but at most OWN_PASSES passes over a user's set:
+    a prior memorises a small set long before MNIST's number of updates."""
+    samples = epoch_samples_for(dataset, configured)
+    return samples if configured or not is_own_dataset(dataset) else min(samples, OWN_PASSES * n_train)
 
 
 def dropout_for(dataset: str, configured: float, n_train: int) -> float:

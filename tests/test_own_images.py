@@ -309,9 +309,3 @@ def test_a_set_larger_than_the_memory_it_may_use_prepares_and_trains_from_its_ma
     extra_data_mb = 3500 * 3 * 128 * 128 / 2 ** 20
     assert large - small < 0.25 * extra_data_mb, (small, large, extra_data_mb)
 
-
-def test_a_small_set_is_not_passed_over_more_than_ten_times_an_epoch():
-    from tokenizer.data import epoch_samples_for
-    assert epoch_samples_for("/some/icons", 0, 740) == 7400          # ten passes, not 81
-    assert epoch_samples_for("/some/photos", 0, 50_000) == 60_000     # MNIST's epoch
-    assert epoch_samples_for("mnist", 0, 60_000) == 0 and epoch_samples_for("/x", 512, 740) == 512

@@ -361,3 +361,10 @@ def test_dropout_is_chosen_by_the_set_unless_given():
     assert dropout_for("mnist", -1, 512) == 0.0 and dropout_for("/my/icons", 0.0, 740) == 0.0
     from prior.config import PriorConfig
     assert PriorConfig().shape().dropout == 0.0   # unresolved: a model built without a data set has none
+
+
+def test_a_small_set_is_not_passed_over_more_than_ten_times_an_epoch_by_the_prior():
+    from prior.train import prior_epoch_samples
+    assert prior_epoch_samples("/some/icons", 0, 738) == 7380          # ten passes, not 81
+    assert prior_epoch_samples("/some/photos", 0, 50_000) == 60_000    # MNIST's epoch
+    assert prior_epoch_samples("mnist", 0, 512) == 0 and prior_epoch_samples("/x", 512, 738) == 512

@@ -192,15 +192,13 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
 
 
 DATA_INFO = "data.json"   # beside a tokenizer's config.yaml: what its data set was (own sets only)
-OWN_EPOCH = 60_000        # a user's set counts epochs of MNIST's size: the same updates per epoch, whatever its size,
-OWN_PASSES = 10           # but a small set is not passed over more than this many times an epoch
+OWN_EPOCH = 60_000        # a user's set counts epochs of MNIST's size: the same updates per epoch, whatever its size
 
 
-def epoch_samples_for(dataset: str, configured: int, n_train: int) -> int:
+def epoch_samples_for(dataset: str, configured: int) -> int:
     """epoch_samples as training uses it: the configured value, else 0 (the set's size) for
-    mnist and fashion, and for a user's set OWN_EPOCH or OWN_PASSES passes over its n_train
-    images, the fewer (a small set memorises long before MNIST's number of updates)."""
-    return configured or (min(OWN_EPOCH, OWN_PASSES * n_train) if is_own_dataset(dataset) else 0)
+    mnist and fashion and OWN_EPOCH for a user's set."""
+    return configured or (OWN_EPOCH if is_own_dataset(dataset) else 0)
 
 
 @dataclass

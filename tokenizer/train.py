@@ -200,9 +200,8 @@ def resolve_data(cfg: TokenizerConfig, info: dict) -> TokenizerConfig:
     if cfg.channels and cfg.channels != info["channels"]:
         raise ConfigError(f"channels={cfg.channels}, but dataset={cfg.dataset} is "
                           f"{'colour' if info['channels'] == 3 else 'grey'}; drop channels=")
-    n_train = min(info["train_size"], cfg.train_subset or info["train_size"])
     resolved = dataclasses.replace(cfg, image_size=info["image_size"], channels=info["channels"],
-                                   epoch_samples=epoch_samples_for(cfg.dataset, cfg.epoch_samples, n_train))
+                                   epoch_samples=epoch_samples_for(cfg.dataset, cfg.epoch_samples))
     resolved.validate()   # image_size against downsamples
     return resolved
 
