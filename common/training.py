@@ -378,19 +378,25 @@ class Trainer:
 
     # -- evaluate -----------------------------------------------------------------------------
     @contextlib.contextmanager
-    def evaluating(self):
-        """The model as it would ship (the weight average swapped in), in eval mode, its time
-        kept out of train_s. Under mixed precision every phase evaluates under the same
-        autocast (accelerate wraps only the prepared module's forward)."""
+    def evaluating(self, swap_average: bool = True):
+        """The model in eval mode, as it would ship (the weight average swapped in, unless the
+        model already holds the weights that ship), its time kept out of train_s. Under mixed
+        precision every phase evaluates under the same autocast (accelerate wraps only the
+        prepared module's forward)."""
         started = time.perf_counter()
         self.raw_model.eval()
+        average = self.average.swapped_in() if swap_average and self.average is not None else contextlib.nullcontext()
         try:
-            with self.average.swapped_in() if self.average is not None else contextlib.nullcontext(), \
-                    torch.no_grad(), self.accelerator.autocast():
+            with average, torch.no_grad(), self.accelerator.autocast():
                 yield self.raw_model
         finally:
             self.raw_model.train()
             self.paused += time.perf_counter() - started
+
+    def measure(self, model, limit: int | None) -> dict:
+        """A metrics row: the counters, the clock, the last training logs and the task's evaluation."""
+        return {"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 3), **self.clock(),
+                **self.last_train_logs(), **self.task.evaluate(model, limit)}
 
     def evaluate_and_keep_best(self) -> bool:
         """Held-out (and training) loss on bounded subsets; the best weights so far kept, and
@@ -400,8 +406,7 @@ class Trainer:
 
         def on_main() -> dict:
             with self.evaluating() as model:
-                result = {"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 3), **self.clock(),
-                          **self.last_train_logs(), **self.task.evaluate(model, self.cfg.eval_samples)}
+                result = self.measure(model, self.cfg.eval_samples)
                 if self.task.score is not None and self.best.offer(result[self.task.score], self.step,
                                                                     self.task.export(model)):
                     save_run_weights(self.out_dir, self.best.weights, self.task.stage)
@@ -474,18 +479,13 @@ class Trainer:
         return self.metrics
 
     def final_evaluation(self) -> dict:
-        started = time.perf_counter()
-        self.raw_model.eval()
-        with torch.no_grad(), self.accelerator.autocast():
-            result = {"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 3), **self.clock(),
-                      **self.last_train_logs(), **self.task.evaluate(self.raw_model, None),
-                      "best_step": self.best.step if self.task.score is not None else self.step, "final": True}
+        with self.evaluating(swap_average=False) as model:   # finish put the weights that ship in the model
+            result = {**self.measure(model, None), "final": True,
+                      "best_step": self.best.step if self.task.score is not None else self.step}
             append_metrics(self.out_dir / "metrics.jsonl", result)
-            save_run_weights(self.out_dir, self.task.export(self.raw_model), self.task.stage)
+            save_run_weights(self.out_dir, self.task.export(model), self.task.stage)
             if self.task.report is not None:
-                self.task.report(self.out_dir, self.raw_model, self.history, read_metrics(self.out_dir / "metrics.jsonl"))
-        self.raw_model.train()
-        self.paused += time.perf_counter() - started
+                self.task.report(self.out_dir, model, self.history, read_metrics(self.out_dir / "metrics.jsonl"))
         self.say(result)
         return result
 

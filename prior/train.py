@@ -92,18 +92,16 @@ def make_task(cfg: PriorConfig, tokenizer, grids: dict, train_images: torch.Tens
     def evaluate(m, limit: int | None):
         """Held-out NLL (on `limit` grids; None: all), and the training set's measured the same
         way: eval mode (no dropout), the grids as encoded (no augmentation)."""
-        def nll(codes, labels, n):
+        def nll(codes, labels, n, conditional=cfg.class_conditional):
             rows = evaluation_subset(len(codes), n)
-            labels = labels if cfg.class_conditional else torch.full_like(labels, null_class)
-            return test_nll_bits(m, codes[rows], labels[rows])
+            labels = labels[rows] if conditional else torch.full_like(labels[rows], null_class)
+            return test_nll_bits(m, codes[rows], labels)
         bits = nll(test_codes, test_labels, limit)
         result = {"test_nll_bits_per_token": bits, "test_nll_bits_per_image": bits * tokens,
                   "train_nll_bits_per_token": nll(train_codes, train_labels, limit or cfg.eval_samples),
                   "uniform_bits_per_image": tokens * math.log2(cfg.vocab_size)}
         if cfg.class_conditional:
-            rows = evaluation_subset(len(test_codes), limit)
-            null = torch.full_like(test_labels[rows], null_class)
-            result["test_nll_bits_per_image_unconditional"] = test_nll_bits(m, test_codes[rows], null) * tokens
+            result["test_nll_bits_per_image_unconditional"] = nll(test_codes, test_labels, limit, False) * tokens
         return result
 
     def overfit_warning(result):
