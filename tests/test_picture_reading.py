@@ -292,9 +292,16 @@ def test_killed_preparations_and_unused_sets_are_pruned(tmp_path):
     (killed / "train.npy").write_bytes(b"half written")
     live = prepared_dir / f".tmp-0123456789abcdef0123-{os.getpid()}@{socket.gethostname()}"
     live.mkdir()
+    foreign = [prepared_dir / ".tmp-notes", prepared_dir / "my-old-set"]   # not named as vqgen names its own
+    for path in foreign:
+        path.mkdir()
+        (path / "info.json").write_text("{}")
+        os.utime(path / "info.json", (month_ago, month_ago))
+        os.utime(path, (month_ago - 86_400, month_ago - 86_400))
     new = prepare(folder, 0, tmp_path / "data", quiet=True).info["key"]   # another size: another preparation
     left = {p.name for p in prepared_dir.iterdir()}
     assert new in left and old not in left and killed.name not in left and live.name in left
+    assert all(path.name in left for path in foreign)
 
 
 def test_a_data_root_that_cannot_be_written_falls_back_to_the_user_cache(tmp_path, monkeypatch, capsys):

@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import time
@@ -505,18 +506,24 @@ def _write_cache(root: Path, key: str, fill) -> tuple[Path, dict]:
     return cache, {**info, "key": key}
 
 
+KEY = re.compile(r"[0-9a-f]{20}")
+TEMPORARY = re.compile(r"\.tmp-[0-9a-f]{20}-(\d+)@(.+)")   # .tmp-<key>-<pid>@<host>, as _write_cache names them
+
+
 def _prune(folder: Path) -> None:
     """Remove what nobody will read: prepared sets unused for PRUNE_DAYS, and the temporaries
-    of preparations whose process died (on this machine; elsewhere, after a day)."""
+    of preparations whose process died (on this machine; elsewhere, after a day). Only entries
+    named as this module names them are touched."""
     now, host = time.time(), socket.gethostname()
     for entry in folder.iterdir():
         try:
-            if entry.name.startswith(".tmp-"):
-                pid, _, owner = entry.name.split("-", 2)[2].partition("@")   # .tmp-<key>-<pid>@<host>
-                dead = owner == host and pid.isdigit() and not _alive(int(pid))
+            temporary = TEMPORARY.fullmatch(entry.name)
+            if temporary:
+                dead = temporary.group(2) == host and not _alive(int(temporary.group(1)))
                 if dead or now - entry.stat().st_mtime > 86_400:
                     shutil.rmtree(entry, ignore_errors=True)
-            elif (entry / "info.json").is_file() and now - (entry / "info.json").stat().st_mtime > PRUNE_DAYS * 86_400:
+            elif KEY.fullmatch(entry.name) and (entry / "info.json").is_file() and \
+                    now - (entry / "info.json").stat().st_mtime > PRUNE_DAYS * 86_400:
                 shutil.rmtree(entry, ignore_errors=True)
         except OSError:
             continue   # removed by another process meanwhile
