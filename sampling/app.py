@@ -22,12 +22,12 @@ import sys
 
 import numpy as np
 
-from common.errors import OneLineArgumentParser, run_main
+from common.errors import OneLineArgumentParser, VQGenError, run_main
 from common.pretrained import SHIPPED_DEFAULT
 from prior.model import GRID
 from sampling.demo import MAX_SAMPLES, OWN_RUNS, Demo, DemoError, choose_prior, parse_digits
-from sampling.digit_image import INK_CHOICES, MAX_PICTURE_PIXELS, check_picture, fit_to, kept_part, picked, \
-    picture, shown_scale, to_mnist, to_uint8
+from sampling.digit_image import INK_CHOICES, MAX_PICTURE_PIXELS, PictureError, check_picture, fit_to, kept_part, \
+    picked, picture, shown_scale, to_mnist, to_uint8
 from sampling.page_cache import MIN_FETCH_AGE, PageCache, private_cache_folder
 
 MAX_UPLOAD_MB = 5    # gradio refuses a larger upload before storing it
@@ -54,56 +54,206 @@ table.codes td.kept { font-weight: bold; background: #243a6e; color: white; }
 SETTING_KEYS = ("digits", "cfg", "temperature", "top_k", "top_p", "keep_likeliest")   # Demo.settings, in page order
 
 
+def number(value, what: str) -> float:
+    """A field's value as a finite float, or the page's message (the API can send anything)."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise DemoError(f"{what}: enter a number") from None
+    if not math.isfinite(value):
+        raise DemoError(f"{what}: {value} is not a finite number")
+    return value
+
+
+def whole(value, what: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value   # exact: a float would round a seed near 2**63
+    value = number(value, what)
+    if value != int(value):
+        raise DemoError(f"{what}: {value} is not a whole number")
+    return int(value)
+
+
+def bounded(canvas):
+    """The canvas, with every picture sent to it checked from its header before gradio decodes
+    it (gradio decodes the background, the composite and each layer to RGBA). The instance's
+    methods are wrapped, not subclassed: a new component class makes gradio write a .pyi file
+    beside this one."""
+    import io
+
+    import gradio as gr
+    preprocess, convert = canvas.preprocess, canvas.convert_and_format_image
+
+    def checked_preprocess(payload):
+        if payload is not None:
+            stored = canvas.blob_storage.get(payload.id) if payload.id is not None else payload
+            if stored is not None and len(stored.layers or []) > MAX_LAYERS:
+                raise gr.Error(f"{len(stored.layers)} layers sent; the canvas takes at most {MAX_LAYERS}",
+                               print_exception=False)
+        return preprocess(payload)
+
+    def checked_convert(file, flatten_on_white=False):
+        if file is not None:
+            try:
+                check_picture(io.BytesIO(file) if isinstance(file, (bytes, bytearray, memoryview))
+                              else file.path, "the uploaded picture")
+            except PictureError as err:
+                raise gr.Error(str(err), print_exception=False) from None
+        return convert(file, flatten_on_white)
+
+    canvas.preprocess, canvas.convert_and_format_image = checked_preprocess, checked_convert
+    return canvas
+
+
 def build_app(demo: Demo, cache: PageCache | None = None, allow_load: bool = True):
     """The page. `demo` serves every visitor; a visitor who loads other runs (allow_load) gets a
     Demo of their own in their session state, so no visitor changes what another one sees."""
-    import gradio as gr
+    return Page(demo, cache, allow_load).build()
 
-    def failing(fn):
+
+class Page:
+    """The page's builders, one per tab, and the answers they wire (methods taking the
+    visitor's state first, as gradio passes it)."""
+
+    def __init__(self, demo: Demo, cache: PageCache | None, allow_load: bool):
+        import gradio as gr
+        self.gr, self.demo, self.cache, self.allow_load = gr, demo, cache, allow_load
+        self.grid = demo.models.tokenizer.grid if demo.models is not None else GRID
+
+    def build(self):
+        gr, demo = self.gr, self.demo
+        with gr.Blocks(title="vqgen", analytics_enabled=False) as page:
+            self.visitor = gr.State(None)   # this visitor's own Demo once they load other runs
+            gr.Markdown(f"# vqgen\nA VQ-VAE tokenizer turns an image into {self.grid}x{self.grid} codes; a small "
+                        "Transformer writes codes row by row; the tokenizer draws them.")
+            self.status = gr.Markdown(demo.status(), elem_id="status")
+            with gr.Accordion("run folders", open=demo.models is None, visible=self.allow_load):
+                with gr.Row():
+                    self.prior_dir = gr.Textbox(demo.prior, label="prior run")
+                    self.tokenizer_dir = gr.Textbox(demo.tokenizer or "", label="tokenizer run (empty: the prior's own)")
+                    self.load = gr.Button("load (for you only)", elem_id="load-button")
+            with gr.Tab("Sample"):
+                self.sample_tab(page)
+            with gr.Tab("Complete"):
+                self.complete_tab()
+            with gr.Tab("Tokenize"):
+                self.tokenize_tab()
+        return page
+
+    # -- the tabs ---------------------------------------------------------------------------
+    def sample_tab(self, page) -> None:
+        gr, demo, chosen = self.gr, self.demo, self.demo.settings()
+        with gr.Row():
+            with gr.Column(scale=1):
+                # starting values: what generate.py uses for this prior without flags
+                digits = gr.CheckboxGroup(class_choices(demo), value=chosen["digits"],
+                                          label=class_label(demo), elem_id="sample-digits")
+                n = gr.Slider(1, MAX_SAMPLES, value=16, step=1, label="samples", elem_id="sample-n")
+                cfg = gr.Slider(0, 3, value=chosen["cfg"], step=0.05, label="guidance (0: off)", elem_id="sample-cfg")
+                temperature = gr.Slider(0.1, 2.0, value=chosen["temperature"], step=0.05, label="temperature")
+                top_k = gr.Slider(0, top_k_limit(demo), value=chosen["top_k"], step=1, label="top-k (0: off)",
+                                  elem_id="sample-top-k")
+                top_p = gr.Slider(0.05, 1.0, value=chosen["top_p"], step=0.05, label="top-p (1: off)")
+                keep_likeliest = gr.Slider(0.5, 1.0, value=chosen["keep_likeliest"], step=0.05, elem_id="sample-keep",
+                                           label="keep the likeliest share of each digit (1: all drawn)")
+                seed = gr.Number(value=0, precision=None, step=1, label="seed (same seed, same digits as generate.py)")
+                go = gr.Button("sample", variant="primary", elem_id="sample-button")
+            with gr.Column(scale=2):
+                samples = gr.Image(label="samples (click one)", format="png", elem_id="samples", interactive=False)
+                sample_info = gr.Markdown(elem_id="sample-info")
+                codes = gr.HTML(label="codes of the chosen sample", elem_id="sample-codes")
+        tokens = gr.State()
+        if self.allow_load:
+            self.load.click(self.on_load, [self.visitor, self.prior_dir, self.tokenizer_dir],
+                            [self.visitor, self.status, digits, cfg, temperature, top_k, top_p, keep_likeliest])
+        go.click(self.failing(self.on_sample),
+                 [self.visitor, digits, n, cfg, temperature, top_k, top_p, seed, keep_likeliest],
+                 [samples, tokens, codes, sample_info])
+
+        def on_select(visitor, tokens, event: gr.SelectData):   # gradio passes the click for this annotation
+            return self.on_select(visitor, tokens, event)
+        samples.select(self.failing(on_select), [self.visitor, tokens], codes)
+        if demo.models is not None:   # the page opens on a grid of samples, drawn once at start
+            opening = self.on_sample(None, chosen["digits"], 16, chosen["cfg"], chosen["temperature"],
+                                     chosen["top_k"], chosen["top_p"], 0, chosen["keep_likeliest"])
+            page.load(self.failing(lambda: opening), None, [samples, tokens, codes, sample_info])
+
+    def complete_tab(self) -> None:
+        gr = self.gr
+        with gr.Row():
+            source, drawing, index, ink = self.digit_input("complete")
+            with gr.Column():
+                rows = self.grid
+                keep_rows = gr.Slider(0, rows, value=min(3, rows), step=1, label=f"code rows to keep (of {rows})")
+                n = gr.Slider(1, MAX_SAMPLES, value=8, step=1, label="completions")
+                temperature = gr.Slider(0.1, 2.0, value=1.0, step=0.05, label="temperature")
+                seed = gr.Number(value=0, precision=None, step=1, label="seed")
+                go = gr.Button("complete", variant="primary", elem_id="complete-button")
+        with gr.Row():
+            kept = gr.Image(label="kept (blue: rewritten)", format="png")
+            recon = gr.Image(label="the tokenizer's reconstruction", format="png")
+            codes = gr.HTML()
+        completions = gr.Image(label="completions", format="png", elem_id="completions", interactive=False)
+        info = gr.Markdown(elem_id="complete-info")
+        go.click(self.failing(self.on_complete), [self.visitor, source, drawing, index, ink, keep_rows, n, temperature,
+                                                  seed], [kept, recon, completions, codes, info])
+
+    def tokenize_tab(self) -> None:
+        gr = self.gr
+        with gr.Row():
+            source, drawing, index, ink = self.digit_input("tokenize")
+            go = gr.Button("tokenize", variant="primary", elem_id="tokenize-button")
+        with gr.Row():
+            seen = gr.Image(label="the tokenizer's input", format="png")
+            recon = gr.Image(label="reconstruction", format="png")
+            codes = gr.HTML(elem_id="tokenize-codes")
+        info = gr.Markdown(elem_id="tokenize-info")
+        go.click(self.failing(self.on_tokenize), [self.visitor, source, drawing, index, ink], [seen, recon, codes, info])
+
+    def digit_input(self, tab: str):
+        """The Complete and Tokenize tabs take a drawing (or an uploaded picture) or a test digit."""
+        gr = self.gr
+        with gr.Column():
+            source = gr.Radio(["drawing", "test digit"], value="drawing", label="input", elem_id=f"{tab}-source")
+            drawing = bounded(gr.Sketchpad(label="draw a digit (or upload a picture)", canvas_size=(280, 280),
+                                           fixed_canvas=True, elem_id=f"{tab}-drawing", image_mode="RGBA",
+                                           sources=["upload"], layers=False, value=blank_canvas("white on black"),
+                                           brush=pen("white on black")))
+            ink = gr.Radio(list(INK_CHOICES), value="auto", elem_id=f"{tab}-ink",
+                           label="ink (a new canvas in that style; auto: a bright border means dark ink)")
+            # precision=None: gradio's own rounding would fail on NaN; whole() says what is wrong instead
+            index = gr.Number(value=0, precision=None, step=1, label="test digit #", elem_id=f"{tab}-index")
+        ink.change(lambda style: gr.Sketchpad(value=blank_canvas(style), brush=pen(style)), ink, drawing)
+        return source, drawing, index, ink
+
+    # -- the answers ------------------------------------------------------------------------
+    def failing(self, fn):
         """Our errors become a readable message in the page, never a stack trace; the cache
         is swept before each answer adds its picture, and a full one refuses the answer."""
         @functools.wraps(fn)   # gradio reads the signature to pass event data
         def wrapped(*args):
             try:
-                if cache is not None and not cache.sweep():
+                if self.cache is not None and not self.cache.sweep():
                     raise DemoError("the page is busy (its image cache is full of pictures not yet fetched); "
                                     "try again in a minute")
                 return fn(*args)
-            except DemoError as err:
-                raise gr.Error(str(err), print_exception=False) from None
+            except VQGenError as err:   # the page's own and the pictures' (digit_image.PictureError)
+                raise self.gr.Error(str(err), print_exception=False) from None
         return wrapped
 
-    def current(visitor: Demo | None) -> Demo:
-        return visitor if visitor is not None else demo
+    def current(self, visitor: Demo | None) -> Demo:
+        return visitor if visitor is not None else self.demo
 
-    def number(value, what: str) -> float:
-        """A field's value as a finite float, or the page's message (the API can send anything)."""
-        try:
-            value = float(value)
-        except (TypeError, ValueError):
-            raise DemoError(f"{what}: enter a number") from None
-        if not math.isfinite(value):
-            raise DemoError(f"{what}: {value} is not a finite number")
-        return value
-
-    def whole(value, what: str) -> int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value   # exact: a float would round a seed near 2**63
-        value = number(value, what)
-        if value != int(value):
-            raise DemoError(f"{what}: {value} is not a whole number")
-        return int(value)
-
-    def input_image(visitor, source, drawing, index, ink):
-        model = current(visitor)
+    def input_image(self, visitor, source, drawing, index, ink):
+        model = self.current(visitor)
         if source == "test digit":
             return model.test_digit(whole(index, "test digit #"))
         if drawing is None or drawing.get("composite") is None:
             raise DemoError("the canvas is empty: draw a digit (or pick a test digit) first")
         return fit_to(to_mnist(drawing["composite"], ink), model.require_models().tokenizer.image_shape)
 
-    def on_sample(visitor, digits, n, cfg, temperature, top_k, top_p, seed, keep_likeliest):
-        model = current(visitor)
+    def on_sample(self, visitor, digits, n, cfg, temperature, top_k, top_p, seed, keep_likeliest):
+        model = self.current(visitor)
         top_k, top_p = whole(top_k, "top-k"), number(top_p, "top-p")
         s = model.sample(parse_digits(digits, model.require_models().prior_cfg.num_classes), whole(n, "samples"),
                          number(cfg, "guidance"),
@@ -115,19 +265,19 @@ def build_app(demo: Demo, cache: PageCache | None = None, allow_load: bool = Tru
                 f"{len(s.images)} samples in {s.seconds:.2f} s of server time{shown}. "
                 "Click one to see its codes.")
 
-    def on_select(visitor, tokens, event: gr.SelectData):
+    def on_select(self, visitor, tokens, event):
         if tokens is None:
             raise DemoError("sample first")
         x, y = event.index if isinstance(event.index, (list, tuple)) else (-1, -1)
-        side = current(visitor).require_models().tokenizer.shape.side
+        side = self.current(visitor).require_models().tokenizer.shape.side
         chosen = picked(x, y, len(tokens), side * shown_scale(side))
         if chosen is None:
             raise DemoError("click a digit, not the space between them")
-        return code_table(tokens[chosen], current(visitor).require_models().tokenizer.codebook_size)
+        return code_table(tokens[chosen], self.current(visitor).require_models().tokenizer.codebook_size)
 
-    def on_complete(visitor, source, drawing, index, ink, keep_rows, n, temperature, seed):
-        model = current(visitor)
-        image = input_image(visitor, source, drawing, index, ink)
+    def on_complete(self, visitor, source, drawing, index, ink, keep_rows, n, temperature, seed):
+        model = self.current(visitor)
+        image = self.input_image(visitor, source, drawing, index, ink)
         keep_rows = whole(keep_rows, "code rows to keep")
         grid, recon, _ = model.tokenize(image)
         s = model.complete(image, keep_rows, whole(n, "completions"), number(temperature, "temperature"),
@@ -137,18 +287,19 @@ def build_app(demo: Demo, cache: PageCache | None = None, allow_load: bool = Tru
                 code_table(grid, model.require_models().tokenizer.codebook_size, keep_rows),
                 f"{len(s.images)} completions in {s.seconds:.2f} s of server time.")
 
-    def on_tokenize(visitor, source, drawing, index, ink):
-        model = current(visitor)
-        image = input_image(visitor, source, drawing, index, ink)
+    def on_tokenize(self, visitor, source, drawing, index, ink):
+        model = self.current(visitor)
+        image = self.input_image(visitor, source, drawing, index, ink)
         grid, recon, db = model.tokenize(image)
         return (to_uint8(image[None])[0], to_uint8(recon[None])[0],
                 code_table(grid, model.require_models().tokenizer.codebook_size), f"reconstruction PSNR {db:.1f} dB")
 
-    def on_load(visitor, prior, tokenizer):
+    def on_load(self, visitor, prior, tokenizer):
         """Other runs for this visitor only; the Sample tab's settings become the new prior's
         recommended ones. Nothing changes when they cannot be loaded: the page says why."""
+        gr = self.gr
         try:
-            loaded = current(visitor).reloaded(str(prior).strip(), str(tokenizer or "").strip() or None)
+            loaded = self.current(visitor).reloaded(str(prior).strip(), str(tokenizer or "").strip() or None)
         except DemoError as err:
             return (visitor, f"**Cannot load those runs**; still serving the ones before. {err}",
                     *(gr.update() for _ in SETTING_KEYS))
@@ -157,131 +308,6 @@ def build_app(demo: Demo, cache: PageCache | None = None, allow_load: bool = Tru
         updates["digits"].update(choices=class_choices(loaded), label=class_label(loaded))
         updates["top_k"].update(maximum=top_k_limit(loaded))   # every range follows the run
         return (loaded, loaded.status(), *(gr.update(**updates[key]) for key in SETTING_KEYS))
-
-    def digit_input(tab: str):
-        """The Complete and Tokenize tabs take a drawing (or an uploaded picture) or a test digit."""
-        with gr.Column():
-            source = gr.Radio(["drawing", "test digit"], value="drawing", label="input", elem_id=f"{tab}-source")
-            drawing = bounded(gr.Sketchpad(label="draw a digit (or upload a picture)", canvas_size=(280, 280),
-                                   fixed_canvas=True, elem_id=f"{tab}-drawing", image_mode="RGBA",
-                                   sources=["upload"], layers=False, value=blank_canvas("white on black"),
-                                   brush=pen("white on black")))
-            ink = gr.Radio(list(INK_CHOICES), value="auto", elem_id=f"{tab}-ink",
-                           label="ink (a new canvas in that style; auto: a bright border means dark ink)")
-            # precision=None: gradio's own rounding would fail on NaN; whole() says what is wrong instead
-            index = gr.Number(value=0, precision=None, step=1, label="test digit #", elem_id=f"{tab}-index")
-        ink.change(lambda style: gr.Sketchpad(value=blank_canvas(style), brush=pen(style)), ink, drawing)
-        return source, drawing, index, ink
-
-    def bounded(canvas):
-        """The canvas, with every picture sent to it checked from its header before gradio decodes
-        it (gradio decodes the background, the composite and each layer to RGBA). The instance's
-        methods are wrapped, not subclassed: a new component class makes gradio write a .pyi file
-        beside this one."""
-        preprocess, convert = canvas.preprocess, canvas.convert_and_format_image
-
-        def checked_preprocess(payload):
-            if payload is not None:
-                stored = canvas.blob_storage.get(payload.id) if payload.id is not None else payload
-                if stored is not None and len(stored.layers or []) > MAX_LAYERS:
-                    raise gr.Error(f"{len(stored.layers)} layers sent; the canvas takes at most {MAX_LAYERS}",
-                                   print_exception=False)
-            return preprocess(payload)
-
-        def checked_convert(file, flatten_on_white=False):
-            if file is not None:
-                import io
-                try:
-                    check_picture(io.BytesIO(file) if isinstance(file, (bytes, bytearray, memoryview))
-                                  else file.path, "the uploaded picture")
-                except DemoError as err:
-                    raise gr.Error(str(err), print_exception=False) from None
-            return convert(file, flatten_on_white)
-
-        canvas.preprocess, canvas.convert_and_format_image = checked_preprocess, checked_convert
-        return canvas
-
-    chosen = demo.settings()
-    with gr.Blocks(title="vqgen", analytics_enabled=False) as page:
-        visitor = gr.State(None)   # this visitor's own Demo once they load other runs
-        grid = demo.models.tokenizer.grid if demo.models is not None else GRID
-        gr.Markdown(f"# vqgen\nA VQ-VAE tokenizer turns an image into {grid}x{grid} codes; a small Transformer "
-                    "writes codes row by row; the tokenizer draws them.")
-        status = gr.Markdown(demo.status(), elem_id="status")
-        with gr.Accordion("run folders", open=demo.models is None, visible=allow_load):
-            with gr.Row():
-                prior_dir = gr.Textbox(demo.prior, label="prior run")
-                tokenizer_dir = gr.Textbox(demo.tokenizer or "", label="tokenizer run (empty: the prior's own)")
-                load = gr.Button("load (for you only)", elem_id="load-button")
-
-        with gr.Tab("Sample"):
-            with gr.Row():
-                with gr.Column(scale=1):
-                    # starting values: what generate.py uses for this prior without flags
-                    digits = gr.CheckboxGroup(class_choices(demo), value=chosen["digits"],
-                                              label=class_label(demo), elem_id="sample-digits")
-                    n = gr.Slider(1, MAX_SAMPLES, value=16, step=1, label="samples", elem_id="sample-n")
-                    cfg = gr.Slider(0, 3, value=chosen["cfg"], step=0.05, label="guidance (0: off)",
-                                    elem_id="sample-cfg")
-                    temperature = gr.Slider(0.1, 2.0, value=chosen["temperature"], step=0.05, label="temperature")
-                    top_k = gr.Slider(0, top_k_limit(demo), value=chosen["top_k"], step=1, label="top-k (0: off)",
-                                      elem_id="sample-top-k")
-                    top_p = gr.Slider(0.05, 1.0, value=chosen["top_p"], step=0.05, label="top-p (1: off)")
-                    keep_likeliest = gr.Slider(0.5, 1.0, value=chosen["keep_likeliest"], step=0.05,
-                                               elem_id="sample-keep",
-                                               label="keep the likeliest share of each digit (1: all drawn)")
-                    seed = gr.Number(value=0, precision=None, step=1,
-                                     label="seed (same seed, same digits as generate.py)")
-                    go = gr.Button("sample", variant="primary", elem_id="sample-button")
-                with gr.Column(scale=2):
-                    samples = gr.Image(label="samples (click one)", format="png", elem_id="samples",
-                                       interactive=False)
-                    sample_info = gr.Markdown(elem_id="sample-info")
-                    codes = gr.HTML(label="codes of the chosen sample", elem_id="sample-codes")
-            tokens = gr.State()
-            if allow_load:
-                load.click(on_load, [visitor, prior_dir, tokenizer_dir],
-                           [visitor, status, digits, cfg, temperature, top_k, top_p, keep_likeliest])
-            go.click(failing(on_sample), [visitor, digits, n, cfg, temperature, top_k, top_p, seed, keep_likeliest],
-                     [samples, tokens, codes, sample_info])
-            samples.select(failing(on_select), [visitor, tokens], codes)
-            if demo.models is not None:   # the page opens on a grid of samples, drawn once at start
-                opening = on_sample(None, chosen["digits"], 16, chosen["cfg"], chosen["temperature"],
-                                    chosen["top_k"], chosen["top_p"], 0, chosen["keep_likeliest"])
-                page.load(failing(lambda: opening), None, [samples, tokens, codes, sample_info])
-
-        with gr.Tab("Complete"):
-            with gr.Row():
-                source, drawing, index, ink = digit_input("complete")
-                with gr.Column():
-                    rows = demo.models.tokenizer.grid if demo.models is not None else GRID
-                    keep_rows = gr.Slider(0, rows, value=min(3, rows), step=1, label=f"code rows to keep (of {rows})")
-                    n_complete = gr.Slider(1, MAX_SAMPLES, value=8, step=1, label="completions")
-                    temperature_c = gr.Slider(0.1, 2.0, value=1.0, step=0.05, label="temperature")
-                    seed_c = gr.Number(value=0, precision=None, step=1, label="seed")
-                    go_c = gr.Button("complete", variant="primary", elem_id="complete-button")
-            with gr.Row():
-                kept = gr.Image(label="kept (blue: rewritten)", format="png")
-                recon_c = gr.Image(label="the tokenizer's reconstruction", format="png")
-                codes_c = gr.HTML()
-            completions = gr.Image(label="completions", format="png", elem_id="completions", interactive=False)
-            complete_info = gr.Markdown(elem_id="complete-info")
-            go_c.click(failing(on_complete),
-                       [visitor, source, drawing, index, ink, keep_rows, n_complete, temperature_c, seed_c],
-                       [kept, recon_c, completions, codes_c, complete_info])
-
-        with gr.Tab("Tokenize"):
-            with gr.Row():
-                source_t, drawing_t, index_t, ink_t = digit_input("tokenize")
-                go_t = gr.Button("tokenize", variant="primary", elem_id="tokenize-button")
-            with gr.Row():
-                seen = gr.Image(label="the tokenizer's input", format="png")
-                recon_t = gr.Image(label="reconstruction", format="png")
-                codes_t = gr.HTML(elem_id="tokenize-codes")
-            tokenize_info = gr.Markdown(elem_id="tokenize-info")
-            go_t.click(failing(on_tokenize), [visitor, source_t, drawing_t, index_t, ink_t],
-                       [seen, recon_t, codes_t, tokenize_info])
-    return page
 
 
 def class_choices(demo: Demo) -> list[tuple[str, str]]:

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from common.errors import VQGenError
 from prior.model import GRID
-from sampling.demo import DemoError
 
 BOX, FIELD = 20, 28         # MNIST: the ink's bounding box scaled to 20x20, centred by mass in 28x28
 INK_CHOICES = ("auto", "white on black", "black on white")
@@ -18,6 +18,10 @@ SHOW_SCALE = 4              # pixels per MNIST pixel in the page
 
 
 MAX_PICTURE_PIXELS = 2048 * 2048   # an upload's size, read from its header before any decoding
+
+
+class PictureError(VQGenError):
+    """A picture given to the page or to --complete that cannot be used: the message says why."""
 
 
 def check_picture(source, what: str = "the picture") -> None:
@@ -35,11 +39,11 @@ def check_picture(source, what: str = "the picture") -> None:
         width = height = None
         found = re.search(r"\((\d+) pixels\)", str(err))
     except (UnidentifiedImageError, OSError, ValueError):
-        raise DemoError(f"{what} is not an image vqgen can read (PNG, JPEG, WebP, ...)") from None
+        raise PictureError(f"{what} is not an image vqgen can read (PNG, JPEG, WebP, ...)") from None
     if width is None or width * height > MAX_PICTURE_PIXELS:
         size = f"{width}x{height} pixels" if width else f"{int(found[1]) / 1e6:.0f} megapixels" if found \
             else "too many pixels"
-        raise DemoError(f"{what} has {size}; the most taken is {MAX_PICTURE_PIXELS / 1e6:.1f} megapixels "
+        raise PictureError(f"{what} has {size}; the most taken is {MAX_PICTURE_PIXELS / 1e6:.1f} megapixels "
                         f"(2048x2048): scale it down first")
 
 
@@ -50,12 +54,12 @@ def to_mnist(image: np.ndarray, ink: str = "auto") -> torch.Tensor:
     Strokes on a transparent canvas are ink wherever there is paint, whatever the colour;
     an opaque image is inverted when its ink is dark (ink="auto": a bright border)."""
     if ink not in INK_CHOICES:
-        raise DemoError(f"ink={ink!r}: expected one of {', '.join(INK_CHOICES)}")
+        raise PictureError(f"ink={ink!r}: expected one of {', '.join(INK_CHOICES)}")
     shape = np.shape(image)
     if len(shape) not in (2, 3) or min(shape[:2]) < 2:
-        raise DemoError(f"need an image, got an array of shape {shape}")
+        raise PictureError(f"need an image, got an array of shape {shape}")
     if shape[0] * shape[1] > MAX_PICTURE_PIXELS:   # before the float copy, which costs 4 bytes a value
-        raise DemoError(f"the picture has {shape[1]}x{shape[0]} pixels; the most taken is "
+        raise PictureError(f"the picture has {shape[1]}x{shape[0]} pixels; the most taken is "
                         f"{MAX_PICTURE_PIXELS / 1e6:.1f} megapixels (2048x2048): scale it down first")
     a = np.asarray(image, dtype=np.float32)
     if a.ndim == 3 and a.shape[2] == 4 and a[..., 3].min() < 255:
@@ -68,7 +72,7 @@ def to_mnist(image: np.ndarray, ink: str = "auto") -> torch.Tensor:
     gray = np.clip(gray, 0, 1)
     rows, cols = np.nonzero(gray > 0.1)
     if len(rows) == 0:
-        raise DemoError("the canvas is empty: draw a digit (or pick a test digit) first")
+        raise PictureError("the canvas is empty: draw a digit (or pick a test digit) first")
     crop = torch.from_numpy(np.ascontiguousarray(gray[rows.min():rows.max() + 1, cols.min():cols.max() + 1]))
     scale = BOX / max(crop.shape)
     size = (max(1, round(crop.shape[0] * scale)), max(1, round(crop.shape[1] * scale)))

@@ -7,7 +7,7 @@ import torch
 
 from conftest import run_cli
 from sampling.demo import Demo, DemoError
-from sampling.digit_image import to_mnist
+from sampling.digit_image import PictureError, to_mnist
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def test_a_small_drawing_off_centre_is_scaled_and_centred():
 
 @pytest.mark.parametrize("image", [np.zeros((280, 280, 4), np.uint8), np.full((280, 280), 255, np.uint8)])
 def test_an_empty_canvas_is_a_message(image):
-    with pytest.raises(DemoError, match="canvas is empty"):
+    with pytest.raises(PictureError, match="canvas is empty"):
         to_mnist(image)
 
 
@@ -234,14 +234,14 @@ def test_an_answer_is_one_picture_and_a_click_finds_its_digit():
 
 def test_a_picture_is_checked_from_its_header_before_decoding(tmp_path):
     from conftest import huge_png
-    from sampling.digit_image import check_picture, to_mnist
+    from sampling.digit_image import PictureError, check_picture, to_mnist
     bomb = tmp_path / "bomb.png"
     bomb.write_bytes(huge_png(13000, 13000))
-    with pytest.raises(DemoError, match="13000x13000 pixels.*scale it down"):
+    with pytest.raises(PictureError, match="13000x13000 pixels.*scale it down"):
         check_picture(bomb)
     (tmp_path / "text.png").write_text("not a picture")
-    with pytest.raises(DemoError, match="not an image"):
+    with pytest.raises(PictureError, match="not an image"):
         check_picture(tmp_path / "text.png")
     import numpy as np
-    with pytest.raises(DemoError, match="3000x2000 pixels"):
+    with pytest.raises(PictureError, match="3000x2000 pixels"):
         to_mnist(np.lib.stride_tricks.as_strided(np.zeros(1, np.uint8), (2000, 3000), (0, 0)))
