@@ -42,7 +42,7 @@ def check_writable(path: Path, flag: str) -> None:
         raise ValueError(f"{flag} {path}: cannot write there (no such folder, a folder, or no permission)")
 
 
-def main(argv: list[str] | None = None) -> dict:
+def build_parser() -> OneLineArgumentParser:
     p = OneLineArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("samples", help="an .npz written by sampling/generate.py")
     p.add_argument("--tokenizer", default="runs/tokenizer",
@@ -52,18 +52,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--c2st-seeds", type=int, default=3, help="seeds the two-sample test is averaged over")
     p.add_argument("--dataset", choices=["mnist", "fashion"], default=None,
                    help="what the samples imitate (default: the --tokenizer run's dataset, else mnist)")
-    args = p.parse_args(argv)
-    path = Path(args.samples)
-    if not path.is_file():
-        raise ValueError(f"{path}: file not found; write one with `python sampling/generate.py --n 10000`")
-    if args.json:
-        check_writable(Path(args.json), "--json")
+    return p
 
+
+def read_samples(path: Path):
+    """(uint8 [N,C,H,W] images, long [N] labels or None) from a samples .npz, or one line."""
     import torch
-    from sampling.judge import (FLOOR, RECON_FLOOR, floor_two_sample_test, judge_dir, judged_by_classifiers,
-                                real_digit_sets, reconstructions, two_sample_test)
-    from tokenizer.data import data_root, ensure_dataset, load_split, to_float
-
     from sampling import read_npz
     data = read_npz(path, str(path))
     images = torch.from_numpy(data["images"])
@@ -74,17 +68,38 @@ def main(argv: list[str] | None = None) -> dict:
         images = images.permute(0, 3, 1, 2)   # colour: [N,3,H,W], as the models take it
     if len(images) < 10:
         raise ValueError(f"{path}: {len(images)} images; judging needs at least 10 (10000 for the README's figures)")
+    return images, labels
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    path = Path(args.samples)
+    if not path.is_file():
+        raise ValueError(f"{path}: file not found; write one with `python sampling/generate.py --n 10000`")
+    if args.json:
+        check_writable(Path(args.json), "--json")
+    images, labels = read_samples(path)
     from common.pretrained import find_run, is_run
     tokenizer_run = find_run(args.tokenizer, "tokenizer")
     if args.tokenizer != "runs/tokenizer" and not is_run(tokenizer_run):   # named, so it must exist
         from common.pretrained import missing_run_message
         raise ValueError(missing_run_message(f"--tokenizer {args.tokenizer}", "tokenizer"))
-
+    from tokenizer.data import data_root, is_own_dataset
     dataset = args.dataset or tokenizer_dataset(tokenizer_run)
-    root = data_root()
-    from tokenizer.data import is_own_dataset
-    if is_own_dataset(dataset):
-        return judge_own_set(path, images, dataset, tokenizer_run, root, args)
+    judge = judge_own_set if is_own_dataset(dataset) else judge_builtin_set
+    rows = judge(path, images, labels, dataset, tokenizer_run, data_root(), args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    return rows
+
+
+def judge_builtin_set(path: Path, images, labels, dataset: str, tokenizer_run: Path, root: Path, args) -> dict:
+    """MNIST and Fashion: both trained judges' distances, the two-sample test, and the same
+    figures for real training images and the tokenizer's test reconstructions."""
+    from common.pretrained import is_run
+    from sampling.judge import (FLOOR, RECON_FLOOR, floor_two_sample_test, judge_dir, judged_by_classifiers,
+                                real_digit_sets, reconstructions, two_sample_test)
+    from tokenizer.data import ensure_dataset, load_split, to_float
     ensure_dataset(root, dataset)
     test_x, _ = load_split(root, dataset, train=False)
     train_x, train_y = load_split(root, dataset, train=True)
@@ -122,12 +137,10 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"samples / real training digits: {ours['x_real']:.2f}x (judge a), {ours['x_real_b']:.2f}x (judge b); "
           f"worst judge {ours['x_real_worst']:.2f}x; two-sample test {ours['c2st']:.1%} +- {ours['c2st_spread']:.1%} "
           f"(real digits: {rows['real train (floor)']['c2st']:.1%}; 50% = indistinguishable)")
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
     return rows
 
 
-def judge_own_set(path: Path, images, dataset: str, tokenizer_run: Path, root: Path, args) -> dict:
+def judge_own_set(path: Path, images, labels, dataset: str, tokenizer_run: Path, root: Path, args) -> dict:
     """A user's set has no trained judges (they are MNIST and Fashion classifiers): the
     two-sample test alone, against the set's own training images, with its floor (training
     images against other training images) and the tokenizer's test reconstructions."""
@@ -155,8 +168,6 @@ def judge_own_set(path: Path, images, dataset: str, tokenizer_run: Path, root: P
         print(f"{name:24s} n={r['n']:6d}  c2st={r['c2st']:.4f} +- {r['c2st_spread']:.4f}")
     print(f"two-sample test {rows['samples']['c2st']:.1%} (real images: {rows['real train (floor)']['c2st']:.1%}; "
           f"50% = indistinguishable); the Frechet judges exist for mnist and fashion only")
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
     return rows
 
 
