@@ -7,7 +7,7 @@
 Runs, in a fresh folder under runs/bench/commands/ (your runs/ stay untouched):
 `accelerate launch tokenizer/train.py`, `accelerate launch prior/train.py`,
 `python sampling/generate.py --n 64` (three times), and `python -c "import torch"`
-(three times) as the floor every command pays. Targets (issue 13): the three
+(three times) as the floor every command pays. Targets: the three
 commands <= 300 s together; generate.py within 0.5 s of `import torch` (medians).
 """
 from __future__ import annotations

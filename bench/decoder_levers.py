@@ -1,4 +1,4 @@
-"""The decoder levers (issues 27 and 36), each judged by the two-sample test on reconstructions.
+"""The decoder levers, each judged by the two-sample test on reconstructions.
 
     python bench/decoder_levers.py [--variants default w03 ...] [--seeds 0 1 2] [--base RUN]
 
@@ -24,10 +24,10 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-GAN = {"decoder_loss": "gan", "decoder_disc_whole_digit": False,   # issue 27's variants, on the defaults
+GAN = {"decoder_loss": "gan", "decoder_disc_whole_digit": False,   # the first variants, on the defaults
        "decoder_weight_average": 0.0}                                  # of their day (--base runs/tok-base)
 VARIANTS = {   # name -> the decoder phase's keys
-    "gan1": {**GAN, "decoder_epochs": 1},                                # issue 27's default before it
+    "gan1": {**GAN, "decoder_epochs": 1},                                # the default before them
     "gan3": {**GAN, "decoder_epochs": 3},
     "ema3": {**GAN, "decoder_epochs": 3, "decoder_weight_average": 0.999},
     "whole3": {**GAN, "decoder_epochs": 3, "decoder_disc_whole_digit": True},
@@ -38,7 +38,7 @@ VARIANTS = {   # name -> the decoder phase's keys
     "whole2": {**GAN, "decoder_epochs": 2, "decoder_disc_whole_digit": True},
     "whole-ema2": {**GAN, "decoder_epochs": 2, "decoder_disc_whole_digit": True, "decoder_weight_average": 0.999},
     "whole-ema6": {**GAN, "decoder_epochs": 6, "decoder_disc_whole_digit": True, "decoder_weight_average": 0.999},
-    # issue 36: the adopted recipe (2 epochs, whole-digit head, average 0.999), then levers on it
+    # the adopted recipe (2 epochs, whole-digit head, average 0.999), then levers on it
     "default": {},
     "disc64-lr1e3": {"decoder_disc_channels": 64, "decoder_disc_lr": 1e-3},
     "w03": {"decoder_gan_weight": 0.3},

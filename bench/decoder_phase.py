@@ -5,7 +5,7 @@
 Copies a finished tokenizer run (default runs/tokenizer) and adds one decoder epoch
 to each copy with the users' command, alternating the two losses so that both see
 the same machine. Prints the phase's seconds of training steps (`train_s` of its
-own metrics.jsonl) for each, and the ratio (issue 20's target: gan <= 2x mse).
+own metrics.jsonl) for each, and the ratio (the target: gan <= 2x mse).
 """
 from __future__ import annotations
 

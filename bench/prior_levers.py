@@ -1,4 +1,4 @@
-"""Issue 28's prior levers, one at a time on today's recipe, then together, at fixed CPU time.
+"""The prior's levers, one at a time on today's recipe, then together, at fixed CPU time.
 
     python bench/prior_levers.py [--budget default|quality] [--variants today ema ...] [--seeds 0]
 
@@ -7,7 +7,7 @@ Each variant trains `prior/train.py --config configs/prior.yaml` (default budget
 (--tokenizer, the shipped one by default: bits/token only compare on one codebook),
 in runs/prior-levers/BUDGET-CONFIGHASH/NAME-sSEED, and prints the test bits/token, the training
 seconds (steps only, `train_s`) and the change against `--reference` (`today`: the
-config as it stands), measured in the same session. A `*-half` variant gets half the
+config as it stands), measured in the same run of this script. A `*-half` variant gets half the
 epochs: the seconds it needs to reach a figure.
 Results go to runs/prior-levers/BUDGET-CONFIGHASH/results.jsonl as they come (rerun:
 skipped; a changed config starts a new folder, since every variant is relative to it).
@@ -41,7 +41,7 @@ CONFIGS = {"default": "configs/prior.yaml", "quality": "configs/prior-large.yaml
 VARIANTS = {   # name -> keys on top of the budget's config
     "today": {},   # the budget's config as it stands
     # zero_init, tie_embeddings and label_smoothing lost here and left the code (docs/RESULTS.md)
-    # the recipe before issue 28 adopted Muon, rotary positions, wsd, lr 4e-3 and 112 wide
+    # the recipe before the speedrun adopted Muon, rotary positions, wsd, lr 4e-3 and 112 wide
     "before28": {"n_embd": 128, "rope": "none", "optimizer": "adamw", "lr_schedule": "cosine", "lr": 0.002},
     "ema": {"weight_average": 0.995},
     "wsd": {"lr_schedule": "wsd"},

@@ -29,7 +29,7 @@ OUT = REPO / "runs" / "bench" / "quality"
 BIN = Path(sys.executable).parent
 LARGE = ["--config", "configs/prior-large.yaml"]
 # Tokenizer variants start from the recipe they were measured against (K=512, no decoder
-# phase: the default before issue 20), so their names keep meaning what they measured.
+# phase: the earlier default), so their names keep meaning what they measured.
 BASE_TOKENIZER = ["codebook_size=512", "decoder_epochs=0", "decoder_loss=mse"]
 # The large-* variants start from that config as it was when they were measured: no augmentation.
 PLAIN_LARGE = [*LARGE, "augment=false", "augment_token=false", "augment_share=0.5"]
@@ -50,7 +50,7 @@ VARIANTS = {
     "large-augment-token": ([], [*PLAIN_LARGE, "augment=true", "augment_token=true"]),
     "large-augment-token-quarter": ([], [*PLAIN_LARGE, "augment=true", "augment_token=true", "augment_share=0.25"]),
     "decoder-10": (["decoder_epochs=10"], []),
-    "quality": (["decoder_epochs=10"], LARGE),                 # the quality point before issue 20
+    "quality": (["decoder_epochs=10"], LARGE),                 # the earlier quality point
     "decoder-3": (["decoder_epochs=3"], []),
     "gan-1": (["decoder_epochs=1", "decoder_loss=gan"], []),
     "gan-1-w0.03": (["decoder_epochs=1", "decoder_loss=gan", "decoder_gan_weight=0.03"], []),

@@ -27,15 +27,16 @@ class ConfigError(VQGenError, ValueError):
 
 @dataclass
 class TrainConfig:
-    """Keys every training entry understands (DESIGN.md)."""
+    """Keys every training entry understands."""
     out_dir: str = "runs/run"          # the run folder: config, weights, checkpoints, metrics, plots
     data_root: str = ""              # "" -> $VQGEN_DATA or data/
     dataset: str = "mnist"           # mnist, fashion (Debian package dataset-fashion-mnist), or PATH: a folder
                                      # of images (class subfolders = labels) or an .npz with images [N,H,W(,C)]
     seed: int = 0                    # weights, data order and sampling all follow it
     epochs: int = 1                  # epochs of epoch_samples each (the schedule spans them all)
-    epoch_samples: int = 0           # samples an epoch counts; 0 = the training set's size for mnist and fashion,
-                                     # 60000 for dataset=PATH (the prior: at most 10 passes over the set)
+    epoch_samples: int = 0           # samples an epoch counts; 0 = the training set's size for mnist and fashion; for
+                                     # dataset=PATH the tokenizer sees the pixels of 60000 28x28 pictures, the prior
+                                     # 60000 grids or at most 10 passes over the set
     max_steps: int = 0               # > 0: stop after this many optimizer steps (smoke runs)
     train_subset: int = 0            # > 0: use only the first N training images
     batch_size: int = 128            # per process; DDP multiplies it by the world size

@@ -1,4 +1,4 @@
-"""The one order in which a 7x7 code grid becomes a sequence: raster (row by row)."""
+"""The one order in which a code grid becomes a sequence: raster (row by row)."""
 from einops import rearrange
 import torch
 
@@ -8,6 +8,6 @@ def grid_to_sequence(grid: torch.Tensor) -> torch.Tensor:
     return rearrange(grid, "b h w -> b (h w)")
 
 
-def sequence_to_grid(seq: torch.Tensor, height: int = 7) -> torch.Tensor:
+def sequence_to_grid(seq: torch.Tensor, height: int) -> torch.Tensor:
     """[B, H*W] -> [B, H, W], the inverse of grid_to_sequence."""
     return rearrange(seq, "b (h w) -> b h w", h=height)

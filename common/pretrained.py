@@ -19,7 +19,7 @@ SHIPPED_DEFAULT = "mnist"            # the shipped set named first, and served b
 SAMPLER_SETTINGS = "sampling.yaml"   # a prior's recommended settings, beside its config.yaml
 SAMPLING_DEFAULTS = REPO / "configs" / "sampling.yaml"   # for a prior without one
 # generate.py's flags (dest names) that configs/sampling.yaml and a run's sampling.yaml may set
-SAMPLER_KEYS = {"n", "seed", "temperature", "top_k", "top_p", "digit", "cfg", "cfg_schedule", "batch_size",
+SAMPLER_KEYS = {"n", "seed", "temperature", "top_k", "top_p", "label", "cfg", "cfg_schedule", "batch_size",
                 "keep_likeliest"}
 
 
@@ -78,6 +78,8 @@ def read_sampler_settings(path: Path) -> dict:
     if not path.is_file():
         return {}
     data = read_yaml_mapping(path)
+    if "digit" in data and "label" not in data:   # label's name in runs saved before it had one for any class
+        data["label"] = data.pop("digit")
     unknown = set(data) - SAMPLER_KEYS
     if unknown:
         raise ValueError(f"{path}: unknown keys {sorted(unknown)}; allowed: {sorted(SAMPLER_KEYS)}")
@@ -99,21 +101,21 @@ def recommended_settings(run_dir: Path) -> dict:
     return {**read_sampler_settings(SAMPLING_DEFAULTS), **read_sampler_settings(Path(run_dir) / SAMPLER_SETTINGS)}
 
 
-def parse_digits(text: str):
+def parse_label(text: str):
     """The class (MNIST: digit) setting: 'none' -> None, 'null' -> "null", 'all' -> "all" (every class,
     in order), '3' -> 3, '1,4,7' -> [1, 4, 7]. Whether a class exists is for the prior to say."""
     word = str(text).strip().lower()
     if word == "none":
         return None
-    if word == "null":   # sampling.NULL_DIGIT, spelled out: parsing flags must not import torch
+    if word == "null":   # sampling.NULL_LABEL, spelled out: parsing flags must not import torch
         return "null"
     if word == "all":
         return "all"
     try:
-        digits = [int(t) for t in word.split(",") if t.strip()]
+        classes = [int(t) for t in word.split(",") if t.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: give a class number (MNIST: a digit 0-9), a list like 1,4,7, "
                                          "'all', 'none' or 'null'") from None
-    if not digits or any(d < 0 for d in digits):
+    if not classes or any(d < 0 for d in classes):
         raise argparse.ArgumentTypeError(f"{text!r}: class numbers start at 0")
-    return digits[0] if len(digits) == 1 else digits
+    return classes[0] if len(classes) == 1 else classes

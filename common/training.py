@@ -131,6 +131,7 @@ class Task:
     overfit_warning: Callable[[dict], str | None] | None = None   # a line when training and held-out loss part
     load_export: Callable[[nn.Module, dict[str, torch.Tensor]], None] = field(
         default=lambda m, weights: m.load_state_dict(weights))   # the inverse of export
+    after: str = ""                   # what the run does once this fit is done, for the time estimate
 
 
 def evaluation_subset(n: int, limit: int | None) -> torch.Tensor | slice:
@@ -374,7 +375,8 @@ class Trainer:
             self.eta_said = True
             left = (self.stop_at - self.step) * seconds / max(done, 1)
             self.accelerator.print(f"{self.task.stage}: {seconds / max(done, 1):.2f} s a step; the {self.stop_at - self.step} "
-                                   f"steps left take about {left / 60:.1f} min of training (evaluations besides)")
+                                   f"steps left take about {left / 60:.1f} min of training (evaluations besides)"
+                                   + (f"; then {self.task.after}" if self.task.after else ""))
 
     # -- evaluate -----------------------------------------------------------------------------
     @contextlib.contextmanager

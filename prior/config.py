@@ -23,8 +23,9 @@ class PriorConfig(TrainConfig, PriorShape):
     dropout: float = -1.0                 # residual dropout in training; -1: SMALL_SET_DROPOUT for a user's set of
                                           # fewer than SMALL_SET training images (it measured better there), else 0
     warmup_steps: int = 100               # linear warmup, in steps of one process (N processes: /N, the same samples)
-    augment: bool = False          # each epoch: fresh code grids of slightly distorted training digits
-    augment_share: float = 0.5     # share of the digits distorted in each augmented epoch
+    augment: bool = False          # each epoch: fresh code grids of slightly distorted training pictures
+    augment_share: float = 0.5     # share of the pictures distorted in each augmented epoch
+    augment_flip: bool = False     # augment: mirror half of those left to right (photos, icons; never digits or text)
     z_loss: float = 0.0            # weight of log(sum(exp(logits)))^2, which keeps the logits from drifting
     optimizer: Literal["adamw", "muon"] = "muon"   # muon: Muon on the blocks' weight matrices, AdamW on the rest
     lr_schedule: Literal["cosine", "wsd"] = "wsd"   # warmup-stable-decay
@@ -52,6 +53,7 @@ class PriorConfig(TrainConfig, PriorShape):
             (0 <= self.label_dropout < 1, "label_dropout", "must be in [0, 1)"),
             (0 <= self.augment_share <= 1, "augment_share", "must be in [0, 1]"),
             (self.augment or not self.augment_token, "augment_token", "needs augment=true"),
+            (self.augment or not self.augment_flip, "augment_flip", "needs augment=true"),
             (self.z_loss >= 0, "z_loss", "must be >= 0"),
             (self.rope == "none" or (self.n_embd // max(self.n_head, 1)) % 4 == 0, "rope",
              "needs a head width (n_embd / n_head) divisible by 4"),

@@ -1,5 +1,5 @@
 """Code grids of the train and test sets under a frozen tokenizer, encoded once,
-and (with `augment`) fresh grids of slightly distorted training digits each epoch.
+and (with `augment`) fresh grids of slightly distorted training pictures each epoch.
 
 The cache file is keyed by a hash of the tokenizer's weights (the tensors, not the
 file: safetensors' metadata order varies, so identical weights can differ as files),
@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 from common.checkpoint import CheckpointError, load_weights, save_weights, tensors_digest
 from common.grid import grid_to_sequence
-from tokenizer.data import encode_digits
+from tokenizer.data import encode_images
 
 
 def encode_all(tokenizer, images_uint8: torch.Tensor, batch_size: int = 0) -> torch.Tensor:
     """uint8 [N,H,W] or [N,C,H,W] -> int16 [N,h*w] codes in raster order (MNIST: [N,49])."""
-    return grid_to_sequence(encode_digits(tokenizer, images_uint8, batch_size)).to(torch.int16)
+    return grid_to_sequence(encode_images(tokenizer, images_uint8, batch_size)).to(torch.int16)
 
 
 def load_code_grids(tokenizer, data, dataset: str, cache_dir: Path, train_subset: int = 0) -> dict[str, torch.Tensor]:
@@ -50,11 +50,12 @@ MAX_SCALE_CHANGE = 0.08
 
 
 @torch.no_grad()
-def distort(images_uint8: torch.Tensor, generator: torch.Generator, share: float,
+def distort(images_uint8: torch.Tensor, generator: torch.Generator, share: float, flip: bool = False,
             chunk: int = 10_000) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 [N,28,28] -> (uint8 [N,28,28], long [M] which): a random `share` of the digits
-    shifted, rotated and scaled a little (one affine warp each, bilinear), the others as
-    they are. (Exact one-pixel moves leaked into the samples more: docs/RESULTS.md.)
+    """uint8 [N,H,W] or [N,C,H,W] -> (the same shape, long [M] which): a random `share` of the
+    pictures shifted, rotated and scaled a little (one affine warp each, bilinear), and with
+    flip=True half of those mirrored left to right; the others as they are. (Exact one-pixel
+    moves leaked into the samples more: docs/RESULTS.md.)
 
     Every random number is drawn for every image, so the result is a function of the
     generator's seed alone (exact resume), whatever `share` selects.
@@ -65,27 +66,29 @@ def distort(images_uint8: torch.Tensor, generator: torch.Generator, share: float
     scale = 1 + (torch.rand(n, generator=generator) * 2 - 1) * MAX_SCALE_CHANGE
     side = images_uint8.shape[-1]
     shift = (torch.rand(n, 2, generator=generator) * 2 - 1) * (MAX_SHIFT_PX * 2 / side)   # grid units: side = 2
+    mirror = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0) if flip else torch.ones(n)
     cos, sin = angle.cos() / scale, angle.sin() / scale
-    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1),
-                         torch.stack([sin, cos, shift[:, 1]], 1)], 1)                # (N, 2, 3)
+    theta = torch.stack([torch.stack([cos * mirror, -sin, shift[:, 0]], 1),    # x read from -x: mirrored
+                         torch.stack([sin * mirror, cos, shift[:, 1]], 1)], 1)   # (N, 2, 3)
     out = images_uint8.clone()
     which = chosen.nonzero().squeeze(1)
+    grey = images_uint8.dim() == 3
     for i in range(0, len(which), chunk):   # bounded memory: the sampling grid is 2 floats a pixel
         rows = which[i:i + chunk]
-        x = images_uint8[rows].unsqueeze(1).float()
+        x = (images_uint8[rows].unsqueeze(1) if grey else images_uint8[rows]).float()
         grid = F.affine_grid(theta[rows], list(x.shape), align_corners=False)
         warped = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        out[rows] = warped.squeeze(1).round().clamp(0, 255).to(torch.uint8)
+        out[rows] = (warped.squeeze(1) if grey else warped).round().clamp(0, 255).to(torch.uint8)
     return out, which
 
 
 def augmented_codes(tokenizer, images_uint8: torch.Tensor, codes: torch.Tensor, seed: int, epoch: int,
-                    share: float) -> tuple[torch.Tensor, torch.Tensor]:
+                    share: float, flip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(the code grids of epoch `epoch`, long [M] which are distorted): `codes` (those of
     images_uint8) with the distorted digits re-encoded by the frozen tokenizer (only
     those: encoding is the cost)."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    warped, which = distort(images_uint8, generator, share)
+    warped, which = distort(images_uint8, generator, share, flip)
     fresh = codes.clone()
     fresh[which] = encode_all(tokenizer, warped[which]).to(codes.dtype)
     return fresh, which

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.hub import Pretrained
+
 # MNIST's shape: the defaults, and what a run saved before grid and num_classes were keys had
 GRID = 7
 NUM_CLASSES = 10
@@ -35,7 +37,7 @@ class PriorShape:
     n_head: int = 4              # attention heads (must divide n_embd)
     n_embd: int = 112            # width of the residual stream
     dropout: float = 0.0         # residual dropout after attention and MLP, in training
-    activation: Literal["gelu", "relu", "relu2", "swiglu"] = "relu"   # MLP nonlinearity; relu is ~15% faster
+    activation: Literal["gelu", "relu", "relu2", "swiglu"] = "relu"   # MLP nonlinearity; relu is the fastest on CPU
                                  # on CPU than gelu; relu2 = relu(x)^2; swiglu has a 2/3-wide gated hidden layer
     class_conditional: bool = True   # start token = the digit (with label dropout) or always no-label
     label_dropout: float = 0.1   # share of labels replaced by the null class in training
@@ -115,7 +117,7 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(shape.n_embd, 3 * shape.n_embd)
         self.proj = nn.Linear(shape.n_embd, shape.n_embd)
         # Dropout on the residual branch, not on the attention weights: SDPA with
-        # dropout_p > 0 falls back to a slower kernel (+18% per step on CPU).
+        # dropout_p > 0 falls back to a slower kernel on CPU.
         self.drop = nn.Dropout(shape.dropout)
         head_dim = shape.n_embd // shape.n_head
         self.q_norm = nn.RMSNorm(head_dim) if shape.qk_norm else nn.Identity()
@@ -178,7 +180,16 @@ class Block(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
-class GPT(nn.Module):
+class GPT(nn.Module, Pretrained):
+    """GPT.from_pretrained(folder or shipped name) / save_pretrained(folder): common/hub.py."""
+    stage, shape_class = "prior", PriorShape
+    what = "a causal Transformer over code grids in raster order, optionally for a class"
+
+    @classmethod
+    def load_run(cls, location, device):
+        from prior import load_prior   # the package imports this module
+        return load_prior(location, device)[0]
+
     def __init__(self, shape: PriorShape):
         super().__init__()
         assert shape.vocab_size >= 2, "vocab_size must be set (the tokenizer's codebook size)"
@@ -310,7 +321,7 @@ def sample_logits(logits, temperature=1.0, top_k=None, top_p=None, generator=Non
         drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     # Inverse-CDF sampling: one uniform per row instead of torch.multinomial's one
-    # random number per vocabulary entry (5x faster here, a fifth of generation on CPU).
+    # random number per vocabulary entry (a fifth of generation on CPU; docs/RESULTS.md).
     # float64 so the last bin's cumulative sum is exact enough to never skip a token.
     # The uniforms come from the generator's device (a CPU one gives the same draws on any device).
     cdf = logits.double().softmax(-1).cumsum(-1)

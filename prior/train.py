@@ -50,7 +50,7 @@ def resolve_vocab(cfg: PriorConfig, codebook_size: int) -> PriorConfig:
 def test_nll_bits(model: GPT, codes: torch.Tensor, labels: torch.Tensor, batch_size: int = 100) -> float:
     """Mean negative log-likelihood of the test codes, in bits per token.
 
-    Small batches keep the (B, 49, K) logits in cache: 1.5x faster than 1000 here."""
+    Small batches keep the (B, T, K) logits in cache (docs/RESULTS.md)."""
     device = next(model.parameters()).device
     total, count = 0.0, 0
     for i in range(0, len(codes), batch_size):
@@ -65,46 +65,66 @@ def test_nll_bits(model: GPT, codes: torch.Tensor, labels: torch.Tensor, batch_s
 def make_task(cfg: PriorConfig, tokenizer, grids: dict, train_images: torch.Tensor | None = None,
               class_names: list[str] | None = None) -> Task:
     """train_images (uint8, the images behind grids["train_codes"]) are needed with augment=true."""
-    torch.manual_seed(cfg.seed)
-    model = GPT(cfg.shape())
-    test_codes, test_labels = grids["test_codes"].long(), grids["test_labels"]
+    return PriorTask(cfg, tokenizer, grids, train_images, class_names).task()
 
-    shape = cfg.shape()
-    null_class, distorted, tokens = shape.null_class, shape.distorted, shape.seq_len
 
-    def loss_fn(m, batch):
+class PriorTask:
+    """The prior's part of the training loop: its loss, its held-out and training NLL, its
+    plots, its optimiser and (augment) its fresh grids each epoch."""
+
+    def __init__(self, cfg: PriorConfig, tokenizer, grids: dict, train_images: torch.Tensor | None,
+                 class_names: list[str] | None):
+        torch.manual_seed(cfg.seed)
+        self.model = GPT(cfg.shape())
+        self.cfg, self.tokenizer, self.grids, self.train_images = cfg, tokenizer, grids, train_images
+        self.class_names = class_names or [str(c) for c in range(cfg.num_classes)]
+        shape = cfg.shape()
+        self.null_class, self.distorted, self.tokens = shape.null_class, shape.distorted, shape.seq_len
+        self.train_codes, self.train_labels = grids["train_codes"].long(), grids["train_labels"]
+        self.test_codes, self.test_labels = grids["test_codes"].long(), grids["test_labels"]
+
+    def task(self) -> Task:
+        return Task(stage="prior", model=self.model, train_tensors=(self.train_codes, self.train_labels),
+                    loss_fn=self.loss, evaluate=self.evaluate, make_optimizer=self.make_optimizer, report=self.report,
+                    epoch_tensors=self.epoch_tensors if self.cfg.augment else None, score="test_nll_bits_per_token",
+                    overfit_warning=self.overfit_warning)
+
+    def loss(self, m, batch):
         codes, labels = batch
-        null = torch.where(labels >= distorted, null_class + distorted, null_class)   # a distorted image stays so
-        if cfg.class_conditional:   # label dropout teaches the same model the unconditional task
-            drop = torch.rand(labels.shape, device=labels.device) < cfg.label_dropout
+        null = torch.where(labels >= self.distorted, self.null_class + self.distorted, self.null_class)  # stays distorted
+        if self.cfg.class_conditional:   # label dropout teaches the same model the unconditional task
+            drop = torch.rand(labels.shape, device=labels.device) < self.cfg.label_dropout
             labels = torch.where(drop, null, labels)
         else:
             labels = null
         logits, _ = m(codes, labels)
         logits = logits.flatten(0, 1).float()
         loss = torch.nn.functional.cross_entropy(logits, codes.flatten())
-        if cfg.z_loss > 0:
-            return loss + cfg.z_loss * logits.logsumexp(-1).square().mean(), {}
+        if self.cfg.z_loss > 0:
+            return loss + self.cfg.z_loss * logits.logsumexp(-1).square().mean(), {}
         return loss, {}
 
-    train_codes, train_labels = grids["train_codes"].long(), grids["train_labels"]
+    def nll(self, m, codes, labels, limit: int | None, conditional: bool) -> float:
+        """Bits per token on `limit` evenly spaced grids (None: all), with their labels or none."""
+        rows = evaluation_subset(len(codes), limit)
+        labels = labels[rows] if conditional else torch.full_like(labels[rows], self.null_class)
+        return test_nll_bits(m, codes[rows], labels)
 
-    def evaluate(m, limit: int | None):
+    def evaluate(self, m, limit: int | None) -> dict:
         """Held-out NLL (on `limit` grids; None: all), and the training set's measured the same
         way: eval mode (no dropout), the grids as encoded (no augmentation)."""
-        def nll(codes, labels, n, conditional=cfg.class_conditional):
-            rows = evaluation_subset(len(codes), n)
-            labels = labels[rows] if conditional else torch.full_like(labels[rows], null_class)
-            return test_nll_bits(m, codes[rows], labels)
-        bits = nll(test_codes, test_labels, limit)
-        result = {"test_nll_bits_per_token": bits, "test_nll_bits_per_image": bits * tokens,
-                  "train_nll_bits_per_token": nll(train_codes, train_labels, limit or cfg.eval_samples),
-                  "uniform_bits_per_image": tokens * math.log2(cfg.vocab_size)}
+        cfg = self.cfg
+        bits = self.nll(m, self.test_codes, self.test_labels, limit, cfg.class_conditional)
+        result = {"test_nll_bits_per_token": bits, "test_nll_bits_per_image": bits * self.tokens,
+                  "train_nll_bits_per_token": self.nll(m, self.train_codes, self.train_labels,
+                                                       limit or cfg.eval_samples, cfg.class_conditional),
+                  "uniform_bits_per_image": self.tokens * math.log2(cfg.vocab_size)}
         if cfg.class_conditional:
-            result["test_nll_bits_per_image_unconditional"] = nll(test_codes, test_labels, limit, False) * tokens
+            result["test_nll_bits_per_image_unconditional"] = \
+                self.nll(m, self.test_codes, self.test_labels, limit, False) * self.tokens
         return result
 
-    def overfit_warning(result):
+    def overfit_warning(self, result: dict) -> str | None:
         gap = result["test_nll_bits_per_token"] - result["train_nll_bits_per_token"]
         if gap > OVERFIT_BITS:
             return (f"training and held-out loss part at step {result['step']}: {result['train_nll_bits_per_token']:.3f} "
@@ -113,18 +133,17 @@ def make_task(cfg: PriorConfig, tokenizer, grids: dict, train_images: torch.Tens
                     f"fewer epochs, dropout= or weight_decay= may help")
         return None
 
-    def report(out_dir: Path, m, history, metrics):
-        device = next(m.parameters()).device
+    def report(self, out_dir: Path, m, history: list[dict], metrics: list[dict]) -> None:
+        cfg, device = self.cfg, next(m.parameters()).device
         gen = torch.Generator().manual_seed(cfg.seed)
         if cfg.class_conditional:   # one row per class (the first ten)
             labels = torch.arange(min(cfg.num_classes, 10), device=device).repeat_interleave(8)
         else:
-            labels = torch.full((64,), null_class, device=device)
+            labels = torch.full((64,), self.null_class, device=device)
         grids = sequence_to_grid(m.generate(labels, generator=gen), height=cfg.grid)
-        images = tokenizer.to(device).decode(grids)
-        names = class_names or [str(c) for c in range(cfg.num_classes)]
+        images = self.tokenizer.to(device).decode(grids)
         save_image_grid(out_dir / "samples.png", images, nrow=8, title=f"samples at step {metrics[-1]['step']}",
-                        row_labels=names[:10] if cfg.class_conditional else None)
+                        row_labels=self.class_names[:10] if cfg.class_conditional else None)
         if history:
             steps = [h["step"] for h in history]
             curves = {"train_loss (nats/token)": (steps, [h["train_loss"] for h in history]),
@@ -132,11 +151,11 @@ def make_task(cfg: PriorConfig, tokenizer, grids: dict, train_images: torch.Tens
                                             [r["test_nll_bits_per_token"] * math.log(2) for r in metrics])}
             save_curves(out_dir / "loss.png", curves, title="prior loss")
 
-    def make_optimizer(m):
+    def make_optimizer(self, m) -> torch.optim.Optimizer:
         # Weight decay on matrices only (nanoGPT): not on biases, norms or position embeddings.
         def decays(name, p):
             return p.dim() >= 2 and not name.endswith(("pos_emb", "row_emb", "col_emb"))
-        named = list(m.named_parameters())
+        cfg, named = self.cfg, list(m.named_parameters())
         if cfg.optimizer == "muon":
             return MuonWithAdamW(named, cfg.lr, cfg.weight_decay, decays)
         decay = [p for n, p in named if decays(n, p)]
@@ -144,18 +163,13 @@ def make_task(cfg: PriorConfig, tokenizer, grids: dict, train_images: torch.Tens
         return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
 
-    def epoch_tensors(epoch: int):
-        codes, which = augmented_codes(tokenizer, train_images, grids["train_codes"], cfg.seed, epoch,
-                                       cfg.augment_share)
-        labels = grids["train_labels"].clone()
-        if cfg.augment_token:
-            labels[which] += distorted
+    def epoch_tensors(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        codes, which = augmented_codes(self.tokenizer, self.train_images, self.grids["train_codes"], self.cfg.seed,
+                                       epoch, self.cfg.augment_share, self.cfg.augment_flip)
+        labels = self.grids["train_labels"].clone()
+        if self.cfg.augment_token:
+            labels[which] += self.distorted
         return codes.long(), labels
-
-    return Task(stage="prior", model=model, train_tensors=(grids["train_codes"].long(), grids["train_labels"]),
-                loss_fn=loss_fn, evaluate=evaluate, make_optimizer=make_optimizer, report=report,
-                epoch_tensors=epoch_tensors if cfg.augment else None, score="test_nll_bits_per_token",
-                overfit_warning=overfit_warning)
 
 
 def resolve_data(cfg: PriorConfig, tokenizer) -> tuple[PriorConfig, str, dict]:
@@ -172,8 +186,6 @@ def resolve_data(cfg: PriorConfig, tokenizer) -> tuple[PriorConfig, str, dict]:
                               num_classes=classes, class_conditional=cfg.class_conditional and classes > 0,
                               epoch_samples=prior_epoch_samples(dataset, cfg.epoch_samples, n_train),
                               dropout=dropout_for(dataset, cfg.dropout, n_train))
-    if cfg.augment and info["channels"] != 1:
-        raise ConfigError(f"augment=true distorts grey images only; dataset={dataset} is colour: drop augment=")
     return cfg, dataset, info
 
 

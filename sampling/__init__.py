@@ -1,15 +1,15 @@
 """Sampling: token grids from the prior, decoded into images by the tokenizer.
 
     from sampling import generate
-    out = generate(n=64, digit=None, temperature=1.0, top_k=None, top_p=None, cfg=0.0, seed=0)
+    out = generate(n=64, label=None, temperature=1.0, top_k=None, top_p=None, cfg=0.0, seed=0)
     out["images"]   # float [n,C,H,W] in [0,1];  out["tokens"]: long [n,h,w];  out["labels"]: long [n] or None
                     # (MNIST: [n,1,28,28] and [n,7,7])
 
-digit=None samples p(x) without a chosen digit. From a class-conditional prior
+label=None (digit=None: the same keyword) samples p(x) without a chosen class. From a class-conditional prior
 that is ancestral sampling, p(x) = sum_c p(c) p(x|c) with p(c) uniform (MNIST's
 classes are 9.0-11.2% each): every sample draws its digit, then its codes. The
 model's own unconditional branch (the NULL_CLASS token, learnt from only the ~10%
-of examples whose label was dropped) is digit="null": measurably worse (README).
+of examples whose label was dropped) is label="null": measurably worse (README).
 
 keep_likeliest=s < 1 filters by the prior's own judgement: for each group of samples
 that share a condition (a digit, or a completion's kept rows), it draws
@@ -33,7 +33,7 @@ from prior.model import CFG_SCHEDULES, NUM_CLASSES
 MAX_SEED = 2**63 - 1   # torch.Generator.manual_seed's range (a larger one overflows inside it)
 
 
-def check_sampling_args(n: int, temperature: float, top_k, top_p, digit, batch_size: int,
+def check_sampling_args(n: int, temperature: float, top_k, top_p, label, batch_size: int,
                         cfg_schedule: str = "constant", keep_likeliest: float = 1.0, seed: int = 0,
                         cfg: float = 0.0) -> None:
     """Raise ValueError (one line) before anything heavy is loaded."""
@@ -55,41 +55,41 @@ def check_sampling_args(n: int, temperature: float, top_k, top_p, digit, batch_s
         raise ValueError(f"top_p={top_p}: must be in (0, 1]")
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: must be >= 1")
-    if digit in (NULL_DIGIT, ALL_CLASSES):
+    if label in (NULL_LABEL, ALL_CLASSES):
         return
-    for d in digit if isinstance(digit, (list, tuple)) else ([] if digit is None else [digit]):
+    for d in label if isinstance(label, (list, tuple)) else ([] if label is None else [label]):
         if not (isinstance(d, int) and not isinstance(d, bool) and d >= 0):
-            raise ValueError(f"digit={d!r}: must be a class number >= 0 (MNIST: a digit 0-9)")
+            raise ValueError(f"label={d!r}: must be a class number >= 0 (MNIST: a digit 0-9)")
 
 
-NULL_DIGIT = "null"   # digit= value for the prior's null class token
-ALL_CLASSES = "all"   # digit= value for every class in turn
+NULL_LABEL = "null"   # label= value for the prior's null class token
+ALL_CLASSES = "all"   # label= value for every class in turn
 
 
-def check_classes(digit, num_classes: int, class_names: list[str] | None, prior) -> None:
+def check_classes(label, num_classes: int, class_names: list[str] | None, prior) -> None:
     """A class the prior does not have is one ValueError naming the ones it has."""
-    asked = [] if digit in (None, NULL_DIGIT, ALL_CLASSES) else digit if isinstance(digit, (list, tuple)) else [digit]
+    asked = [] if label in (None, NULL_LABEL, ALL_CLASSES) else label if isinstance(label, (list, tuple)) else [label]
     wrong = [d for d in asked if d >= num_classes]
     if wrong:
         names = class_names or [str(c) for c in range(num_classes)]
         listed = ", ".join(f"{i} ({name})" if name != str(i) else str(i) for i, name in enumerate(names[:12]))
-        raise ValueError(f"digit={wrong[0]}: the prior {prior} has {num_classes} classes: {listed}"
+        raise ValueError(f"label={wrong[0]}: the prior {prior} has {num_classes} classes: {listed}"
                          + (", ..." if num_classes > 12 else ""))
 
 
-def labels_for(n: int, digit, generator: torch.Generator | None = None,
+def labels_for(n: int, label, generator: torch.Generator | None = None,
                num_classes: int = NUM_CLASSES) -> torch.Tensor | None:
     """None -> a uniformly random class per sample; "null" -> no label (the null class);
     "all" -> every class in turn; an int -> all that class; a list -> cycled across the n samples."""
-    if digit == NULL_DIGIT:
+    if label == NULL_LABEL:
         return None
-    if digit is None:
+    if label is None:
         device = generator.device if generator is not None else "cpu"
         return torch.randint(0, num_classes, (n,), generator=generator, device=device).cpu()
-    if digit == ALL_CLASSES:
-        digit = list(range(num_classes))
-    digits = list(digit) if isinstance(digit, (list, tuple)) else [digit]
-    return torch.tensor([digits[i % len(digits)] for i in range(n)], dtype=torch.long)
+    if label == ALL_CLASSES:
+        label = list(range(num_classes))
+    classes = list(label) if isinstance(label, (list, tuple)) else [label]
+    return torch.tensor([classes[i % len(classes)] for i in range(n)], dtype=torch.long)
 
 
 class Models(NamedTuple):
@@ -163,15 +163,22 @@ def load_models(prior_dir="runs/prior", tokenizer_dir=None, device="cpu") -> Mod
 
 
 @torch.no_grad()
-def generate(n: int = 64, digit=None, temperature: float = 1.0, top_k: int | None = None,
+def generate(n: int = 64, label=None, temperature: float = 1.0, top_k: int | None = None,
              top_p: float | None = None, cfg: float = 0.0, seed: int = 0, prior: str | Path = "runs/prior",
              tokenizer: str | Path | None = None, device: str = "cpu", batch_size: int = 2048,
              keep: torch.Tensor | None = None, models=None, cfg_schedule: str = "constant",
-             keep_likeliest: float = 1.0) -> dict:
-    """Sample n images, float [n,C,H,W]. keep: optional long [n,R,w] code rows to hold fixed (completion).
+             keep_likeliest: float = 1.0, **digit) -> dict:
+    """Sample n images, float [n,C,H,W]. label: a class, a list, "all", "null" or None (module doc;
+    digit= is the same keyword). keep: optional long [n,R,w] code rows to hold fixed (completion).
     cfg_schedule: "constant" or "linear" (guidance rising from 0 to 2 * cfg along the sequence).
     keep_likeliest: draw more and keep this share of each condition's likeliest (module doc)."""
-    check_sampling_args(n, temperature, top_k, top_p, digit, batch_size, cfg_schedule, keep_likeliest, seed, cfg)
+    if digit:   # digit= is label='s name for MNIST users
+        if set(digit) != {"digit"}:
+            raise TypeError(f"generate() got an unexpected keyword argument {sorted(set(digit) - {'digit'})[0]!r}")
+        if label is not None:
+            raise TypeError("generate() takes label= or digit= (the same setting), not both")
+        label = digit["digit"]
+    check_sampling_args(n, temperature, top_k, top_p, label, batch_size, cfg_schedule, keep_likeliest, seed, cfg)
     models = models or load_models(prior, tokenizer, device)
     gpt, prior_cfg, tok = models[:3]
     prior = getattr(models, "prior_dir", prior)   # messages name the prior in use, not the default
@@ -179,14 +186,14 @@ def generate(n: int = 64, digit=None, temperature: float = 1.0, top_k: int | Non
     shape = prior_cfg.shape()
     if not prior_cfg.class_conditional:
         why = "its data set has no classes" if shape.num_classes == 0 else "it was trained with class_conditional=false"
-        if digit not in (None, NULL_DIGIT):
-            raise ValueError(f"--digit needs a class-conditional prior; {prior} has no classes to choose ({why})")
+        if label not in (None, NULL_LABEL):
+            raise ValueError(f"--label needs a class-conditional prior; {prior} has no classes to choose ({why})")
         if cfg:
             raise ValueError(f"--cfg needs a class-conditional prior; {prior} has no classes to guide to ({why})")
-        digit = NULL_DIGIT   # its only start token
-    check_classes(digit, shape.num_classes, getattr(models, "class_names", None), prior)
+        label = NULL_LABEL   # its only start token
+    check_classes(label, shape.num_classes, getattr(models, "class_names", None), prior)
     gen = torch.Generator().manual_seed(seed)   # on the CPU: the same seed gives the same digits on any device
-    labels = labels_for(n, digit, gen, shape.num_classes)
+    labels = labels_for(n, label, gen, shape.num_classes)
     cond = labels if labels is not None else torch.full((n,), shape.null_class, dtype=torch.long)
     prefix = None if keep is None else grid_to_sequence(keep).long().cpu()   # moved per chunk below
     candidates = torch.arange(n)   # the output row each drawn sample is a candidate for
@@ -234,6 +241,6 @@ def likeliest_per_group(group_of_row: torch.Tensor, candidates: torch.Tensor, sc
     return chosen
 
 
-__all__ = ["generate", "load_models", "Models", "check_sampling_args", "labels_for", "NULL_DIGIT", "ALL_CLASSES",
+__all__ = ["generate", "load_models", "Models", "check_sampling_args", "labels_for", "NULL_LABEL", "ALL_CLASSES",
            "oversample",
            "likeliest_per_group"]

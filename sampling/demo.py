@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from common.errors import VQGenError
-from common.pretrained import SHIPPED_DEFAULT, find_run, is_run, parse_digits as parse_digit_setting, \
+from common.pretrained import SHIPPED_DEFAULT, find_run, is_run, parse_label, \
     recommended_settings, shown_path
-from sampling import NULL_DIGIT, Models, generate, load_models
+from sampling import NULL_LABEL, Models, generate, load_models
 
 MAX_SAMPLES = 64
 OWN_RUNS = "runs/prior"     # the page's prior when none is named; while it has none, SHIPPED_DEFAULT
@@ -95,12 +95,12 @@ class Demo:
         (configs/sampling.yaml, then the prior's own sampling.yaml), as the Sample tab's values."""
         folder = self.models.prior_dir if self.models is not None else find_run(self.prior, "prior")
         chosen = recommended_settings(folder)
-        digit = parse_digit_setting(chosen.get("digit", "none"))
+        label = parse_label(chosen.get("label", "none"))
         classes = self.models.prior_cfg.num_classes if self.models is not None else 10
         if self.models is not None and not self.models.prior_cfg.class_conditional:
-            digit = None
-        digits = [] if digit in (None, NULL_DIGIT) else list(range(classes)) if digit == "all" else \
-            digit if isinstance(digit, list) else [digit]
+            label = None
+        digits = [] if label in (None, NULL_LABEL) else list(range(classes)) if label == "all" else \
+            label if isinstance(label, list) else [label]
         return {"digits": [str(d) for d in digits], "cfg": float(chosen.get("cfg", 0.0)),
                 "temperature": float(chosen.get("temperature", 1.0)),
                 "keep_likeliest": float(chosen.get("keep_likeliest", 1.0)),
@@ -136,11 +136,11 @@ class Demo:
     def sample(self, digits: list[int] | None, n: int, cfg: float = 0.0, temperature: float = 1.0,
                top_k: int | None = None, top_p: float | None = None, seed: int = 0,
                keep_likeliest: float = 1.0) -> Sampled:
-        """What `python sampling/generate.py --n N --digit D --cfg ... --seed S` draws, image for image."""
+        """What `python sampling/generate.py --n N --label D --cfg ... --seed S` draws, image for image."""
         if not 1 <= n <= MAX_SAMPLES:
             raise DemoError(f"{n} samples: pick 1 to {MAX_SAMPLES}")
         digit = digits if digits is None or len(digits) > 1 else digits[0]
-        return self._generate(n=n, digit=digit, temperature=temperature, top_k=top_k, top_p=top_p, cfg=cfg,
+        return self._generate(n=n, label=digit, temperature=temperature, top_k=top_k, top_p=top_p, cfg=cfg,
                               seed=seed, keep_likeliest=keep_likeliest)
 
     def complete(self, image: torch.Tensor, keep_rows: int, n: int = 8, temperature: float = 1.0,
@@ -154,7 +154,7 @@ class Demo:
             raise DemoError(f"{n} completions: pick 1 to {MAX_SAMPLES}")
         with torch.no_grad():
             grid = self.require_models().tokenizer.encode(image[None].to(self.device)).cpu()
-        return self._generate(n=n, digit=NULL_DIGIT, temperature=temperature, seed=seed,
+        return self._generate(n=n, label=NULL_LABEL, temperature=temperature, seed=seed,
                               keep=grid[:, :keep_rows].expand(n, -1, -1))
 
     def tokenize(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:

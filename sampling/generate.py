@@ -1,8 +1,8 @@
-"""Sample new digits: the prior draws 7x7 code grids, the tokenizer decodes them.
+"""Sample new images: the prior draws code grids, the tokenizer decodes them.
 
     python sampling/generate.py --n 64
     python sampling/generate.py --n 64 --prior mnist          # the shipped runs (pretrained/), no training
-    python sampling/generate.py --n 80 --digit 0,1,2,3,4,5,6,7,8,9 --cfg 1.0
+    python sampling/generate.py --n 80 --label 0,1,2,3,4,5,6,7,8,9 --cfg 1.0
     python sampling/generate.py --n 16 --complete samples/samples.npz --keep-rows 3
 
 Writes OUT/grid.png and OUT/samples.npz (images uint8 [N,H,W] grey or [N,H,W,3] colour,
@@ -19,27 +19,27 @@ from pathlib import Path
 
 from common.errors import OneLineArgumentParser, run_main
 from common.pretrained import (SAMPLER_SETTINGS, SAMPLING_DEFAULTS, find_run, is_run, missing_run_message,
-                               parse_digits, read_sampler_settings, shown_path)
+                               parse_label, read_sampler_settings, shown_path)
 
 OUR_FILES = {"grid.png", "samples.npz"}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineArgumentParser(description="Sample digits from a trained prior + tokenizer.")
+    p = OneLineArgumentParser(description="Sample images from a trained prior + tokenizer.")
     p.add_argument("--n", type=int, default=64, help="number of samples")
     p.add_argument("--seed", type=int, default=0, help="same seed, same images")
     p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (< 1: safer digits)")
     p.add_argument("--top-k", type=int, default=None, help="sample only among the k likeliest codes")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling: the likeliest codes covering p")
-    p.add_argument("--digit", type=parse_digits, default=None,
-                   help="a digit, a list like 1,4,7, 'all', 'none' (unconditional: a random digit each) "
-                        "or 'null' (the prior's no-label token)")
-    p.add_argument("--cfg", type=float, default=0.0, help="classifier-free guidance scale (with --digit)")
+    p.add_argument("--label", "--digit", dest="label", type=parse_label, default=None,
+                   help="a class number (MNIST: a digit), a list like 1,4,7, 'all', 'none' (unconditional: a random "
+                        "class each) or 'null' (the prior's no-label token); --digit is the same flag")
+    p.add_argument("--cfg", type=float, default=0.0, help="classifier-free guidance scale (with --label)")
     # prior.model.CFG_SCHEDULES, spelled out: parsing flags must not import torch
     p.add_argument("--cfg-schedule", choices=["constant", "linear"], default="constant",
                    help="guidance along the sequence: the same scale everywhere, or rising from 0 to 2x cfg")
     p.add_argument("--keep-likeliest", type=float, default=1.0, metavar="SHARE",
-                   help="draw n / SHARE samples and keep each digit's likeliest SHARE of them, "
+                   help="draw n / SHARE samples and keep each class's likeliest SHARE of them, "
                         "scored by the prior (1: no filtering)")
     p.add_argument("--out", default="samples", help="folder for grid.png and samples.npz")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="complete real images: a PNG of the tokenizer's size (MNIST: 28x28) or an .npz with 'images'")
     p.add_argument("--keep-rows", type=int, default=3, help="code rows (MNIST: of 7) kept with --complete")
     p.add_argument("--overwrite", action="store_true", help="write into a --out that holds other files")
-    # argparse passes string defaults through each flag's type, so `digit: all` parses as --digit all
+    # argparse passes string defaults through each flag's type, so `label: all` parses as --label all
     p.set_defaults(**read_sampler_settings(SAMPLING_DEFAULTS))
     return p
 
@@ -91,7 +91,7 @@ def check_out_dir(out: Path, overwrite: bool) -> None:
                          "choose another --out or pass --overwrite")
 
 
-def load_images(path: Path, shape: tuple[int, int, int] = (1, 28, 28)):
+def load_images(path: Path, shape: tuple[int, int, int]):
     """Images to complete, as float [N,C,H,W] in [0,1] for a tokenizer of that (C,H,W) image shape
     (MNIST: white ink on black, 28x28)."""
     import numpy as np
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
     from sampling import check_sampling_args
 
     def check_settings():
-        check_sampling_args(args.n, args.temperature, args.top_k, args.top_p, args.digit, args.batch_size,
+        check_sampling_args(args.n, args.temperature, args.top_k, args.top_p, args.label, args.batch_size,
                             args.cfg_schedule, args.keep_likeliest, args.seed, args.cfg)
 
     check_settings()   # a bad flag is named first, whether or not the prior exists
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
     from_run = apply_run_settings(parser, args, given, read_sampler_settings(settings_file), settings_file)
     if from_run:
         check_settings()   # and a bad value in the run's sampling.yaml
-    digit_given = "digit" in given
+    label_given = "label" in given
     if args.keep_rows < 0:
         raise ValueError(f"--keep-rows {args.keep_rows}: must be 0 or more")
     out = Path(args.out)
@@ -154,13 +154,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
     from common.plots import save_png
-    from sampling import NULL_DIGIT, generate, load_models
+    from sampling import NULL_LABEL, generate, load_models
 
     models = load_models(prior_dir, args.tokenizer, args.device)
-    if not digit_given and (args.complete or not models.prior_cfg.class_conditional):
-        # The configured default (a digit per row) needs labels. A completion's
-        # kept rows already decide the digit, so it samples without one unless asked.
-        args.digit, args.cfg = NULL_DIGIT, 0.0
+    if not label_given and (args.complete or not models.prior_cfg.class_conditional):
+        # The configured default (a class per column) needs labels. A completion's
+        # kept rows already decide the class, so it samples without one unless asked.
+        args.label, args.cfg = NULL_LABEL, 0.0
     grid = models.tokenizer.grid
     if args.keep_rows > grid:
         raise ValueError(f"--keep-rows {args.keep_rows}: must be 0-{grid} (the code grid has {grid} rows)")
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> dict:
         grids = models.tokenizer.encode(originals.to(args.device)).cpu()
         keep = grids[torch.arange(args.n) % len(grids), :args.keep_rows]
     started = time.perf_counter()
-    result = generate(n=args.n, digit=args.digit, temperature=args.temperature, top_k=args.top_k,
+    result = generate(n=args.n, label=args.label, temperature=args.temperature, top_k=args.top_k,
                       top_p=args.top_p, cfg=args.cfg, seed=args.seed, device=args.device,
                       batch_size=args.batch_size, keep=keep, models=models, cfg_schedule=args.cfg_schedule,
                       keep_likeliest=args.keep_likeliest)
@@ -188,15 +188,15 @@ def main(argv: list[str] | None = None) -> dict:
     if originals is not None:   # first row: the real images being completed
         shown = torch.cat([originals[:8].cpu(), images[:248]])
     classes = models.prior_cfg.num_classes
-    columns = classes if args.digit == "all" else len(args.digit) if isinstance(args.digit, list) else 0
+    columns = classes if args.label == "all" else len(args.label) if isinstance(args.label, list) else 0
     nrow = columns if 2 <= columns <= 16 else 8   # a class per column
     if originals is None and len(shown) > nrow:   # whole rows only: a ragged last row breaks the columns
         shown = shown[:len(shown) - len(shown) % nrow]
     save_png(out / "grid.png", shown, nrow=nrow)
-    digit_text = "none" if args.digit is None else args.digit
+    label_text = "none" if args.label is None else args.label
     print(f"wrote {args.n} samples to {out}/samples.npz and {out}/grid.png "
           f"(generation {seconds:.2f} s, {args.n / seconds:.0f} images/s)\n"
-          f"  prior {shown_path(models.prior_dir)}, tokenizer {shown_path(models.tokenizer_dir)}; digit {digit_text}, "
+          f"  prior {shown_path(models.prior_dir)}, tokenizer {shown_path(models.tokenizer_dir)}; label {label_text}, "
           f"cfg {args.cfg}, temperature {args.temperature}, keep_likeliest {args.keep_likeliest}, seed {args.seed}"
           + (f"\n  {', '.join(from_run)} from {shown_path(settings_file)} (the prior's recommended settings; "
              "flags override them)" if from_run else ""))

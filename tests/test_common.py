@@ -134,7 +134,7 @@ def test_training_help_lists_every_key_with_its_default_and_meaning(script):
 
 
 @pytest.mark.parametrize("script, flags", [
-    ("sampling/generate.py", ["--n", "--seed", "--temperature", "--top-k", "--top-p", "--digit", "--cfg",
+    ("sampling/generate.py", ["--n", "--seed", "--temperature", "--top-k", "--top-p", "--label", "--digit", "--cfg",
                               "--cfg-schedule", "--out", "--device", "--batch-size", "--prior", "--tokenizer",
                               "--complete", "--keep-rows", "--keep-likeliest"]),
     ("sampling/evaluate.py", ["--tokenizer", "--json"]),

@@ -137,6 +137,19 @@ def test_bad_sets_are_one_line_before_any_training(tmp_path, digits, damage, say
 
 
 @pytest.mark.slow
+def test_a_users_set_trains_for_a_budget_in_pixels_and_resizes_above_28_pixels():
+    """An epoch of a user's set holds the pixels of MNIST's (60,000 at 28x28), whatever the
+    pictures' size; a set by name keeps its own size, and a configured value is kept. The
+    decoder resizes above 28 pixels unless told otherwise."""
+    from tokenizer.data import epoch_samples_for
+    from tokenizer.train import upsample_for
+    assert [epoch_samples_for("/my/set", 0, side) for side in (28, 32, 64)] == [60_000, 45_937, 11_484]
+    assert epoch_samples_for("/my/set", 0) == 60_000                      # the prior: grids, not pixels
+    assert epoch_samples_for("mnist", 0, 28) == 0 and epoch_samples_for("/my/set", 5000, 64) == 5000
+    assert [upsample_for(side, "auto") for side in (28, 32, 64)] == ["transposed", "resize", "resize"]
+    assert upsample_for(64, "transposed") == "transposed" and upsample_for(28, "resize") == "resize"
+
+
 def test_a_colour_folder_trains_both_stages_and_generates_colour_grids(tmp_path, digits):
     """The three commands on a folder of tinted digits at 40x40: a colour tokenizer at 32x32
     (8x8 codes), a class-conditional prior over them, and colour samples."""
@@ -149,14 +162,14 @@ def test_a_colour_folder_trains_both_stages_and_generates_colour_grids(tmp_path,
     assert result.returncode == 0, result.stderr[-3000:]
     assert "colour at 32x32" in result.stdout
     config = (tok / "config.yaml").read_text()
-    assert "image_size: 32" in config and "channels: 3" in config
+    assert "image_size: 32" in config and "channels: 3" in config and "upsample: resize" in config
     tiny_prior = [a for a in TINY_PRIOR if not a.startswith("train_subset")] + ["epoch_samples=512"]
     result = run_cli(["prior/train.py", *tiny_prior, f"tokenizer={tok}", f"data_root={data}", f"out_dir={prior}"])
     assert result.returncode == 0, result.stderr[-3000:]
     result = run_cli(["prior/train.py", *tiny_prior, f"tokenizer={tok}", f"data_root={data}",
                       f"out_dir={tmp_path / 'p2'}", "dataset=mnist"])
     assert result.returncode == 2 and "dataset=mnist, but its tokenizer" in result.stderr
-    result = run_cli(["sampling/generate.py", "--n", "16", "--prior", str(prior), "--out", str(out), "--digit", "1"])
+    result = run_cli(["sampling/generate.py", "--n", "16", "--prior", str(prior), "--out", str(out), "--label", "1"])
     assert result.returncode == 0, result.stderr[-3000:]
     with np.load(out / "samples.npz") as samples:
         assert samples["images"].shape == (16, 32, 32, 3) and samples["tokens"].shape == (16, 8, 8)
@@ -189,7 +202,7 @@ def test_a_flat_folder_trains_an_unconditional_prior(tmp_path, digits):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "no classes: the prior is unconditional" in result.stdout + result.stderr
     result = run_cli(["sampling/generate.py", "--n", "4", "--prior", str(prior), "--out", str(tmp_path / "s"),
-                      "--digit", "3"])
+                      "--label", "3"])
     assert result.returncode == 2 and "has no classes" in result.stderr
     result = run_cli(["sampling/generate.py", "--n", "4", "--prior", str(prior), "--out", str(tmp_path / "s")])
     assert result.returncode == 0, result.stderr[-3000:]

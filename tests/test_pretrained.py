@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from common.pretrained import PRETRAINED, SAMPLER_SETTINGS, parse_digits, read_card, recommended_settings
+from common.pretrained import PRETRAINED, SAMPLER_SETTINGS, parse_label, read_card, recommended_settings
 from conftest import REPO, run_cli
 
 CARDS = {folder.name: read_card(folder / "README.md") for folder in sorted(PRETRAINED.glob("*/"))
@@ -48,7 +48,7 @@ def test_shipped_runs_are_plain_run_folders():
 def shipped_settings(name: str, run: str) -> dict:
     """The recommended settings as generate()'s keyword arguments."""
     settings = recommended_settings(PRETRAINED / name / run)
-    return {"digit": parse_digits(settings["digit"]), "cfg": settings["cfg"],
+    return {"label": parse_label(settings["label"]), "cfg": settings["cfg"],
             "temperature": settings["temperature"], "keep_likeliest": settings["keep_likeliest"]}
 
 
@@ -136,7 +136,7 @@ def test_generate_py_samples_a_shipped_run_from_anywhere_and_says_what_it_used(t
     settings = recommended_settings(PRETRAINED / "mnist" / "prior")
     assert "prior " + str(PRETRAINED / "mnist" / "prior") in done.stdout
     assert "tokenizer " + str(PRETRAINED / "mnist" / "tokenizer") in done.stdout
-    assert f"; digit {settings['digit']}, cfg {settings['cfg']}," in done.stdout
+    assert f"; label {settings['label']}, cfg {settings['cfg']}," in done.stdout
     assert f"from {PRETRAINED / 'mnist' / 'prior' / SAMPLER_SETTINGS}" in done.stdout
     with np.load(tmp_path / "a" / "samples.npz") as out:
         assert out["images"].shape == (8, 28, 28)
@@ -145,8 +145,8 @@ def test_generate_py_samples_a_shipped_run_from_anywhere_and_says_what_it_used(t
     flagged = run_cli([str(REPO / "sampling/generate.py"), "--n", "8", "--prior", "mnist", "--out", "b",
                        "--cfg", "0", "--digit", "3"], cwd=tmp_path)
     assert flagged.returncode == 0, flagged.stderr
-    assert "digit 3, cfg 0.0," in flagged.stdout
-    assert set(taken_from_run(flagged.stdout)) == set(settings) - {"cfg", "digit"}
+    assert "label 3, cfg 0.0," in flagged.stdout   # --digit: --label's name for MNIST users
+    assert set(taken_from_run(flagged.stdout)) == set(settings) - {"cfg", "label"}
 
 
 def taken_from_run(stdout: str) -> list[str]:
@@ -175,7 +175,7 @@ def test_the_loaders_take_shipped_names_and_pretrained_paths_from_any_folder(tmp
 
 
 @pytest.mark.parametrize("settings,expected", [("cfg: -1\n", "cfg=-1"), ("guidance: 1\n", "unknown keys ['guidance']"),
-                                               ("digit: eleven\n", "digit: 'eleven' is not a valid value")])
+                                               ("label: eleven\n", "label: 'eleven' is not a valid value")])
 def test_a_bad_sampling_yaml_is_one_line_naming_it(tmp_path, settings, expected):
     import shutil
     run = tmp_path / "prior"
@@ -185,3 +185,20 @@ def test_a_bad_sampling_yaml_is_one_line_naming_it(tmp_path, settings, expected)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert expected in done.stderr, done.stderr
     assert not (tmp_path / "samples").exists()
+
+
+def test_both_models_save_and_load_in_the_hub_form_and_read_runs_by_name(tmp_path):
+    """save_pretrained writes config.json, model.safetensors and a card; from_pretrained reads
+    that folder back to the same weights, a shipped run's name, and names a wrong stage."""
+    from common.checkpoint import CheckpointError
+    from prior.model import GPT
+    from tokenizer.model import VQVAE
+    for cls in (VQVAE, GPT):
+        model = cls.from_pretrained("mnist")
+        folder = model.save_pretrained(tmp_path / cls.stage)
+        assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+        again = cls.from_pretrained(folder)
+        assert again.shape == model.shape and not again.training
+        assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    with pytest.raises(CheckpointError, match="holds a vqgen tokenizer, not a prior"):
+        GPT.from_pretrained(tmp_path / "tokenizer")

@@ -203,19 +203,21 @@ def test_prior_resume_is_bit_identical(tmp_path, tiny_tokenizer_run, mnist_root,
 def test_generate_api_seeds_digits_and_chunks(tiny_prior_run):
     from sampling import generate
     out_dir, _ = tiny_prior_run
-    a = generate(n=10, digit=[0, 1], seed=3, prior=out_dir, batch_size=4)
-    b = generate(n=10, digit=[0, 1], seed=3, prior=out_dir, batch_size=4)
+    a = generate(n=10, label=[0, 1], seed=3, prior=out_dir, batch_size=4)
+    b = generate(n=10, label=[0, 1], seed=3, prior=out_dir, batch_size=4)
     assert a["images"].shape == (10, 1, 28, 28) and a["tokens"].shape == (10, 7, 7)
     assert torch.equal(a["tokens"], b["tokens"]) and a["labels"].tolist() == [0, 1] * 5
-    c = generate(n=10, digit=[0, 1], seed=4, prior=out_dir, batch_size=4)
+    c = generate(n=10, label=[0, 1], seed=4, prior=out_dir, batch_size=4)
     assert not torch.equal(a["tokens"], c["tokens"])
-    guided = generate(n=4, digit=7, cfg=2.0, top_k=5, top_p=0.9, temperature=0.8, prior=out_dir)
+    guided = generate(n=4, label=7, cfg=2.0, top_k=5, top_p=0.9, temperature=0.8, prior=out_dir)
     assert guided["tokens"].max() < 32
     # Unconditional: each sample draws its own digit (seeded), or uses the no-label token.
     free = generate(n=40, seed=1, prior=out_dir)
     assert 0 <= free["labels"].min() and free["labels"].max() <= 9 and len(set(free["labels"].tolist())) >= 5
     assert torch.equal(free["labels"], generate(n=40, seed=1, prior=out_dir)["labels"])
-    assert generate(n=4, digit="null", prior=out_dir)["labels"] is None
+    assert generate(n=4, digit="null", prior=out_dir)["labels"] is None   # digit=: label='s other name
+    with pytest.raises(TypeError, match="not both"):
+        generate(n=4, label=1, digit=2, prior=out_dir)
 
 
 @pytest.mark.slow
@@ -298,6 +300,27 @@ def test_augmented_grids_are_fresh_each_epoch_and_repeatable(tiny_tokenizer_run,
     assert 0.3 < changed < 0.7, changed                                        # about half distorted
     untouched, which = distort(images, torch.Generator().manual_seed(0), share=0.0)
     assert torch.equal(untouched, images) and len(which) == 0
+
+
+def test_colour_pictures_are_distorted_and_mirrored_only_when_asked():
+    """Colour keeps its channels; augment_flip mirrors about half of the distorted pictures
+    (their bright left half lands on the right), and without it none."""
+    from prior.config import PriorConfig
+    from prior.data import distort
+    pictures = torch.zeros(400, 3, 16, 16, dtype=torch.uint8)
+    pictures[:, 0, :, :8] = 255                       # red on the left
+    pictures[:, 2, :, 8:] = 100                       # some blue on the right
+
+    def mirrored(out):
+        return (out[:, 0, :, 8:].float().mean((1, 2)) > out[:, 0, :, :8].float().mean((1, 2)))
+
+    plain, which = distort(pictures, torch.Generator().manual_seed(0), share=1.0)
+    assert plain.shape == pictures.shape and len(which) == 400 and not mirrored(plain).any()
+    assert (plain[:, 2].float().mean() - pictures[:, 2].float().mean()).abs() < 5   # channels kept apart
+    flipped, _ = distort(pictures, torch.Generator().manual_seed(0), share=1.0, flip=True)
+    assert 0.4 < mirrored(flipped).float().mean() < 0.6
+    with pytest.raises(ConfigError, match="augment_flip"):
+        PriorConfig(augment_flip=True).validate()
 
 
 def test_augment_token_marks_the_distorted_digits_and_keeps_them_marked(tiny_tokenizer_run, mnist_root, tmp_path):

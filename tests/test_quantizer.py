@@ -168,3 +168,16 @@ def test_distances_stay_fp32_under_bf16_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = vq(z)
     assert torch.equal(out.indices.flatten(), exact)
+
+
+@pytest.mark.parametrize("upsample, grid_free", [("resize", True), ("transposed", False)])
+def test_resize_decoder_paints_no_grid_where_transposed_convs_do(upsample, grid_free):
+    """One code everywhere: a resize decoder's picture is flat inside (each output pixel sees
+    the same taps), an untrained transposed-conv decoder's alternates with a period of 2."""
+    torch.manual_seed(0)
+    model = VQVAE(VQVAEShape(image_size=32, upsample=upsample))
+    with torch.no_grad():
+        out = model.decoder(torch.randn(1, model.shape.code_dim, 1, 1).expand(1, -1, 8, 8).contiguous())
+    inside = out[0, 0, 8:24, 8:24]
+    spread = (inside.max() - inside.min()).item()
+    assert (spread < 1e-5) == grid_free, spread

@@ -2,7 +2,7 @@
 
 Faults are injected by bench/faults.py's child mode, which hooks the real code path
 and then runs the user's script unchanged; the resumed run must end bit-identical
-to the session's uninterrupted tiny tokenizer (same arguments, same seed).
+to the test run's uninterrupted tiny tokenizer (same arguments, same seed).
 """
 import shutil
 

@@ -14,7 +14,7 @@ class TokenizerConfig(TrainConfig, VQVAEShape):
     out_dir: str = "runs/tokenizer"  # the run folder
     skip_bad_images: bool = False    # dataset=PATH: leave unreadable image files out (counted) instead of stopping
     max_image_pixels: int = MAX_PIXELS   # dataset=PATH: a picture declaring more pixels is a bad file (a decompression bomb)
-    epochs: int = 2                  # passes over the 60k training digits (other sets: the same samples seen, see train.py)
+    epochs: int = 2                  # passes over the 60k training digits (other sets: the same pixels seen, epoch_samples)
     batch_size: int = 64
     lr: float = 2e-3                 # Adam peak learning rate
     warmup_steps: int = 20           # linear warmup, in steps of one process (N processes: /N, the same samples)
@@ -33,7 +33,8 @@ class TokenizerConfig(TrainConfig, VQVAEShape):
     # A run saved before a key existed ran without it: the values such a run used (the
     # defaults before the adopted recipe moved here from configs/tokenizer.yaml).
     ABSENT_IN_OLD_RUNS: ClassVar[dict] = {"codebook_size": 512, "epochs": 3, "decoder_epochs": 0, "decoder_loss": "mse",
-                                          "decoder_disc_whole_digit": False, "decoder_weight_average": 0.0}
+                                          "decoder_disc_whole_digit": False, "decoder_weight_average": 0.0,
+                                          "upsample": "transposed"}
 
     def validate(self) -> None:
         super().validate()

@@ -1,18 +1,18 @@
 """A small patch discriminator and the hinge losses of the adversarial decoder phase.
 
 As in VQGAN (Esser et al. 2021) and pix2pix before it, the discriminator scores
-patches, not whole images: 28x28 in [-1, 1] -> a 7x7 grid of logits, each seeing
-a receptive field of about a quarter of the digit. No spectral normalisation: with
-it this small net learnt slower, cost 20% more time a step, and at a higher
-learning rate made the decoder unstable (docs/RESULTS.md); the MSE term anchors
-the decoder instead. The decoder never needs it to decode: it lives only in the
+patches, not whole images: an image in [-1, 1] -> a grid of logits at a quarter of
+its side (MNIST: 28x28 -> 7x7), each seeing about a quarter of the picture. No
+spectral normalisation: with it this small net learnt slower and made the decoder
+unstable at a higher learning rate (docs/RESULTS.md); the MSE term anchors the
+decoder instead. The decoder never needs it to decode: it lives only in the
 phase's checkpoints.
 
-A patch head alone never sees a whole digit, while a classifier that tells our
-digits from real ones does (issue 27's two-sample test). `whole_digit=True` adds a
-second head on the same features: one logit per image from all 7x7 positions.
-Each head's hinge loss is averaged over its own logits, so the single whole-digit
-logit weighs as much as the 49 patches together.
+A patch head alone never sees a whole picture, while a classifier that tells our
+pictures from real ones does (the evaluator's two-sample test). `whole_digit=True`
+adds a second head on the same features: one logit per image from all positions.
+Each head's hinge loss is averaged over its own logits, so the single whole-image
+logit weighs as much as all the patches together.
 """
 from __future__ import annotations
 
@@ -22,14 +22,14 @@ from torch import nn
 
 
 class PatchDiscriminator(nn.Module):
-    def __init__(self, channels: int = 32, whole_digit: bool = False, image_channels: int = 1, image_size: int = 28):
+    def __init__(self, image_channels: int, image_size: int, channels: int = 32, whole_digit: bool = False):
         super().__init__()
         C = channels
         self.features = nn.Sequential(
-            nn.Conv2d(image_channels, C, 4, stride=2, padding=1), nn.LeakyReLU(0.2),   # 28 -> 14
-            nn.Conv2d(C, 2 * C, 4, stride=2, padding=1), nn.LeakyReLU(0.2),            # 14 -> 7
+            nn.Conv2d(image_channels, C, 4, stride=2, padding=1), nn.LeakyReLU(0.2),   # side / 2
+            nn.Conv2d(C, 2 * C, 4, stride=2, padding=1), nn.LeakyReLU(0.2),            # side / 4
         )
-        self.patch_head = nn.Conv2d(2 * C, 1, 3, padding=1)                     # (B, 1, 7, 7)
+        self.patch_head = nn.Conv2d(2 * C, 1, 3, padding=1)                     # (B, 1, side / 4, side / 4)
         cells = (image_size // 4) ** 2
         self.digit_head = nn.Sequential(nn.Flatten(), nn.Linear(2 * C * cells, 1)) if whole_digit else None
 

@@ -27,6 +27,7 @@ from einops import rearrange
 from torch import nn
 
 from common.distributed import all_gather_rows, all_reduce, broadcast
+from common.hub import Pretrained
 
 
 @dataclass
@@ -35,11 +36,11 @@ class VQVAEShape:
     quantizer: Literal["vq", "fsq"] = "vq"   # vq: learnt codebook (L2 lookup); fsq: finite scalar quantization
     fsq_levels: list[int] = field(default_factory=lambda: [8, 5, 5, 5])   # fsq: levels per channel
     codebook_size: int = 64          # vq: K; coarse codes, an easier prior, kept sharp by the adversarial decoder
-    embedding_dim: int = 16          # vq: code vector size (16: the PSNR of 64 here, ~30% cheaper)
+    embedding_dim: int = 16          # vq: code vector size (16: as sharp as 64, and cheaper)
     hidden_channels: int = 64        # width of the encoder and decoder convolutions
     res_blocks: int = 0              # residual blocks at 7x7 in the encoder and in the decoder
     beta: float = 0.25               # vq: weight of the commitment loss
-    ema: bool = True                 # vq: codes follow EMA cluster means (+0.6 dB over gradient updates)
+    ema: bool = True                 # vq: codes follow EMA cluster means (sharper than gradient updates)
     ema_decay: float = 0.99          # vq with ema: decay of the running cluster statistics
     kmeans_init: bool = True         # vq: codes start as k-means centres of the first batch
     dead_code_steps: int = 50        # vq: restart a code unused for this many training steps; 0 = never
@@ -47,11 +48,18 @@ class VQVAEShape:
     image_size: int = 0              # the input side in pixels; 0 = from the data set (MNIST: 28)
     channels: int = 0                # 1 grey, 3 colour; 0 = from the data set (MNIST: 1)
     downsamples: int = 0             # halvings from image to code grid; 0 = 2 up to 32 pixels, 3 above
+    upsample: Literal["auto", "resize", "transposed"] = "auto"   # the decoder's doublings: nearest resize + 3x3
+    # conv, or 4x4 transposed convs (which can leave a grid); auto: resize above 28 pixels (tokenizer/train.py)
 
     @property
     def side(self) -> int:
         """The image side the network takes (a run saved before image_size existed: 28)."""
         return self.image_size or 28
+
+    @property
+    def upsampling(self) -> str:
+        """The decoder's doublings ("auto" unresolved, with no data set: transposed)."""
+        return "transposed" if self.upsample == "auto" else self.upsample
 
     @property
     def in_channels(self) -> int:
@@ -141,7 +149,7 @@ class VectorQuantizer(nn.Module):
         flat = flat.detach().float()
         # ||x - e||^2 = ||x||^2 - 2 x.e + ||e||^2, and ||x||^2 is the same for every
         # code, so it cannot move the argmin: one fused matmul instead of three
-        # passes over the (N, K) matrix (encoding the 70k images got 2x faster).
+        # passes over the (N, K) matrix.
         with _exact_fp32_matmul():
             return torch.addmm(codebook.pow(2).sum(1), flat, codebook.t(), alpha=-2).argmin(1)
 
@@ -310,6 +318,15 @@ class Encoder(nn.Module):
         return self.net(x)
 
 
+def doubling(upsample: str, c_in: int, c_out: int) -> nn.Module:
+    """A layer that doubles the side. "resize" repeats each pixel then convolves (every output
+    pixel sees the same taps, so no grid can form: Odena et al. 2016); "transposed" is the
+    classic 4x4 stride-2 transposed convolution."""
+    if upsample == "resize":
+        return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c_in, c_out, 3, padding=1))
+    return nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1)
+
+
 class Decoder(nn.Module):
     def __init__(self, shape: VQVAEShape):
         super().__init__()
@@ -318,9 +335,8 @@ class Decoder(nn.Module):
             nn.Conv2d(D, C, 3, padding=1),
             *[ResBlock(C) for _ in range(shape.res_blocks)],
             nn.ReLU(),
-            *[layer for _ in range(shape.halvings - 1)
-              for layer in (nn.ConvTranspose2d(C, C, 4, stride=2, padding=1), nn.ReLU())],   # 7 -> 14
-            nn.ConvTranspose2d(C, shape.in_channels, 4, stride=2, padding=1), nn.Tanh(),      # 14 -> 28, in [-1, 1]
+            *[layer for _ in range(shape.halvings - 1) for layer in (doubling(shape.upsampling, C, C), nn.ReLU())],
+            doubling(shape.upsampling, C, shape.in_channels), nn.Tanh(),      # the image's side, in [-1, 1]
         )
 
     def forward(self, z):
@@ -336,8 +352,16 @@ class VQVAEOutput(NamedTuple):
     commitment_loss: torch.Tensor
 
 
-class VQVAE(nn.Module):
-    """forward(x in [-1, 1]) -> VQVAEOutput; encode/decode work on [0, 1] pixels."""
+class VQVAE(nn.Module, Pretrained):
+    """forward(x in [-1, 1]) -> VQVAEOutput; encode/decode work on [0, 1] pixels.
+    VQVAE.from_pretrained(folder or shipped name) / save_pretrained(folder): common/hub.py."""
+    stage, shape_class = "tokenizer", VQVAEShape
+    what = "a VQ-VAE that turns a picture into a grid of codes (encode) and a grid back into a picture (decode)"
+
+    @classmethod
+    def load_run(cls, location, device):
+        from tokenizer import load_tokenizer   # the package imports this module
+        return load_tokenizer(location, device)
 
     def __init__(self, shape: VQVAEShape, seed: int = 0):
         super().__init__()
@@ -346,8 +370,8 @@ class VQVAE(nn.Module):
         self.quantizer = (FiniteScalarQuantizer(shape.fsq_levels) if shape.quantizer == "fsq"
                           else VectorQuantizer(shape, seed=seed))
         self.decoder = Decoder(shape)
-        # NHWC convolutions: +11% training images/s and +40% encoding on a 2-core
-        # AVX2 CPU (bench in the README); the (b h w) d view of z is then free.
+        # NHWC convolutions: faster training and encoding on CPU (docs/RESULTS.md, "Performance");
+        # the (b h w) d view of z is then free.
         self.to(memory_format=torch.channels_last)
 
     def latents(self, x: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ last evaluation the last line of runs/tokenizer/metrics.jsonl.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import sys
@@ -34,7 +35,7 @@ from common.runs import append_metrics, run_lock, save_run_weights
 from common.distributed import processes
 from common.training import SideModel, Task, epoch_steps, evaluation_subset, find_resume_point, fit, warmup_for
 from tokenizer.config import TokenizerConfig
-from tokenizer.data import (DATA_INFO, batch_like_mnist, check_dataset, data_root, encode_digits, epoch_samples_for,
+from tokenizer.data import (DATA_INFO, batch_for_pixels, check_dataset, data_root, encode_images, epoch_samples_for,
                             is_own_dataset, load_dataset, to_float)
 from tokenizer.discriminator import (PatchDiscriminator, adversarial_weight, hinge_discriminator_loss,
                                      hinge_generator_loss, r1_penalty)
@@ -60,7 +61,7 @@ def loss_fn(model, batch):
 @torch.no_grad()
 def evaluate_tokenizer(model: VQVAE, images_uint8: torch.Tensor, batch_size: int = 0) -> dict:
     """test_mse/test_psnr on [0,1] pixels, codebook_usage, perplexity, and the code histogram."""
-    batch_size = batch_size or batch_like_mnist(images_uint8, 500)
+    batch_size = batch_size or batch_for_pixels(images_uint8, 500)
     device = next(model.parameters()).device
     K = model.codebook_size
     counts = torch.zeros(K, dtype=torch.long)
@@ -82,35 +83,52 @@ def evaluate_tokenizer(model: VQVAE, images_uint8: torch.Tensor, batch_size: int
 
 
 def make_task(cfg: TokenizerConfig, train_images: torch.Tensor, test_images: torch.Tensor) -> Task:
-    torch.manual_seed(cfg.seed)
-    model = VQVAE(cfg.shape(), seed=cfg.seed)
-    best = {"usage": 0.0, "recon_std": 0.0}
-    last_counts = [None]
+    return JointTask(cfg, train_images, test_images).task()
 
-    def evaluate(m, limit: int | None):
-        result = evaluate_tokenizer(m, test_images[evaluation_subset(len(test_images), limit)])
-        last_counts[0] = result.pop("counts")
-        seen = train_images[evaluation_subset(len(train_images), limit or cfg.eval_samples)]
+
+def decoder_task(joint: Task, train_images: torch.Tensor, cfg: TokenizerConfig) -> Task:
+    return DecoderTask(joint, train_images, cfg).task()
+
+
+class JointTask:
+    """The first phase's part of the loop: encoder, codebook and decoder together; its
+    evaluation also watches for a collapsing codebook."""
+
+    def __init__(self, cfg: TokenizerConfig, train_images: torch.Tensor, test_images: torch.Tensor):
+        torch.manual_seed(cfg.seed)
+        self.model = VQVAE(cfg.shape(), seed=cfg.seed)
+        self.cfg, self.train_images, self.test_images = cfg, train_images, test_images
+        self.best_usage, self.best_recon_std = 0.0, 0.0
+        self.last_counts = None   # the code histogram of the last evaluation, for report()
+
+    def task(self) -> Task:
+        return Task(stage="tokenizer", model=self.model, train_tensors=(self.train_images,), loss_fn=loss_fn,
+                    evaluate=self.evaluate, report=self.report, score="test_mse", overfit_warning=self.overfit_warning)
+
+    def evaluate(self, m, limit: int | None) -> dict:
+        result = evaluate_tokenizer(m, self.test_images[evaluation_subset(len(self.test_images), limit)])
+        self.last_counts = result.pop("counts")
+        seen = self.train_images[evaluation_subset(len(self.train_images), limit or self.cfg.eval_samples)]
         result["train_psnr"] = evaluate_tokenizer(m, seen)["test_psnr"]   # measured the same way
         # Collapse is a fall from a healthy state: reconstructions turning (near) constant,
         # or usage dropping sharply. An untrained net's blank output is not a collapse.
-        collapsed = ((result["recon_std"] < BLANK_STD and best["recon_std"] >= 2 * BLANK_STD)
-                     or result["codebook_usage"] < USAGE_DROP * best["usage"])
-        best["usage"] = max(best["usage"], result["codebook_usage"])
-        best["recon_std"] = max(best["recon_std"], result["recon_std"])
+        collapsed = ((result["recon_std"] < BLANK_STD and self.best_recon_std >= 2 * BLANK_STD)
+                     or result["codebook_usage"] < USAGE_DROP * self.best_usage)
+        self.best_usage = max(self.best_usage, result["codebook_usage"])
+        self.best_recon_std = max(self.best_recon_std, result["recon_std"])
         if collapsed:
             print(f"WARNING: codebook collapse detected (usage {result['codebook_usage']:.1%}, "
                   f"reconstruction std {result['recon_std']:.4f}); try ema=true or a lower lr=", file=sys.stderr)
         result["collapsed"] = collapsed
         return result
 
-    def report(out_dir: Path, m, history, metrics):
+    def report(self, out_dir: Path, m, history: list[dict], metrics: list[dict]) -> None:
         device = next(m.parameters()).device
-        x = to_float(test_images[:32]).to(device)
+        x = to_float(self.test_images[:32]).to(device)
         pairs = torch.stack([x, m.decode(m.encode(x))], 1).flatten(0, 1)  # original, recon, ...
         save_image_grid(out_dir / "reconstructions.png", pairs, nrow=8,
                         title="test originals (odd columns) and reconstructions")
-        counts = last_counts[0]
+        counts = self.last_counts
         save_bars(out_dir / "codebook_usage.png", counts.sort(descending=True).values, "code (sorted by use)",
                   "test-set count", f"{int((counts > 0).sum())}/{len(counts)} codes used")
         if history:
@@ -118,7 +136,8 @@ def make_task(cfg: TokenizerConfig, train_images: torch.Tensor, test_images: tor
             curves = {k: (steps, [h[k] for h in history]) for k in history[0] if k.startswith("train_")}
             save_curves(out_dir / "loss.png", curves, log_y=True, title="training losses")
 
-    def overfit_warning(result):
+    @staticmethod
+    def overfit_warning(result: dict) -> str | None:
         gap = result["train_psnr"] - result["test_psnr"]
         if gap > OVERFIT_DB:
             return (f"training and held-out reconstructions part at step {result['step']}: {result['train_psnr']:.2f} "
@@ -126,61 +145,65 @@ def make_task(cfg: TokenizerConfig, train_images: torch.Tensor, test_images: tor
                     f"the best held-out weights ship")
         return None
 
-    return Task(stage="tokenizer", model=model, train_tensors=(train_images,), loss_fn=loss_fn,
-                evaluate=evaluate, report=report, score="test_mse", overfit_warning=overfit_warning)
 
+class DecoderTask:
+    """The second phase's part of the loop: the decoder alone, on the codes of the trained
+    (now frozen) encoder and codebook; with decoder_loss=gan, a patch discriminator trains
+    beside it (the loop's side model)."""
 
-def decoder_task(joint: Task, train_images: torch.Tensor, cfg: TokenizerConfig) -> Task:
-    """The decoder alone, on the codes of the trained (now frozen) encoder and codebook;
-    with decoder_loss=gan, a patch discriminator trains beside it (fit's side model)."""
-    model = joint.model
-    codes = encode_digits(model, train_images)   # the very codes a prior will read
+    def __init__(self, joint: Task, train_images: torch.Tensor, cfg: TokenizerConfig):
+        self.joint, self.vqvae, self.train_images, self.cfg = joint, joint.model, train_images, cfg
+        self.codes = encode_images(self.vqvae, train_images)   # the very codes a prior will read
 
-    def reconstruct(decoder, indices):
+    def task(self) -> Task:
+        cfg, side = self.cfg, None
+        if cfg.decoder_loss == "gan":
+            with torch.random.fork_rng():   # the same discriminator however the run got here (resume, straight)
+                torch.manual_seed(cfg.seed + 1)
+                disc = PatchDiscriminator(cfg.in_channels, cfg.side, cfg.decoder_disc_channels,
+                                          cfg.decoder_disc_whole_digit)
+                disc = disc.to(memory_format=torch.channels_last)
+            side = SideModel(disc, self.disc_loss, lambda d: torch.optim.Adam(d.parameters(), lr=cfg.decoder_disc_lr,
+                                                                              betas=(0.5, 0.9)))
+        return Task(stage="tokenizer", model=self.vqvae.decoder, train_tensors=(self.codes, self.train_images),
+                    loss_fn=self.gan_loss if side else self.mse_loss, side=side,
+                    evaluate=lambda decoder, limit: self.joint.evaluate(self.vqvae, limit),   # the weight average ships
+                    report=lambda out_dir, decoder, history, metrics: self.joint.report(out_dir, self.vqvae, history,
+                                                                                        metrics),
+                    export=lambda decoder: self.vqvae.state_dict())
+
+    def reconstruct(self, decoder, indices):
         with torch.no_grad():   # the codebook is frozen: no graph into it (a parameter without ema)
-            z = model.code_vectors(indices)
+            z = self.vqvae.code_vectors(indices)
         return decoder(z)
 
-    def mse_loss(decoder, batch):
+    def mse_loss(self, decoder, batch):
         indices, images = batch
-        recon = F.mse_loss(reconstruct(decoder, indices), to_model_range(images))
+        recon = F.mse_loss(self.reconstruct(decoder, indices), to_model_range(images))
         return recon, {"recon": recon}
 
-    def gan_loss(decoder, batch, disc, step):
+    def gan_loss(self, decoder, batch, disc, step):
         indices, images = batch
-        fake = reconstruct(decoder, indices)
+        fake = self.reconstruct(decoder, indices)
         recon = F.mse_loss(fake, to_model_range(images))
         adversarial = hinge_generator_loss(disc(fake))
-        weight = adversarial_weight(step, cfg.decoder_gan_weight, warmup_for(cfg.decoder_gan_warmup, processes()))
+        weight = adversarial_weight(step, self.cfg.decoder_gan_weight, warmup_for(self.cfg.decoder_gan_warmup,
+                                                                                  processes()))
         return recon + weight * adversarial, {"recon": recon, "adversarial": adversarial.detach()}, fake.detach()
 
-    def disc_loss(disc, batch, fake):
-        real = to_model_range(batch[1]).requires_grad_(cfg.decoder_r1 > 0)
+    def disc_loss(self, disc, batch, fake):
+        r1 = self.cfg.decoder_r1
+        real = to_model_range(batch[1]).requires_grad_(r1 > 0)
         heads = disc(torch.cat([real, fake]))   # real and fake in one pass
         real_logits, fake_logits = [h.chunk(2)[0] for h in heads], [h.chunk(2)[1] for h in heads]
         loss = hinge_discriminator_loss(real_logits, fake_logits)
         logs = {"disc": loss.detach(), "disc_real_acc": (real_logits[0] > 0).float().mean(),
                 "disc_fake_acc": (fake_logits[0] < 0).float().mean()}
-        if cfg.decoder_r1 > 0:
+        if r1 > 0:
             penalty = r1_penalty(real_logits, real)
-            loss = loss + cfg.decoder_r1 / 2 * penalty
+            loss = loss + r1 / 2 * penalty
             logs["r1"] = penalty.detach()
         return loss, logs
-
-    side = None
-    if cfg.decoder_loss == "gan":
-        with torch.random.fork_rng():   # the same discriminator however the run got here (resume, straight)
-            torch.manual_seed(cfg.seed + 1)
-            disc = PatchDiscriminator(cfg.decoder_disc_channels, cfg.decoder_disc_whole_digit,
-                                      cfg.in_channels, cfg.side)
-            disc = disc.to(memory_format=torch.channels_last)
-        side = SideModel(disc, disc_loss, lambda d: torch.optim.Adam(d.parameters(), lr=cfg.decoder_disc_lr,
-                                                                     betas=(0.5, 0.9)))
-    return Task(stage="tokenizer", model=model.decoder, train_tensors=(codes, train_images),
-                loss_fn=gan_loss if side else mse_loss, side=side,
-                evaluate=lambda decoder, limit: joint.evaluate(model, limit),   # the weight average ships
-                report=lambda out_dir, decoder, history, metrics: joint.report(out_dir, model, history, metrics),
-                export=lambda decoder: model.state_dict())
 
 
 def decoder_phase_config(cfg: TokenizerConfig, joint_steps: int) -> TokenizerConfig | None:
@@ -194,14 +217,27 @@ def decoder_phase_config(cfg: TokenizerConfig, joint_steps: int) -> TokenizerCon
                                max_steps=cfg.max_steps - joint_steps if cfg.max_steps else 0)
 
 
+RESIZE_ABOVE = 28   # auto: resize-convolutions for pictures larger than this many pixels a side
+
+
+def upsample_for(image_size: int, configured: str) -> str:
+    """auto: resize-convolutions above RESIZE_ABOVE pixels, where transposed ones left a grid and
+    drew less sharply; transposed up to it, where they measured as sharp in less time
+    (docs/RESULTS.md, "A decoder without a grid")."""
+    if configured != "auto":
+        return configured
+    return "resize" if image_size > RESIZE_ABOVE else "transposed"
+
+
 def resolve_data(cfg: TokenizerConfig, info: dict) -> TokenizerConfig:
-    """The sizes the data decides (image_size, channels, epoch_samples), or one line when the
-    config asks for other ones."""
+    """The sizes the data decides (image_size, channels, epoch_samples, upsample), or one line
+    when the config asks for other ones."""
     if cfg.channels and cfg.channels != info["channels"]:
         raise ConfigError(f"channels={cfg.channels}, but dataset={cfg.dataset} is "
                           f"{'colour' if info['channels'] == 3 else 'grey'}; drop channels=")
     resolved = dataclasses.replace(cfg, image_size=info["image_size"], channels=info["channels"],
-                                   epoch_samples=epoch_samples_for(cfg.dataset, cfg.epoch_samples))
+                                   epoch_samples=epoch_samples_for(cfg.dataset, cfg.epoch_samples, info["image_size"]),
+                                   upsample=upsample_for(info["image_size"], cfg.upsample))
     resolved.validate()   # image_size against downsamples
     return resolved
 
@@ -213,10 +249,9 @@ def main(argv: list[str] | None = None) -> dict:
     with run_lock(cfg.out_dir):               # one writer per run folder
         root = data_root(cfg.data_root)
         # checked (and, for a user's set, decoded and cached) once per machine, before any training
-        data = together(lambda: load_dataset(cfg.dataset, root, cfg.image_size, cfg.skip_bad_images,
-                                             cfg.train_subset, quiet=not accelerator.is_local_main_process,
-                                             max_pixels=cfg.max_image_pixels),
-                        on="local-first")
+        data = together(functools.partial(load_dataset, cfg.dataset, root, cfg.image_size, cfg.skip_bad_images,
+                                          cfg.train_subset, quiet=not accelerator.is_local_main_process,
+                                          max_pixels=cfg.max_image_pixels), on="local-first")
         cfg = resolve_data(cfg, data.info)
         find_resume_point(cfg, "tokenizer")   # refuse a mismatched run dir before any training
         if is_own_dataset(cfg.dataset):
@@ -225,9 +260,13 @@ def main(argv: list[str] | None = None) -> dict:
         joint_steps = cfg.epochs * epoch_steps(cfg.epoch_samples or len(train_images), accelerator.num_processes,
                                                cfg.batch_size)
         phase_two = decoder_phase_config(cfg, joint_steps)
+        task = make_task(cfg, train_images, test_images)
         if phase_two is not None:
             find_resume_point(phase_two, "tokenizer")
-        task = make_task(cfg, train_images, test_images)
+            decoder_steps = phase_two.epochs * epoch_steps(phase_two.epoch_samples or len(train_images),
+                                                           accelerator.num_processes, phase_two.batch_size)
+            decoder_steps = min(decoder_steps, phase_two.max_steps or decoder_steps)
+            task.after = f"{decoder_steps} steps of the decoder alone (each about as long, with the discriminator)"
         metrics = fit(cfg, task, accelerator, last=phase_two is None)
         if phase_two is None:
             return metrics
