@@ -150,22 +150,16 @@ def test_a_users_set_trains_for_a_budget_in_pixels_and_resizes_above_28_pixels()
     assert upsample_for(64, "transposed") == "transposed" and upsample_for(28, "resize") == "resize"
 
 
-def test_a_colour_folder_trains_both_stages_and_generates_colour_grids(tmp_path, digits):
-    """The three commands on a folder of tinted digits at 40x40: a colour tokenizer at 32x32
-    (8x8 codes), a class-conditional prior over them, and colour samples."""
-    folder = tmp_path / "colour"
-    write_classes(folder, digits, colour=True)
-    data = tmp_path / "data"
-    tok, prior, out = tmp_path / "tok", tmp_path / "prior", tmp_path / "samples"
-    tiny = [a for a in TINY_TOKENIZER if not a.startswith("train_subset")] + ["epoch_samples=1024"]
-    result = run_cli(["tokenizer/train.py", *tiny, f"dataset={folder}", f"data_root={data}", f"out_dir={tok}"])
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "colour at 32x32" in result.stdout
+def test_a_colour_folder_trains_both_stages_and_generates_colour_grids(colour_runs, tmp_path):
+    """The three commands on a folder of tinted digits at 40x40 (the module's colour runs): a
+    colour tokenizer at 32x32 (8x8 codes, resize doublings), a class-conditional prior over
+    them, and colour samples."""
+    _, tok, prior, data, tokenizer_stdout = colour_runs
+    out = tmp_path / "samples"
+    assert "colour at 32x32" in tokenizer_stdout
     config = (tok / "config.yaml").read_text()
     assert "image_size: 32" in config and "channels: 3" in config and "upsample: resize" in config
     tiny_prior = [a for a in TINY_PRIOR if not a.startswith("train_subset")] + ["epoch_samples=512"]
-    result = run_cli(["prior/train.py", *tiny_prior, f"tokenizer={tok}", f"data_root={data}", f"out_dir={prior}"])
-    assert result.returncode == 0, result.stderr[-3000:]
     result = run_cli(["prior/train.py", *tiny_prior, f"tokenizer={tok}", f"data_root={data}",
                       f"out_dir={tmp_path / 'p2'}", "dataset=mnist"])
     assert result.returncode == 2 and "dataset=mnist, but its tokenizer" in result.stderr
@@ -223,17 +217,17 @@ def colour_runs(tmp_path_factory, digits):
     write_classes(folder, digits, colour=True)
     tok, prior = base / "tok", base / "prior"
     tiny = [a for a in TINY_TOKENIZER if not a.startswith("train_subset")] + ["epoch_samples=1024"]
-    assert run_cli(["tokenizer/train.py", *tiny, f"dataset={folder}", f"data_root={base}/data",
-                    f"out_dir={tok}"]).returncode == 0
+    trained = run_cli(["tokenizer/train.py", *tiny, f"dataset={folder}", f"data_root={base}/data", f"out_dir={tok}"])
+    assert trained.returncode == 0, trained.stderr[-3000:]
     tiny_prior = [a for a in TINY_PRIOR if not a.startswith("train_subset")] + ["epoch_samples=512"]
-    assert run_cli(["prior/train.py", *tiny_prior, f"tokenizer={tok}", f"data_root={base}/data",
-                    f"out_dir={prior}"]).returncode == 0
-    return folder, tok, prior, base / "data"
+    result = run_cli(["prior/train.py", *tiny_prior, f"tokenizer={tok}", f"data_root={base}/data", f"out_dir={prior}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    return folder, tok, prior, base / "data", trained.stdout
 
 
 @pytest.mark.slow
 def test_generate_names_the_prior_it_was_given(colour_runs, tmp_path):
-    _, _, prior, _ = colour_runs
+    _, _, prior, _, _ = colour_runs
     result = run_cli(["sampling/generate.py", "--n", "4", "--prior", str(prior), "--out", str(tmp_path / "s"),
                       "--digit", "12"])
     assert result.returncode == 2 and f"the prior {prior} has 3 classes" in result.stderr, result.stderr
@@ -242,7 +236,7 @@ def test_generate_names_the_prior_it_was_given(colour_runs, tmp_path):
 def test_the_page_serves_a_colour_run_with_its_class_names(colour_runs):
     from sampling.demo import Demo
     from sampling.digit_image import picture, to_uint8
-    _, _, prior, data = colour_runs
+    _, _, prior, data, _ = colour_runs
     demo = Demo(prior, data_root=data)
     assert demo.models is not None and demo.models.class_names == ["one", "seven", "zero"]
     assert demo.settings()["digits"] == ["0", "1", "2"]    # "all" is every class of this prior
@@ -258,7 +252,7 @@ def test_the_page_serves_a_colour_run_with_its_class_names(colour_runs):
 @pytest.mark.slow
 def test_a_killed_run_on_a_folder_resumes_to_the_bits_of_an_unbroken_one(colour_runs, tmp_path):
     from safetensors.torch import load_file
-    folder, _, _, data = colour_runs
+    folder, _, _, data, _ = colour_runs
     tiny = [a for a in TINY_TOKENIZER if not a.startswith("train_subset")] + ["epoch_samples=512", "epochs=2"]
     common = ["tokenizer/train.py", *tiny, f"dataset={folder}", f"data_root={data}"]
     assert run_cli(common + [f"out_dir={tmp_path}/a"]).returncode == 0
