@@ -180,6 +180,11 @@ def epoch_steps(n_train: int, world: int, batch_size: int) -> int:
     return steps
 
 
+def run_steps(cfg, n_train: int, world: int) -> int:
+    """Optimizer steps of a whole run of cfg on n_train items: its schedule's length (max_steps aside)."""
+    return cfg.epochs * epoch_steps(cfg.epoch_samples or n_train, world, cfg.batch_size)
+
+
 def epoch_order(n: int, seed: int, epoch: int, length: int | None = None) -> torch.Tensor:
     """The shuffled order of epoch `epoch` (`length` samples of n, n by default): the same on
     every process and after resume. An epoch longer than the set cycles through fresh shuffles."""

@@ -74,11 +74,11 @@ class PriorTask:
 
     def __init__(self, cfg: PriorConfig, tokenizer, grids: dict, train_images: torch.Tensor | None,
                  class_names: list[str] | None):
-        torch.manual_seed(cfg.seed)
-        self.model = GPT(cfg.shape())
-        self.cfg, self.tokenizer, self.grids, self.train_images = cfg, tokenizer, grids, train_images
-        self.class_names = class_names or [str(c) for c in range(cfg.num_classes)]
         shape = cfg.shape()
+        torch.manual_seed(cfg.seed)
+        self.model = GPT(shape)
+        self.cfg, self.tokenizer, self.train_images = cfg, tokenizer, train_images
+        self.class_names = class_names or [str(c) for c in range(cfg.num_classes)]
         self.null_class, self.distorted, self.tokens = shape.null_class, shape.distorted, shape.seq_len
         self.train_codes, self.train_labels = grids["train_codes"].long(), grids["train_labels"]
         self.test_codes, self.test_labels = grids["test_codes"].long(), grids["test_labels"]
@@ -164,9 +164,9 @@ class PriorTask:
                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
 
     def epoch_tensors(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        codes, which = augmented_codes(self.tokenizer, self.train_images, self.grids["train_codes"], self.cfg.seed,
+        codes, which = augmented_codes(self.tokenizer, self.train_images, self.train_codes, self.cfg.seed,
                                        epoch, self.cfg.augment_share, self.cfg.augment_flip)
-        labels = self.grids["train_labels"].clone()
+        labels = self.train_labels.clone()
         if self.cfg.augment_token:
             labels[which] += self.distorted
         return codes.long(), labels

@@ -33,7 +33,7 @@ from common.errors import run_main
 from common.distributed import together
 from common.runs import append_metrics, run_lock, save_run_weights
 from common.distributed import processes
-from common.training import SideModel, Task, epoch_steps, evaluation_subset, find_resume_point, fit, warmup_for
+from common.training import SideModel, Task, evaluation_subset, find_resume_point, fit, run_steps, warmup_for
 from tokenizer.config import TokenizerConfig
 from tokenizer.data import (DATA_INFO, batch_for_pixels, check_dataset, data_root, encode_images, epoch_samples_for,
                             is_own_dataset, load_dataset, to_float)
@@ -257,14 +257,12 @@ def main(argv: list[str] | None = None) -> dict:
         if is_own_dataset(cfg.dataset):
             together(lambda: atomic_write_text(Path(cfg.out_dir) / DATA_INFO, json.dumps(data.info, indent=1)))
         train_images, test_images = data.train, data.test
-        joint_steps = cfg.epochs * epoch_steps(cfg.epoch_samples or len(train_images), accelerator.num_processes,
-                                               cfg.batch_size)
+        joint_steps = run_steps(cfg, len(train_images), accelerator.num_processes)
         phase_two = decoder_phase_config(cfg, joint_steps)
         task = make_task(cfg, train_images, test_images)
         if phase_two is not None:
             find_resume_point(phase_two, "tokenizer")
-            decoder_steps = phase_two.epochs * epoch_steps(phase_two.epoch_samples or len(train_images),
-                                                           accelerator.num_processes, phase_two.batch_size)
+            decoder_steps = run_steps(phase_two, len(train_images), accelerator.num_processes)
             decoder_steps = min(decoder_steps, phase_two.max_steps or decoder_steps)
             task.after = f"{decoder_steps} steps of the decoder alone (each about as long, with the discriminator)"
         metrics = fit(cfg, task, accelerator, last=phase_two is None)
