@@ -24,20 +24,20 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-GAN = {"decoder_loss": "gan", "decoder_disc_whole_digit": False,   # the first variants, on the defaults
+GAN = {"decoder_loss": "gan", "decoder_disc_whole_image": False,   # the first variants, on the defaults
        "decoder_weight_average": 0.0}                                  # of their day (--base runs/tok-base)
 VARIANTS = {   # name -> the decoder phase's keys
     "gan1": {**GAN, "decoder_epochs": 1},                                # the default before them
     "gan3": {**GAN, "decoder_epochs": 3},
     "ema3": {**GAN, "decoder_epochs": 3, "decoder_weight_average": 0.999},
-    "whole3": {**GAN, "decoder_epochs": 3, "decoder_disc_whole_digit": True},
+    "whole3": {**GAN, "decoder_epochs": 3, "decoder_disc_whole_image": True},
     "r1-3": {**GAN, "decoder_epochs": 3, "decoder_r1": 1.0, "decoder_gan_weight": 0.3},
-    "whole-r1-3": {**GAN, "decoder_epochs": 3, "decoder_disc_whole_digit": True, "decoder_r1": 1.0,
+    "whole-r1-3": {**GAN, "decoder_epochs": 3, "decoder_disc_whole_image": True, "decoder_r1": 1.0,
                    "decoder_gan_weight": 0.3},
-    "whole-ema3": {**GAN, "decoder_epochs": 3, "decoder_disc_whole_digit": True, "decoder_weight_average": 0.999},
-    "whole2": {**GAN, "decoder_epochs": 2, "decoder_disc_whole_digit": True},
-    "whole-ema2": {**GAN, "decoder_epochs": 2, "decoder_disc_whole_digit": True, "decoder_weight_average": 0.999},
-    "whole-ema6": {**GAN, "decoder_epochs": 6, "decoder_disc_whole_digit": True, "decoder_weight_average": 0.999},
+    "whole-ema3": {**GAN, "decoder_epochs": 3, "decoder_disc_whole_image": True, "decoder_weight_average": 0.999},
+    "whole2": {**GAN, "decoder_epochs": 2, "decoder_disc_whole_image": True},
+    "whole-ema2": {**GAN, "decoder_epochs": 2, "decoder_disc_whole_image": True, "decoder_weight_average": 0.999},
+    "whole-ema6": {**GAN, "decoder_epochs": 6, "decoder_disc_whole_image": True, "decoder_weight_average": 0.999},
     # the adopted recipe (2 epochs, whole-digit head, average 0.999), then levers on it
     "default": {},
     "disc64-lr1e3": {"decoder_disc_channels": 64, "decoder_disc_lr": 1e-3},

@@ -251,7 +251,7 @@ def files(work: Path, mnist: Path, runs: dict[str, Path]) -> None:
          f"out_dir={other}"])
     result = run(["sampling/generate.py", "--n", "4", "--prior", str(prior), "--tokenizer", str(other),
                   "--out", str(work / "files" / "out")])
-    ok, line = one_line_error(result, "vocab_size=32")
+    ok, line = one_line_error(result, "num_codes=32")
     report("bad file", "prior vocab 32 vs a K=16 tokenizer", line, ok)
 
     # Damaged resume checkpoints: refused by name, never silently skipped.

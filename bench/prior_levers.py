@@ -102,7 +102,7 @@ def step_times(names: list[str], budget: str, rounds: int = 5, steps: int = 6) -
     trainers = {}
     for name in names:
         keys = {k: v for k, v in keys_of(name, budget).items() if k != "epochs"}
-        cfg = apply_overrides(base, {**keys, "vocab_size": 64, "augment": False, "augment_token": False}, name)
+        cfg = apply_overrides(base, {**keys, "num_codes": 64, "augment": False, "augment_token": False}, name)
         task = make_task(cfg, None, grids)
         trainers[name] = (cfg, task, task.make_optimizer(task.model.train()))
     times = {name: [] for name in names}

@@ -71,7 +71,7 @@ def reference_tokenizer(out: Path, budget: float, eval_every: int) -> None:
     class ReferenceVQVAE(nn.Module):
         def __init__(self, K: int = 512, D: int = 64, beta: float = 0.25):
             super().__init__()
-            self.codebook_size, self.beta = K, beta
+            self.num_codes, self.beta = K, beta
             self.encoder = nn.Sequential(nn.Conv2d(1, 64, 4, 2, 1), nn.ReLU(), nn.Conv2d(64, 64, 4, 2, 1), nn.ReLU(),
                                          nn.Conv2d(64, D, 3, 1, 1))
             self.codebook = nn.Embedding(K, D)

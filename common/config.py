@@ -126,8 +126,14 @@ def apply_overrides(cfg, overrides: dict[str, Any], source: str):
     hints = typing.get_type_hints(type(cfg))
     names = [f.name for f in fields(cfg)]
     retired, why = getattr(cfg, "RETIRED", {}), getattr(cfg, "RETIRED_WHY", {})
+    renamed = getattr(cfg, "RENAMED", {})
     updates = {}
     for key, value in overrides.items():
+        if key in renamed:   # a key's earlier name, as saved runs and old configs still write it
+            if renamed[key] in overrides:
+                raise ConfigError(f"{key} and {renamed[key]} in {source} are one setting ({key} is its old name); "
+                                  f"keep {renamed[key]}")
+            key = renamed[key]
         if key in retired:
             if value != retired[key]:
                 reason = why.get(key, "this switch was removed after it lost its measurement (docs/RESULTS.md)")
@@ -260,7 +266,11 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
 def config_from_file(cls, path: Path):
     """Rebuild a saved config (config.yaml beside the weights); unknown keys and values a
     training would refuse are an error that names the file."""
-    saved = {**getattr(cls, "ABSENT_IN_OLD_RUNS", {}), **read_yaml_mapping(path)}
+    renamed = getattr(cls, "RENAMED", {})
+    saved = read_yaml_mapping(path)
+    if not any(k in saved for k in renamed.values()):   # a file of old names: read them under the new
+        saved = {renamed.get(k, k): v for k, v in saved.items()}
+    saved = {**getattr(cls, "ABSENT_IN_OLD_RUNS", {}), **saved}
     cfg = apply_overrides(cls(), saved, str(path))
     try:   # resume= may name a checkpoint long gone: it says nothing about the saved model
         dataclasses.replace(cfg, resume="auto").validate()

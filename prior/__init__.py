@@ -18,8 +18,8 @@ from prior.model import GPT
 def load_prior(run_dir: str | Path = "runs/prior", device: str | torch.device = "cpu") -> tuple[GPT, PriorConfig]:
     """Rebuild a trained GPT from its run dir; returns (model, its config)."""
     run_dir, cfg, weights = load_run(run_dir, PriorConfig, "prior")
-    if cfg.vocab_size < 2:
-        raise CheckpointError(f"{run_dir / 'config.yaml'}: vocab_size={cfg.vocab_size} is not a trained prior's")
+    if cfg.num_codes < 2:
+        raise CheckpointError(f"{run_dir / 'config.yaml'}: num_codes={cfg.num_codes} is not a trained prior's")
     model = GPT(cfg.shape())
     load_weights_into(model, weights, run_dir / "model.safetensors")
     return model.to(device).eval(), cfg

@@ -36,16 +36,17 @@ class PriorConfig(TrainConfig, PriorShape):
                                "token_dropout": 0.0, "augment_mode": "warp", "skip_bad_images": False}
     RETIRED_WHY: ClassVar[dict] = {"skip_bad_images": "the prior reads the data set as its tokenizer prepared it, "
                                                       "skipped files included"}
+    RENAMED: ClassVar[dict] = {"vocab_size": "num_codes"}   # old name -> name: saved runs still read
     # A run saved before a key existed ran without it: the values such a run used (the defaults
     # before the adopted recipe moved here from configs/prior.yaml).
     ABSENT_IN_OLD_RUNS: ClassVar[dict] = {"rope": "none", "activation": "gelu", "optimizer": "adamw",
                                           "lr_schedule": "cosine", "n_layer": 4, "n_embd": 128, "lr": 2e-3,
-                                          "eval_every": 0}
+                                          "eval_every": 0, "grid": 7}   # MNIST's 7x7: the only grid then
 
     def validate(self) -> None:
         super().validate()
         checks = [
-            (self.vocab_size == 0 or self.vocab_size >= 2, "vocab_size", "must be 0 (from the tokenizer) or >= 2"),
+            (self.num_codes == 0 or self.num_codes >= 2, "num_codes", "must be 0 (from the tokenizer) or >= 2"),
             (self.n_layer >= 1, "n_layer", "must be >= 1"),
             (self.n_head >= 1 and self.n_embd % self.n_head == 0, "n_head", "must divide n_embd"),
             (self.n_embd >= 8, "n_embd", "must be >= 8"),

@@ -22,7 +22,6 @@ from torch import nn
 from common.hub import Pretrained
 
 # MNIST's shape: the defaults, and what a run saved before grid and num_classes were keys had
-GRID = 7
 NUM_CLASSES = 10
 NULL_CLASS = NUM_CLASSES        # PriorShape().null_class
 DISTORTED = NUM_CLASSES + 1     # PriorShape().distorted
@@ -30,8 +29,8 @@ DISTORTED = NUM_CLASSES + 1     # PriorShape().distorted
 
 @dataclass
 class PriorShape:
-    vocab_size: int = 0          # codebook size K; 0 = take it from the tokenizer
-    grid: int = GRID             # side of the tokenizer's code grid (taken from it in training)
+    num_codes: int = 0           # K, the tokenizer's codes; 0 = take it from the tokenizer
+    grid: int = 0                # side of the tokenizer's code grid; 0 = take it from the tokenizer
     num_classes: int = NUM_CLASSES   # classes of the data set (taken from it in training; 0: none)
     n_layer: int = 2             # Transformer blocks
     n_head: int = 4              # attention heads (must divide n_embd)
@@ -192,9 +191,9 @@ class GPT(nn.Module, Pretrained):
 
     def __init__(self, shape: PriorShape):
         super().__init__()
-        assert shape.vocab_size >= 2, "vocab_size must be set (the tokenizer's codebook size)"
+        assert shape.num_codes >= 2 and shape.grid >= 1, "num_codes and grid come from the tokenizer: set them"
         self.shape = shape
-        self.tok_emb = nn.Embedding(shape.vocab_size, shape.n_embd)
+        self.tok_emb = nn.Embedding(shape.num_codes, shape.n_embd)
         # classes + the null class, and again for distorted images with augment_token
         self.cond_emb = nn.Embedding(shape.distorted * (2 if shape.augment_token else 1), shape.n_embd)
         self.pos_emb = nn.Parameter(torch.zeros(1, shape.seq_len, shape.n_embd))
@@ -203,7 +202,7 @@ class GPT(nn.Module, Pretrained):
             self.col_emb = nn.Parameter(torch.zeros(shape.grid, shape.n_embd))
         self.blocks = nn.ModuleList([Block(shape) for _ in range(shape.n_layer)])
         self.ln_f = make_norm(shape, shape.n_embd)
-        self.head = nn.Linear(shape.n_embd, shape.vocab_size, bias=False)
+        self.head = nn.Linear(shape.n_embd, shape.num_codes, bias=False)
         self.apply(self._init)
         nn.init.normal_(self.pos_emb, std=0.02)
         if shape.rowcol_pos:
@@ -211,7 +210,7 @@ class GPT(nn.Module, Pretrained):
             nn.init.normal_(self.col_emb, std=0.02)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Final norm, then scores for the vocab_size codes (the mask token is never predicted)."""
+        """Final norm, then scores for the num_codes codes (the mask token is never predicted)."""
         return self.head(self.ln_f(x))
 
     @staticmethod
@@ -298,7 +297,7 @@ class GPT(nn.Module, Pretrained):
 CFG_SCHEDULES = ("constant", "linear")
 
 
-def guidance_scale(cfg: float, schedule: str, position: int, length: int = GRID * GRID) -> float:
+def guidance_scale(cfg: float, schedule: str, position: int, length: int) -> float:
     """The guidance scale for the code at `position` (0..length-1) under a schedule."""
     if schedule == "constant":
         return cfg

@@ -36,13 +36,13 @@ OVERFIT_BITS = 0.3   # held-out minus training NLL, bits/token, past which the r
 OWN_PASSES = 10      # a user's set: at most this many passes over its code grids an epoch
 
 
-def resolve_vocab(cfg: PriorConfig, codebook_size: int) -> PriorConfig:
+def resolve_num_codes(cfg: PriorConfig, num_codes: int) -> PriorConfig:
     """Take the vocabulary from the tokenizer, or refuse a mismatch in one line."""
-    if cfg.vocab_size == 0:
-        return dataclasses.replace(cfg, vocab_size=codebook_size)
-    if cfg.vocab_size != codebook_size:
-        raise ConfigError(f"vocab_size={cfg.vocab_size} but the tokenizer in {cfg.tokenizer} has "
-                          f"codebook_size={codebook_size}; drop vocab_size= or point tokenizer= at a matching run")
+    if cfg.num_codes == 0:
+        return dataclasses.replace(cfg, num_codes=num_codes)
+    if cfg.num_codes != num_codes:
+        raise ConfigError(f"num_codes={cfg.num_codes} but the tokenizer in {cfg.tokenizer} has {num_codes} codes; "
+                          f"drop num_codes= or point tokenizer= at a matching run")
     return cfg
 
 
@@ -118,7 +118,7 @@ class PriorTask:
         result = {"test_nll_bits_per_token": bits, "test_nll_bits_per_image": bits * self.tokens,
                   "train_nll_bits_per_token": self.nll(m, self.train_codes, self.train_labels,
                                                        limit or cfg.eval_samples, cfg.class_conditional),
-                  "uniform_bits_per_image": self.tokens * math.log2(cfg.vocab_size)}
+                  "uniform_bits_per_image": self.tokens * math.log2(cfg.num_codes)}
         if cfg.class_conditional:
             result["test_nll_bits_per_image_unconditional"] = \
                 self.nll(m, self.test_codes, self.test_labels, limit, False) * self.tokens
@@ -182,7 +182,7 @@ def resolve_data(cfg: PriorConfig, tokenizer) -> tuple[PriorConfig, str, dict]:
                           f"dataset={dataset}; drop dataset= (the prior reads its tokenizer's)")
     classes = len(info["class_names"] or [])
     n_train = min(info["train_size"], cfg.train_subset or info["train_size"])
-    cfg = dataclasses.replace(resolve_vocab(cfg, tokenizer.codebook_size), dataset=dataset, grid=tokenizer.grid,
+    cfg = dataclasses.replace(resolve_num_codes(cfg, tokenizer.num_codes), dataset=dataset, grid=tokenizer.grid,
                               num_classes=classes, class_conditional=cfg.class_conditional and classes > 0,
                               epoch_samples=prior_epoch_samples(dataset, cfg.epoch_samples, n_train),
                               dropout=dropout_for(dataset, cfg.dropout, n_train))

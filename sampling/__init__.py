@@ -150,9 +150,9 @@ def load_models(prior_dir="runs/prior", tokenizer_dir=None, device="cpu") -> Mod
     gpt, cfg = load_prior(prior_dir, device)
     tokenizer_dir = tokenizer_dir or cfg.tokenizer
     tokenizer = load_tokenizer(tokenizer_dir, device)
-    if tokenizer.codebook_size != cfg.vocab_size:
-        raise CheckpointError(f"prior {prior_dir} has vocab_size={cfg.vocab_size} but tokenizer {tokenizer_dir} "
-                              f"has codebook_size={tokenizer.codebook_size}; pass the tokenizer it was trained on")
+    if tokenizer.num_codes != cfg.num_codes:
+        raise CheckpointError(f"prior {prior_dir} has num_codes={cfg.num_codes} but tokenizer {tokenizer_dir} "
+                              f"has codebook_size={tokenizer.num_codes}; pass the tokenizer it was trained on")
     if cfg.grid != tokenizer.grid:
         raise CheckpointError(f"prior {prior_dir} writes {cfg.grid}x{cfg.grid} code grids but tokenizer {tokenizer_dir} "
                               f"reads {tokenizer.grid}x{tokenizer.grid}; pass the tokenizer it was trained on")

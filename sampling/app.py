@@ -24,7 +24,6 @@ import numpy as np
 
 from common.errors import OneLineArgumentParser, VQGenError, run_main
 from common.pretrained import SHIPPED_DEFAULT
-from prior.model import GRID
 from sampling.demo import MAX_SAMPLES, OWN_RUNS, Demo, DemoError, choose_prior, parse_digits
 from sampling.digit_image import INK_CHOICES, MAX_PICTURE_PIXELS, PictureError, check_picture, fit_to, kept_part, \
     picked, picture, shown_scale, to_mnist, to_uint8
@@ -32,6 +31,8 @@ from sampling.page_cache import MIN_FETCH_AGE, PageCache, private_cache_folder
 
 MAX_UPLOAD_MB = 5    # gradio refuses a larger upload before storing it
 MAX_LAYERS = 4       # the canvas has none (layers=False), but the API can send any number
+
+NO_RUN_GRID = 7   # the sliders' range on a page with no run loaded yet: the shipped runs' code grid
 
 
 def code_table(grid, codebook_size: int, kept_rows: int = 0) -> str:
@@ -118,7 +119,7 @@ class Page:
     def __init__(self, demo: Demo, cache: PageCache | None, allow_load: bool):
         import gradio as gr
         self.gr, self.demo, self.cache, self.allow_load = gr, demo, cache, allow_load
-        self.grid = demo.models.tokenizer.grid if demo.models is not None else GRID
+        self.grid = demo.models.tokenizer.grid if demo.models is not None else NO_RUN_GRID
 
     def build(self):
         gr, demo = self.gr, self.demo
@@ -259,7 +260,7 @@ class Page:
                          number(cfg, "guidance"),
                          number(temperature, "temperature"), top_k or None, None if top_p == 1.0 else top_p,
                          whole(seed, "seed"), number(keep_likeliest, "keep the likeliest share"))
-        size = model.require_models().tokenizer.codebook_size
+        size = model.require_models().tokenizer.num_codes
         shown = "" if s.labels is None else " (digits " + " ".join(str(int(c)) for c in s.labels) + ")"
         return (picture(to_uint8(s.images)), s.tokens, code_table(s.tokens[0], size),
                 f"{len(s.images)} samples in {s.seconds:.2f} s of server time{shown}. "
@@ -273,7 +274,7 @@ class Page:
         chosen = picked(x, y, len(tokens), side * shown_scale(side))
         if chosen is None:
             raise DemoError("click a digit, not the space between them")
-        return code_table(tokens[chosen], self.current(visitor).require_models().tokenizer.codebook_size)
+        return code_table(tokens[chosen], self.current(visitor).require_models().tokenizer.num_codes)
 
     def on_complete(self, visitor, source, drawing, index, ink, keep_rows, n, temperature, seed):
         model = self.current(visitor)
@@ -284,7 +285,7 @@ class Page:
                            whole(seed, "seed"))
         return (kept_part(image, keep_rows, model.require_models().tokenizer.grid), to_uint8(recon[None])[0],
                 picture(to_uint8(s.images)),
-                code_table(grid, model.require_models().tokenizer.codebook_size, keep_rows),
+                code_table(grid, model.require_models().tokenizer.num_codes, keep_rows),
                 f"{len(s.images)} completions in {s.seconds:.2f} s of server time.")
 
     def on_tokenize(self, visitor, source, drawing, index, ink):
@@ -292,7 +293,7 @@ class Page:
         image = self.input_image(visitor, source, drawing, index, ink)
         grid, recon, db = model.tokenize(image)
         return (to_uint8(image[None])[0], to_uint8(recon[None])[0],
-                code_table(grid, model.require_models().tokenizer.codebook_size), f"reconstruction PSNR {db:.1f} dB")
+                code_table(grid, model.require_models().tokenizer.num_codes), f"reconstruction PSNR {db:.1f} dB")
 
     def on_load(self, visitor, prior, tokenizer):
         """Other runs for this visitor only; the Sample tab's settings become the new prior's
@@ -321,7 +322,7 @@ def class_choices(demo: Demo) -> list[tuple[str, str]]:
 
 def top_k_limit(demo: Demo) -> int:
     """top-k can keep at most every code of the served tokenizer."""
-    return demo.models.tokenizer.codebook_size if demo.models is not None else 512
+    return demo.models.tokenizer.num_codes if demo.models is not None else 512
 
 
 def class_label(demo: Demo) -> str:

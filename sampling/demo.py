@@ -88,7 +88,7 @@ class Demo:
         cfg = self.models.prior_cfg
         kind = "class-conditional" if cfg.class_conditional else "unconditional"
         return (f"{notice}prior `{shown_path(self.models.prior_dir)}` ({cfg.n_layer} layers, {kind})"
-                f" over tokenizer `{shown_path(self.models.tokenizer_dir)}` ({self.models.tokenizer.codebook_size} codes)")
+                f" over tokenizer `{shown_path(self.models.tokenizer_dir)}` ({self.models.tokenizer.num_codes} codes)")
 
     def settings(self) -> dict:
         """The sampling settings the page starts from: generate.py's without flags for this prior

@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 
 from common.errors import VQGenError
-from prior.model import GRID
 
 BOX, FIELD = 20, 28         # MNIST: the ink's bounding box scaled to 20x20, centred by mass in 28x28
 INK_CHOICES = ("auto", "white on black", "black on white")
@@ -142,7 +141,7 @@ def picked(x: float, y: float, n: int, cell: int, columns: int = COLUMNS) -> int
     return index
 
 
-def kept_part(image: torch.Tensor, keep_rows: int, grid: int = GRID) -> np.ndarray:
+def kept_part(image: torch.Tensor, keep_rows: int, grid: int) -> np.ndarray:
     """The input [C,H,W] as RGB with the rows the prior will rewrite tinted blue: what it keeps, seen."""
     shown = torch.from_numpy(to_uint8(image[None])[0]).float()
     rgb = torch.stack([shown, shown, shown], -1) if shown.dim() == 2 else shown

@@ -14,7 +14,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 # average (0.999 averages over ~1000 steps; a tiny phase has 128) or whole-digit head.
 TINY_TOKENIZER = ["hidden_channels=16", "embedding_dim=8", "codebook_size=32", "train_subset=2048",
                   "batch_size=32", "epochs=2", "warmup_steps=10", "dead_code_steps=5", "lr=0.003",
-                  "decoder_epochs=0", "decoder_weight_average=0", "decoder_disc_whole_digit=false"]
+                  "decoder_epochs=0", "decoder_weight_average=0", "decoder_disc_whole_image=false"]
 TINY_PRIOR = ["n_layer=2", "n_head=2", "n_embd=32", "train_subset=512", "batch_size=64", "epochs=2",
               "warmup_steps=2"]
 
@@ -50,6 +50,37 @@ def run_cli(args: list[str], env: dict | None = None, timeout: int = 300,
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=full_env)
+
+
+def run_script(args: list[str], env: dict | None = None, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """run_cli for an entry script, in this interpreter: the script runs as __main__ (its own
+    run_main, so the same one-line errors and exit status), without the 2-3 s a fresh Python
+    spends importing torch. For the many tests of a script's refusals; the tests that train,
+    spawn or time a process keep run_cli."""
+    import contextlib
+    import io
+    import runpy
+    import traceback
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    saved_argv, saved_cwd, saved_env = sys.argv, os.getcwd(), dict(os.environ)
+    try:
+        sys.argv = [str(Path(cwd, args[0])), *args[1:]]
+        os.chdir(cwd)
+        os.environ.update(env or {})
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                runpy.run_path(sys.argv[0], run_name="__main__")
+            except SystemExit as stop:
+                code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+            except BaseException:   # what a real process would die of: a traceback and status 1
+                traceback.print_exc()
+                code = 1
+    finally:
+        sys.argv = saved_argv
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def huge_png(width: int, height: int) -> bytes:

@@ -10,7 +10,7 @@ import torch
 
 from common.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from common.pretrained import find_run
-from conftest import REPO, huge_png, run_cli
+from conftest import REPO, huge_png, run_cli, run_script
 
 
 def one_line(result, says: str) -> None:
@@ -120,7 +120,7 @@ def test_temporary_files_are_never_written_through_a_planted_name(tmp_path):
 def test_an_out_dir_that_cannot_be_a_folder_is_one_line(tmp_path, mnist_root, where, says):
     (tmp_path / "file").write_text("x")
     out = tmp_path / "file" if where == "file" else tmp_path / "file" / "run"
-    result = run_cli(["tokenizer/train.py", "max_steps=1", f"out_dir={out}", f"data_root={mnist_root}"])
+    result = run_script(["tokenizer/train.py", "max_steps=1", f"out_dir={out}", f"data_root={mnist_root}"])
     one_line(result, says)
 
 
@@ -129,7 +129,7 @@ def test_resume_from_a_checkpoint_of_another_experiment_is_refused(tmp_path, tin
     from common.checkpoint import list_checkpoints
     from conftest import TINY_PRIOR
     checkpoint = list_checkpoints(tiny_prior_run[0] / "checkpoints")[-1]
-    result = run_cli(["prior/train.py", *TINY_PRIOR, "n_embd=64", f"tokenizer={tiny_tokenizer_run}",
+    result = run_script(["prior/train.py", *TINY_PRIOR, "n_embd=64", f"tokenizer={tiny_tokenizer_run}",
                       f"data_root={mnist_root}", f"out_dir={tmp_path}/p", f"resume={checkpoint}"])
     one_line(result, "holds a run with a different config (n_embd: 32 -> 64)")
 
@@ -139,7 +139,7 @@ def test_resume_from_a_checkpoint_of_another_experiment_is_refused(tmp_path, tin
 def test_a_device_this_machine_lacks_is_one_line(tiny_prior_run, tmp_path, flags, says):
     if "cuda" in flags and torch.cuda.is_available():
         pytest.skip("this machine has a GPU")   # the message is for machines without one
-    result = run_cli(["sampling/generate.py", "--n", "2", "--prior", str(tiny_prior_run[0]),
+    result = run_script(["sampling/generate.py", "--n", "2", "--prior", str(tiny_prior_run[0]),
                       "--out", str(tmp_path / "s"), *flags])
     one_line(result, says)
 
@@ -163,7 +163,7 @@ def test_a_leftover_temporary_file_does_not_block_the_next_generate(tiny_prior_r
     out.mkdir()
     (out / ".tmp-samples.npz").write_bytes(b"half a file")   # an older version's write that died
     (out / ".tmp-samples.npz-123-abcd").write_bytes(b"half a file")
-    result = run_cli(["sampling/generate.py", "--n", "2", "--prior", str(tiny_prior_run[0]), "--out", str(out)])
+    result = run_script(["sampling/generate.py", "--n", "2", "--prior", str(tiny_prior_run[0]), "--out", str(out)])
     assert result.returncode == 0, result.stderr[-2000:]
 
 
@@ -171,10 +171,10 @@ def test_evaluate_refuses_a_truncated_npz_and_an_unwritable_json_before_any_work
     cut = tmp_path / "cut.npz"
     np.savez(cut, images=np.zeros((40, 28, 28), np.uint8))
     cut.write_bytes(cut.read_bytes()[:300])
-    one_line(run_cli(["sampling/evaluate.py", str(cut)]), "not a readable .npz")
+    one_line(run_script(["sampling/evaluate.py", str(cut)]), "not a readable .npz")
     good = tmp_path / "good.npz"
     np.savez(good, images=np.zeros((40, 28, 28), np.uint8))
-    one_line(run_cli(["sampling/evaluate.py", str(good), "--json", str(tmp_path / "no" / "such" / "t.json")]),
+    one_line(run_script(["sampling/evaluate.py", str(good), "--json", str(tmp_path / "no" / "such" / "t.json")]),
              "--json")
 
 
@@ -184,7 +184,7 @@ def test_evaluate_resolves_run_names_like_every_other_command(tmp_path):
         pytest.skip("no shipped fashion run")
     assert tokenizer_dataset("fashion") == "fashion" and tokenizer_dataset("mnist") == "mnist"
     np.savez(tmp_path / "good.npz", images=np.zeros((20, 28, 28), np.uint8))
-    one_line(run_cli(["sampling/evaluate.py", str(tmp_path / "good.npz"), "--tokenizer", "nothing-here"]),
+    one_line(run_script(["sampling/evaluate.py", str(tmp_path / "good.npz"), "--tokenizer", "nothing-here"]),
              "--tokenizer nothing-here: no trained tokenizer there")
 
 

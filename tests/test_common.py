@@ -10,7 +10,7 @@ from common.checkpoint import (CheckpointError, list_checkpoints, load_checkpoin
                                save_checkpoint, save_weights)
 from common.config import TrainConfig
 from common.training import Task, TrainingError, fit
-from conftest import run_cli
+from conftest import run_cli, run_script
 
 
 def test_optimizer_state_round_trips_without_pickle(tmp_path):
@@ -123,7 +123,7 @@ def test_training_help_lists_every_key_with_its_default_and_meaning(script):
     from prior.config import PriorConfig
     from tokenizer.config import TokenizerConfig
     cls = TokenizerConfig if script.startswith("tokenizer") else PriorConfig
-    result = run_cli([script, "--help"])
+    result = run_script([script, "--help"])
     assert result.returncode == 0 and result.stderr == ""
     assert f"accelerate launch {script}" in result.stdout
     docs = field_docs(cls)
@@ -141,7 +141,7 @@ def test_training_help_lists_every_key_with_its_default_and_meaning(script):
     ("sampling/app.py", ["--prior", "--tokenizer", "--host", "--port"]),
 ])
 def test_sampling_help_shows_each_flag_with_its_default(script, flags):
-    result = run_cli([script, "--help"])
+    result = run_script([script, "--help"])
     assert result.returncode == 0
     text = " ".join(result.stdout.split())
     for flag in flags:

@@ -183,7 +183,7 @@ def test_the_prior_runs_and_samples_on_any_device_it_is_given():
     the uniforms come from a CPU generator, so a seed gives the same draws everywhere."""
     from prior.model import GPT, PriorShape
     for switches in ({}, {"rope": "2d", "qk_norm": True}):
-        model = GPT(PriorShape(vocab_size=16, n_layer=1, n_head=2, n_embd=16, **switches)).to("meta").eval()
+        model = GPT(PriorShape(num_codes=16, grid=7, n_layer=1, n_head=2, n_embd=16, **switches)).to("meta").eval()
         codes, labels = torch.zeros(2, 49, dtype=torch.long, device="meta"), torch.zeros(2, dtype=torch.long,
                                                                                               device="meta")
         assert model(codes, labels)[0].device.type == "meta"

@@ -42,7 +42,7 @@ def test_gradients_reach_the_encoder_through_the_rounding():
     out = model(torch.rand(2, 1, 28, 28) * 2 - 1)
     out.loss.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.parameters())
-    assert model.codebook_size == 120 and model.encoder.net[-1].out_channels == 3
+    assert model.num_codes == 120 and model.encoder.net[-1].out_channels == 3
 
 
 @pytest.mark.parametrize("scale", [1e4, -1e4, 0.0])

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from common.pretrained import PRETRAINED, SAMPLER_SETTINGS, parse_label, read_card, recommended_settings
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, run_script
 
 CARDS = {folder.name: read_card(folder / "README.md") for folder in sorted(PRETRAINED.glob("*/"))
          if (folder / "README.md").is_file()}
@@ -156,7 +156,7 @@ def taken_from_run(stdout: str) -> list[str]:
 
 
 def test_without_runs_prior_the_error_names_training_and_the_shipped_run(tmp_path):
-    done = run_cli([str(REPO / "sampling/generate.py"), "--n", "4"], cwd=tmp_path)
+    done = run_script([str(REPO / "sampling/generate.py"), "--n", "4"], cwd=tmp_path)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "accelerate launch prior/train.py" in done.stderr and "--prior mnist" in done.stderr
     assert not (tmp_path / "samples").exists()
@@ -181,7 +181,7 @@ def test_a_bad_sampling_yaml_is_one_line_naming_it(tmp_path, settings, expected)
     run = tmp_path / "prior"
     shutil.copytree(PRETRAINED / "mnist" / "prior-default", run, ignore=shutil.ignore_patterns("seed0"))
     (run / SAMPLER_SETTINGS).write_text(settings)
-    done = run_cli([str(REPO / "sampling/generate.py"), "--n", "4", "--prior", "prior"], cwd=tmp_path)
+    done = run_script([str(REPO / "sampling/generate.py"), "--n", "4", "--prior", "prior"], cwd=tmp_path)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert expected in done.stderr, done.stderr
     assert not (tmp_path / "samples").exists()

@@ -6,13 +6,13 @@ import torch
 from safetensors.torch import load_file
 
 from common.config import ConfigError
-from conftest import TINY_PRIOR, run_cli
+from conftest import TINY_PRIOR, run_cli, run_script
 from prior.model import GPT, NULL_CLASS, KVCache, PriorShape, sample_logits
 
 
 def tiny_gpt(**kw):
     torch.manual_seed(0)
-    return GPT(PriorShape(**{"vocab_size": 32, "n_layer": 2, "n_head": 2, "n_embd": 32, **kw})).eval()
+    return GPT(PriorShape(**{"num_codes": 32, "grid": 7, "n_layer": 2, "n_head": 2, "n_embd": 32, **kw})).eval()
 
 
 def test_prior_is_causal():
@@ -66,7 +66,7 @@ def test_shape_switches_keep_the_prior_causal_and_the_cache_exact(switch):
 
 def test_2d_rotary_positions_are_grid_offsets():
     from prior.model import rotary_angles
-    angles = rotary_angles(PriorShape(vocab_size=8, n_embd=32, n_head=2, rope="2d"))   # 8 angle pairs per head
+    angles = rotary_angles(PriorShape(num_codes=8, grid=7, n_embd=32, n_head=2, rope="2d"))   # 8 angle pairs per head
     assert torch.equal(angles[1], torch.zeros(8))                # cell (0, 0)
     down = angles[1 + 7:] - angles[1:-7]                         # one row down, same column
     assert torch.allclose(down, down[0].expand_as(down)) and torch.all(down[:, 4:] == 0)
@@ -95,9 +95,9 @@ def test_muon_orthogonalizes_and_trains_a_model():
 
 def test_guidance_schedules():
     from prior.model import guidance_scale
-    assert guidance_scale(0.5, "constant", 0) == guidance_scale(0.5, "constant", 48) == 0.5
-    assert guidance_scale(0.5, "linear", 0) == 0 and guidance_scale(0.5, "linear", 48) == 1.0
-    assert sum(guidance_scale(0.5, "linear", t) for t in range(49)) / 49 == pytest.approx(0.5)
+    assert guidance_scale(0.5, "constant", 0, 49) == guidance_scale(0.5, "constant", 48, 49) == 0.5
+    assert guidance_scale(0.5, "linear", 0, 49) == 0 and guidance_scale(0.5, "linear", 48, 49) == 1.0
+    assert sum(guidance_scale(0.5, "linear", t, 49) for t in range(49)) / 49 == pytest.approx(0.5)
     model = tiny_gpt()
     labels = torch.tensor([1, 2, 3, 4] * 8)
     ramp = model.generate(labels, cfg=3.0, cfg_schedule="linear", generator=torch.Generator().manual_seed(5))
@@ -166,7 +166,11 @@ def test_activation_key_and_runs_saved_before_it_stay_gelu(tmp_path):
     assert isinstance(tiny_gpt(activation="gelu").blocks[0].mlp[1], torch.nn.GELU)
     assert isinstance(tiny_gpt().blocks[0].mlp[1], torch.nn.ReLU)   # the adopted recipe's
     (tmp_path / "config.yaml").write_text("vocab_size: 32\n")       # a config.yaml saved before the key
-    assert config_from_file(PriorConfig, tmp_path / "config.yaml").activation == "gelu"
+    old = config_from_file(PriorConfig, tmp_path / "config.yaml")
+    assert (old.activation, old.num_codes, old.grid) == ("gelu", 32, 7)   # num_codes under its old name
+    assert load_config(PriorConfig, ["vocab_size=16"]).num_codes == 16
+    with pytest.raises(ConfigError, match="vocab_size and num_codes .* are one setting"):
+        load_config(PriorConfig, ["vocab_size=16", "num_codes=16"])
     with pytest.raises(ConfigError, match="activation"):
         load_config(PriorConfig, ["activation=tanh"])
 
@@ -180,9 +184,9 @@ def test_prior_trains_below_the_uniform_bound(tiny_prior_run):
 
 def test_prior_refuses_mismatched_vocab_and_missing_tokenizer(tmp_path, tiny_tokenizer_run, mnist_root):
     from prior.train import main
-    with pytest.raises(ConfigError, match="vocab_size=64 but the tokenizer"):
-        main(TINY_PRIOR + [f"out_dir={tmp_path}/p", f"tokenizer={tiny_tokenizer_run}", "vocab_size=64"])
-    result = run_cli(["prior/train.py", f"tokenizer={tmp_path}/nothing", f"out_dir={tmp_path}/p"])
+    with pytest.raises(ConfigError, match="num_codes=64 but the tokenizer"):
+        main(TINY_PRIOR + [f"out_dir={tmp_path}/p", f"tokenizer={tiny_tokenizer_run}", "num_codes=64"])
+    result = run_script(["prior/train.py", f"tokenizer={tmp_path}/nothing", f"out_dir={tmp_path}/p"])
     assert result.returncode == 2 and "no trained tokenizer there" in result.stderr
     assert result.stderr.strip().count("\n") == 0
 
@@ -276,7 +280,7 @@ def test_generate_keep_likeliest_filters_within_each_digit(tiny_prior_run):
     (["--cfg-schedule", "cubic"], "invalid choice: 'cubic'"),
 ])
 def test_generate_cli_bad_flags_are_one_line(flags, message, tmp_path):
-    result = run_cli(["sampling/generate.py", *flags, "--out", str(tmp_path / "o")])
+    result = run_script(["sampling/generate.py", *flags, "--out", str(tmp_path / "o")])
     assert result.returncode == 2 and message in result.stderr
     assert "Traceback" not in result.stderr
 
@@ -332,7 +336,7 @@ def test_augment_token_marks_the_distorted_digits_and_keeps_them_marked(tiny_tok
     from tokenizer.data import load_split
     tokenizer = load_tokenizer(tiny_tokenizer_run)
     images, labels = load_split(mnist_root, "mnist", train=True, subset=512)
-    cfg = PriorConfig(vocab_size=32, n_layer=1, n_head=2, n_embd=16, train_subset=512, augment=True,
+    cfg = PriorConfig(num_codes=32, grid=7, n_layer=1, n_head=2, n_embd=16, train_subset=512, augment=True,
                       augment_token=True, label_dropout=0.5)
     from tokenizer.data import load_dataset
     grids = load_code_grids(tokenizer, load_dataset("mnist", mnist_root, train_subset=512), "mnist", tmp_path, 512)

@@ -83,7 +83,7 @@ def test_trained_tiny_tokenizer_learns_and_round_trips(tiny_tokenizer_run, mnist
     images, _ = load_split(mnist_root, "mnist", train=False, subset=16)
     x = to_float(images)
     idx = tok.encode(x)
-    assert idx.shape == (16, 7, 7) and idx.dtype == torch.long and idx.max() < tok.codebook_size
+    assert idx.shape == (16, 7, 7) and idx.dtype == torch.long and idx.max() < tok.num_codes
     x_hat = tok.decode(idx)
     assert x_hat.shape == x.shape and 0 <= x_hat.min() and x_hat.max() <= 1
     # The loaded model is the trained one: same codes as the weights file implies.
@@ -143,10 +143,10 @@ def test_decoder_phase_keeps_the_codes_and_sharpens_the_images(tmp_path, tiny_to
     assert [json.loads(l).get("phase") for l in again].count("decoder") == 1
 
 
-ISSUE_27_OPTIONS = ["decoder_disc_whole_digit=true", "decoder_r1=1.0", "decoder_weight_average=0.9"]
+WHOLE_IMAGE_R1_AVERAGE = ["decoder_disc_whole_image=true", "decoder_r1=1.0", "decoder_weight_average=0.9"]
 
 
-@pytest.mark.parametrize("options", [[], ISSUE_27_OPTIONS], ids=["patch", "whole-digit-r1-average"])
+@pytest.mark.parametrize("options", [[], WHOLE_IMAGE_R1_AVERAGE], ids=["patch", "whole-image-r1-average"])
 def test_adversarial_phase_moves_the_decoder_only(tiny_tokenizer_run, mnist_root, options):
     """The decoder's loss reaches neither the encoder, the codebook nor the discriminator;
     the discriminator's loss (R1 penalty included) reaches only the discriminator."""
@@ -179,7 +179,7 @@ def test_adversarial_phase_moves_the_decoder_only(tiny_tokenizer_run, mnist_root
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("options", [[], ISSUE_27_OPTIONS], ids=["patch", "whole-digit-r1-average"])
+@pytest.mark.parametrize("options", [[], WHOLE_IMAGE_R1_AVERAGE], ids=["patch", "whole-image-r1-average"])
 def test_adversarial_phase_keeps_the_codes_and_resumes_exactly(tmp_path, tiny_tokenizer_run, mnist_root, options):
     """decoder_loss=gan: same codes, a loadable tokenizer without the discriminator, and a run
     stopped inside the phase resumes bit-identically (the discriminator and its Adam state

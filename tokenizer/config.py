@@ -25,15 +25,16 @@ class TokenizerConfig(TrainConfig, VQVAEShape):
     decoder_gan_warmup: int = 200    # gan: steps (of one process; N processes: /N) over which that weight ramps up from 0
     decoder_disc_lr: float = 2e-4    # gan: the discriminator's Adam learning rate (constant)
     decoder_disc_channels: int = 32  # gan: width of the discriminator's first layer
-    decoder_disc_whole_digit: bool = True    # gan: a whole-digit head beside the patch head (what a classifier sees)
+    decoder_disc_whole_image: bool = True    # gan: a whole-picture head beside the patch head (what a classifier sees)
     decoder_seed: int = 0            # added to seed for the decoder phase: another draw of the phase alone
     decoder_weight_average: float = 0.999   # the decoder phase's weight_average: > 0, its EMA is what ships
     decoder_r1: float = 0.0          # gan: weight gamma of the R1 gradient penalty on real digits (0 = none)
 
+    RENAMED: ClassVar[dict] = {"decoder_disc_whole_digit": "decoder_disc_whole_image"}   # old name -> name
     # A run saved before a key existed ran without it: the values such a run used (the
     # defaults before the adopted recipe moved here from configs/tokenizer.yaml).
     ABSENT_IN_OLD_RUNS: ClassVar[dict] = {"codebook_size": 512, "epochs": 3, "decoder_epochs": 0, "decoder_loss": "mse",
-                                          "decoder_disc_whole_digit": False, "decoder_weight_average": 0.0,
+                                          "decoder_disc_whole_image": False, "decoder_weight_average": 0.0,
                                           "upsample": "transposed"}
 
     def validate(self) -> None:

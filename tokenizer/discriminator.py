@@ -9,7 +9,7 @@ decoder instead. The decoder never needs it to decode: it lives only in the
 phase's checkpoints.
 
 A patch head alone never sees a whole picture, while a classifier that tells our
-pictures from real ones does (the evaluator's two-sample test). `whole_digit=True`
+pictures from real ones does (the evaluator's two-sample test). `whole_image=True`
 adds a second head on the same features: one logit per image from all positions.
 Each head's hinge loss is averaged over its own logits, so the single whole-image
 logit weighs as much as all the patches together.
@@ -22,7 +22,7 @@ from torch import nn
 
 
 class PatchDiscriminator(nn.Module):
-    def __init__(self, image_channels: int, image_size: int, channels: int = 32, whole_digit: bool = False):
+    def __init__(self, image_channels: int, image_size: int, channels: int = 32, whole_image: bool = False):
         super().__init__()
         C = channels
         self.features = nn.Sequential(
@@ -31,13 +31,20 @@ class PatchDiscriminator(nn.Module):
         )
         self.patch_head = nn.Conv2d(2 * C, 1, 3, padding=1)                     # (B, 1, side / 4, side / 4)
         cells = (image_size // 4) ** 2
-        self.digit_head = nn.Sequential(nn.Flatten(), nn.Linear(2 * C * cells, 1)) if whole_digit else None
+        self.image_head = nn.Sequential(nn.Flatten(), nn.Linear(2 * C * cells, 1)) if whole_image else None
+        self._register_load_state_dict_pre_hook(_old_head_name)
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         """images (B, C, H, W) in [-1, 1] -> each head's logits, > 0 meaning "real": patch
-        logits (B, 1, H/4, W/4), then with whole_digit one logit per image (B, 1)."""
+        logits (B, 1, H/4, W/4), then with whole_image one logit per image (B, 1)."""
         h = self.features(images)
-        return [self.patch_head(h)] + ([self.digit_head(h)] if self.digit_head is not None else [])
+        return [self.patch_head(h)] + ([self.image_head(h)] if self.image_head is not None else [])
+
+
+def _old_head_name(state_dict, prefix, *args):
+    """A checkpoint's discriminator saved when the whole-picture head was called digit_head."""
+    for key in [k for k in state_dict if k.startswith(prefix + "digit_head.")]:
+        state_dict[key.replace(prefix + "digit_head.", prefix + "image_head.", 1)] = state_dict.pop(key)
 
 
 def hinge_discriminator_loss(real_logits: list[torch.Tensor], fake_logits: list[torch.Tensor]) -> torch.Tensor:

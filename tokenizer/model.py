@@ -388,8 +388,11 @@ class VQVAE(nn.Module, Pretrained):
                            q.codebook_loss, q.commitment_loss)
 
     @property
-    def codebook_size(self) -> int:
+    def num_codes(self) -> int:
+        """K, the codes a grid is made of: the prior's vocabulary."""
         return self.shape.num_codes
+
+    codebook_size = num_codes   # the documented API's name (DESIGN.md): the same number
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -419,7 +422,7 @@ class VQVAE(nn.Module, Pretrained):
     @torch.no_grad()
     def decode(self, indices: torch.Tensor) -> torch.Tensor:
         """long [B,h,w] -> float [B,C,H,W] in [0,1] (MNIST: [B,7,7] -> [B,1,28,28])."""
-        K = self.codebook_size
+        K = self.num_codes
         if not torch.is_tensor(indices) or indices.is_floating_point() or indices.dim() != 3 \
                 or tuple(indices.shape[1:]) != (self.grid, self.grid):
             got = tuple(indices.shape) if torch.is_tensor(indices) else type(indices).__name__

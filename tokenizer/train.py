@@ -63,7 +63,7 @@ def evaluate_tokenizer(model: VQVAE, images_uint8: torch.Tensor, batch_size: int
     """test_mse/test_psnr on [0,1] pixels, codebook_usage, perplexity, and the code histogram."""
     batch_size = batch_size or batch_for_pixels(images_uint8, 500)
     device = next(model.parameters()).device
-    K = model.codebook_size
+    K = model.num_codes
     counts = torch.zeros(K, dtype=torch.long)
     sq_err, n_pixels, recon_std = 0.0, 0, []
     for start in range(0, len(images_uint8), batch_size):
@@ -161,7 +161,7 @@ class DecoderTask:
             with torch.random.fork_rng():   # the same discriminator however the run got here (resume, straight)
                 torch.manual_seed(cfg.seed + 1)
                 disc = PatchDiscriminator(cfg.in_channels, cfg.side, cfg.decoder_disc_channels,
-                                          cfg.decoder_disc_whole_digit)
+                                          cfg.decoder_disc_whole_image)
                 disc = disc.to(memory_format=torch.channels_last)
             side = SideModel(disc, self.disc_loss, lambda d: torch.optim.Adam(d.parameters(), lr=cfg.decoder_disc_lr,
                                                                               betas=(0.5, 0.9)))
