@@ -34,7 +34,8 @@ def main() -> None:
         p.error(f"unknown schedule {unknown[0]!r}; known: {', '.join(SCHEDULES)}")
     from sampling.judge import real_digit_sets, reconstructions, two_sample_accuracy
     from tokenizer import load_tokenizer
-    from tokenizer.data import data_root, ensure_dataset, load_split, to_float
+    from common.images import to_float
+    from tokenizer.data import data_root, ensure_dataset, load_split
     root = data_root()
     ensure_dataset(root, "mnist")
     train_x, _ = load_split(root, "mnist", True)

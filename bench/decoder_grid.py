@@ -42,7 +42,8 @@ def train(run: Path, dataset: str, keys: list[str], upsample: str) -> None:
 def measure(run: Path) -> dict:
     import torch
     from tokenizer import load_tokenizer, tokenizer_data
-    from tokenizer.data import data_root, load_run_dataset, to_float
+    from common.images import to_float
+    from tokenizer.data import data_root, load_run_dataset
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     joint = [r for r in rows if r.get("final") and r.get("phase") != "decoder"][-1]
     last = rows[-1]

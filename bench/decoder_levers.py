@@ -69,7 +69,8 @@ def measure(run: Path, seed: int) -> dict:
     from sampling.judge import (classify, frechet_distance, load_classifier, real_digit_sets, reconstructions,
                                 two_sample_accuracy)
     from tokenizer import load_tokenizer
-    from tokenizer.data import data_root, load_split, to_float
+    from common.images import psnr, quantized, to_float
+    from tokenizer.data import data_root, load_split
     root = data_root()
     train_x, _ = load_split(root, "mnist", train=True)
     test = to_float(load_split(root, "mnist", train=False)[0])
@@ -78,7 +79,7 @@ def measure(run: Path, seed: int) -> dict:
     result = {"c2st": two_sample_accuracy(recon, to_float(train_x[real_digit_sets(len(train_x), 10000)[1]]),
                                           seed=seed, report=report),
               "c2st_epochs": report["epochs"],
-              "psnr": float(10 * torch.log10(1 / (recon - test).pow(2).mean()))}
+              "psnr": psnr((recon - test).pow(2).mean())}
     for kind in ("a", "b"):
         judge = load_classifier(root, kind=kind)
         result[f"frechet_{kind}"] = frechet_distance(classify(judge, recon)[1], classify(judge, test)[1])

@@ -39,7 +39,8 @@ from common.checkpoint import save_weights  # noqa: E402
 from common.plots import save_png  # noqa: E402
 from sampling.judge import real_digit_sets, reconstructions, two_sample_test  # noqa: E402
 from tokenizer import load_tokenizer  # noqa: E402
-from tokenizer.data import data_root, encode_images, ensure_dataset, load_split, to_float  # noqa: E402
+from common.images import to_float  # noqa: E402
+from tokenizer.data import data_root, encode_images, ensure_dataset, load_split  # noqa: E402
 
 
 class FiLMBlock(nn.Module):

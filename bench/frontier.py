@@ -61,7 +61,8 @@ def main() -> None:
     import torch
     from sampling import ALL_CLASSES, generate, load_models
     from sampling.judge import FLOOR, judged_by_classifiers, real_digit_sets
-    from tokenizer.data import data_root, ensure_dataset, is_own_dataset, load_split, to_float
+    from common.images import psnr, quantized, to_float
+    from tokenizer.data import data_root, ensure_dataset, is_own_dataset, load_split
 
     models = load_models(args.prior)
     if is_own_dataset(models.dataset):
@@ -83,7 +84,7 @@ def main() -> None:
                        temperature=temperature, top_p=top_p if top_p < 1 else None, cfg_schedule=schedule,
                        keep_likeliest=keep, seed=0, models=models)
         settings[name] = {**setting, "generate_s": round(time.perf_counter() - start, 1)}
-        sets[name] = ((out["images"] * 255).round() / 255, out["labels"])   # the levels a saved sample has
+        sets[name] = (quantized(out["images"]), out["labels"])   # the levels a saved sample has
         print(f"{name}: {settings[name]['generate_s']} s", flush=True)
     rows = judged_by_classifiers(sets, test, root, models.dataset)
     print(f"\n{args.prior} (--digit {args.digit}), {args.n} samples a setting, seed 0")

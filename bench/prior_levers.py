@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 CONFIGS = {"default": "configs/prior.yaml", "quality": "configs/prior-large.yaml"}
 VARIANTS = {   # name -> keys on top of the budget's config
     "today": {},   # the budget's config as it stands
-    # zero_init, tie_embeddings and label_smoothing lost here and left the code (docs/RESULTS.md)
+    # zero_init, tie_embeddings and label_smoothing lost here and left the code (docs/EXPERIMENTS.md)
     # the recipe before the speedrun adopted Muon, rotary positions, wsd, lr 4e-3 and 112 wide
     "before28": {"n_embd": 128, "rope": "none", "optimizer": "adamw", "lr_schedule": "cosine", "lr": 0.002},
     "ema": {"weight_average": 0.995},

@@ -42,7 +42,7 @@ VARIANTS = {
     "fsq-8555": (["quantizer=fsq", "fsq_levels=[8,5,5,5]"], []),
     "fsq-8555-res": (["quantizer=fsq", "fsq_levels=[8,5,5,5]", "res_blocks=2"], []),
     "augment": ([], ["augment=true"]),
-    # token_dropout=0.1 and augment_mode=shift lost here and left the code (docs/RESULTS.md)
+    # token_dropout=0.1 and augment_mode=shift lost here and left the code (docs/EXPERIMENTS.md)
     "rowcol": ([], ["rowcol_pos=true"]),
     "large": ([], PLAIN_LARGE),
     "large-augment": ([], [*PLAIN_LARGE, "augment=true"]),

@@ -136,7 +136,7 @@ def apply_overrides(cfg, overrides: dict[str, Any], source: str):
             key = renamed[key]
         if key in retired:
             if value != retired[key]:
-                reason = why.get(key, "this switch was removed after it lost its measurement (docs/RESULTS.md)")
+                reason = why.get(key, "this switch was removed after it lost its measurement (docs/EXPERIMENTS.md)")
                 raise ConfigError(f"{key}={value!r} in {source}: {reason}; drop the key")
             continue
         if key not in names:

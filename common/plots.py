@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from common.checkpoint import atomic_write_bytes
+from common.images import to_uint8
 
 
 def _pyplot():
@@ -39,9 +40,9 @@ def save_png(path: Path, images: torch.Tensor, nrow: int = 8, scale: int = 2) ->
     colour = images.dim() == 4 and images.shape[1] == 3
     blanks = (-len(images)) % nrow   # fill the last row with empty cells
     images = torch.cat([images, images.new_zeros(blanks, *images.shape[1:])])
-    # grey digits print as dark ink on white; colour pictures as they are
+    # grey pictures print as dark ink on white; colour pictures as they are
     grid = image_grid(images, nrow) if colour else 1 - image_grid(images, nrow)
-    pixels = (grid.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    pixels = to_uint8(grid.permute(2, 0, 1)[None] if colour else grid[None, None])[0].numpy()
     image = Image.fromarray(pixels, mode="RGB" if colour else "L")
     image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
     buffer = io.BytesIO()

@@ -167,8 +167,8 @@ def lr_at(step: int, total: int, cfg, processes: int = 1) -> float:
 
 def may_stop_early(step: int, total: int, cfg) -> bool:
     """Whether a run may stop for lack of held-out progress at `step`: under wsd only once its
-    decay has begun (a plateau at the peak rate is what the decay is for: Fashion 9k, stopped on
-    one at 80%, missed the drop the decay gives), under cosine at any step."""
+    decay has begun (a plateau at the peak rate is what the decay is for: a run stopped on it
+    misses the drop the decay gives), under cosine at any step."""
     return cfg.lr_schedule != "wsd" or step >= total - max(1, round(total * cfg.cooldown_share))
 
 

@@ -30,7 +30,7 @@ class PriorConfig(TrainConfig, PriorShape):
     optimizer: Literal["adamw", "muon"] = "muon"   # muon: Muon on the blocks' weight matrices, AdamW on the rest
     lr_schedule: Literal["cosine", "wsd"] = "wsd"   # warmup-stable-decay
 
-    # Switches that lost their ablation left the code (figures: docs/RESULTS.md, "prior levers" and
+    # Switches that lost their ablation left the code (figures: docs/EXPERIMENTS.md, "prior levers" and
     # "augmentation"); a saved run still names them, at the value that now is the only behaviour.
     RETIRED: ClassVar[dict] = {"zero_init": False, "tie_embeddings": False, "label_smoothing": 0.0,
                                "token_dropout": 0.0, "augment_mode": "warp", "skip_bad_images": False}

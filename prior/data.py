@@ -55,7 +55,7 @@ def distort(images_uint8: torch.Tensor, generator: torch.Generator, share: float
     """uint8 [N,H,W] or [N,C,H,W] -> (the same shape, long [M] which): a random `share` of the
     pictures shifted, rotated and scaled a little (one affine warp each, bilinear), and with
     flip=True half of those mirrored left to right; the others as they are. (Exact one-pixel
-    moves leaked into the samples more: docs/RESULTS.md.)
+    moves leaked into the samples more: docs/EXPERIMENTS.md.)
 
     Every random number is drawn for every image, so the result is a function of the
     generator's seed alone (exact resume), whatever `share` selects.
@@ -85,7 +85,7 @@ def distort(images_uint8: torch.Tensor, generator: torch.Generator, share: float
 def augmented_codes(tokenizer, images_uint8: torch.Tensor, codes: torch.Tensor, seed: int, epoch: int,
                     share: float, flip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(the code grids of epoch `epoch`, long [M] which are distorted): `codes` (those of
-    images_uint8) with the distorted digits re-encoded by the frozen tokenizer (only
+    images_uint8) with the distorted pictures re-encoded by the frozen tokenizer (only
     those: encoding is the cost)."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     warped, which = distort(images_uint8, generator, share, flip)

@@ -21,7 +21,7 @@ from torch import nn
 
 from common.hub import Pretrained
 
-# MNIST's shape: the defaults, and what a run saved before grid and num_classes were keys had
+# MNIST's ten classes: the default, and what a run saved before num_classes was a key had
 NUM_CLASSES = 10
 NULL_CLASS = NUM_CLASSES        # PriorShape().null_class
 DISTORTED = NUM_CLASSES + 1     # PriorShape().distorted
@@ -38,10 +38,10 @@ class PriorShape:
     dropout: float = 0.0         # residual dropout after attention and MLP, in training
     activation: Literal["gelu", "relu", "relu2", "swiglu"] = "relu"   # MLP nonlinearity; relu is the fastest on CPU
                                  # on CPU than gelu; relu2 = relu(x)^2; swiglu has a 2/3-wide gated hidden layer
-    class_conditional: bool = True   # start token = the digit (with label dropout) or always no-label
+    class_conditional: bool = True   # start token = the class (with label dropout) or always no-label
     label_dropout: float = 0.1   # share of labels replaced by the null class in training
     rowcol_pos: bool = False     # add row and column embeddings of the 7x7 cell being predicted
-    augment_token: bool = False  # augment: distorted digits get their own start tokens, so samples stay clean
+    augment_token: bool = False  # augment: distorted pictures get their own start tokens, so samples stay clean
     norm: Literal["layer", "rms"] = "layer"   # the blocks' and the final norm: LayerNorm or RMSNorm
     qk_norm: bool = False        # RMS-normalise each head's queries and keys (bounded attention logits)
     rope: Literal["none", "1d", "2d"] = "1d"   # rotary positions on queries and keys, on top of the
@@ -320,7 +320,7 @@ def sample_logits(logits, temperature=1.0, top_k=None, top_p=None, generator=Non
         drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     # Inverse-CDF sampling: one uniform per row instead of torch.multinomial's one
-    # random number per vocabulary entry (a fifth of generation on CPU; docs/RESULTS.md).
+    # random number per vocabulary entry (a fifth of generation on CPU; docs/EXPERIMENTS.md).
     # float64 so the last bin's cumulative sum is exact enough to never skip a token.
     # The uniforms come from the generator's device (a CPU one gives the same draws on any device).
     cdf = logits.double().softmax(-1).cumsum(-1)

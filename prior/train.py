@@ -50,7 +50,7 @@ def resolve_num_codes(cfg: PriorConfig, num_codes: int) -> PriorConfig:
 def test_nll_bits(model: GPT, codes: torch.Tensor, labels: torch.Tensor, batch_size: int = 100) -> float:
     """Mean negative log-likelihood of the test codes, in bits per token.
 
-    Small batches keep the (B, T, K) logits in cache (docs/RESULTS.md)."""
+    Small batches keep the (B, T, K) logits in cache (docs/EXPERIMENTS.md)."""
     device = next(model.parameters()).device
     total, count = 0.0, 0
     for i in range(0, len(codes), batch_size):
@@ -191,7 +191,7 @@ def resolve_data(cfg: PriorConfig, tokenizer) -> tuple[PriorConfig, str, dict]:
 
 def prior_epoch_samples(dataset: str, configured: int, n_train: int) -> int:
     """epoch_samples as the tokenizer counts them, but at most OWN_PASSES passes over a user's set:
-    a prior memorises a small set long before MNIST's number of updates."""
+    a prior memorises a small set long before 60,000 samples an epoch are done."""
     samples = epoch_samples_for(dataset, configured)
     return samples if configured or not is_own_dataset(dataset) else min(samples, OWN_PASSES * n_train)
 

@@ -26,13 +26,15 @@ from common.errors import OneLineArgumentParser, VQGenError, run_main
 from common.pretrained import SHIPPED_DEFAULT
 from sampling.demo import MAX_SAMPLES, OWN_RUNS, Demo, DemoError, choose_prior, parse_digits
 from sampling.digit_image import INK_CHOICES, MAX_PICTURE_PIXELS, PictureError, check_picture, fit_to, kept_part, \
-    picked, picture, shown_scale, to_mnist, to_uint8
+    picked, picture, shown_scale, to_mnist, enlarged
 from sampling.page_cache import MIN_FETCH_AGE, PageCache, private_cache_folder
 
 MAX_UPLOAD_MB = 5    # gradio refuses a larger upload before storing it
 MAX_LAYERS = 4       # the canvas has none (layers=False), but the API can send any number
 
-NO_RUN_GRID = 7   # the sliders' range on a page with no run loaded yet: the shipped runs' code grid
+# A page with no run loaded (the shipped runs missing or broken) shows the shipped MNIST runs' ranges
+# until one is loaded: their code grid's side, codes and classes.
+NO_RUN_GRID, NO_RUN_CODES, NO_RUN_CLASSES = 7, 64, 10
 
 
 def code_table(grid, codebook_size: int, kept_rows: int = 0) -> str:
@@ -262,7 +264,7 @@ class Page:
                          whole(seed, "seed"), number(keep_likeliest, "keep the likeliest share"))
         size = model.require_models().tokenizer.num_codes
         shown = "" if s.labels is None else " (digits " + " ".join(str(int(c)) for c in s.labels) + ")"
-        return (picture(to_uint8(s.images)), s.tokens, code_table(s.tokens[0], size),
+        return (picture(enlarged(s.images)), s.tokens, code_table(s.tokens[0], size),
                 f"{len(s.images)} samples in {s.seconds:.2f} s of server time{shown}. "
                 "Click one to see its codes.")
 
@@ -283,8 +285,8 @@ class Page:
         grid, recon, _ = model.tokenize(image)
         s = model.complete(image, keep_rows, whole(n, "completions"), number(temperature, "temperature"),
                            whole(seed, "seed"))
-        return (kept_part(image, keep_rows, model.require_models().tokenizer.grid), to_uint8(recon[None])[0],
-                picture(to_uint8(s.images)),
+        return (kept_part(image, keep_rows, model.require_models().tokenizer.grid), enlarged(recon[None])[0],
+                picture(enlarged(s.images)),
                 code_table(grid, model.require_models().tokenizer.num_codes, keep_rows),
                 f"{len(s.images)} completions in {s.seconds:.2f} s of server time.")
 
@@ -292,7 +294,7 @@ class Page:
         model = self.current(visitor)
         image = self.input_image(visitor, source, drawing, index, ink)
         grid, recon, db = model.tokenize(image)
-        return (to_uint8(image[None])[0], to_uint8(recon[None])[0],
+        return (enlarged(image[None])[0], enlarged(recon[None])[0],
                 code_table(grid, model.require_models().tokenizer.num_codes), f"reconstruction PSNR {db:.1f} dB")
 
     def on_load(self, visitor, prior, tokenizer):
@@ -315,14 +317,14 @@ def class_choices(demo: Demo) -> list[tuple[str, str]]:
     """The Sample tab's boxes: (name shown, class number) of the served prior's classes."""
     models = demo.models
     if models is None or not models.prior_cfg.class_conditional:
-        return [] if models is not None else [(str(d), str(d)) for d in range(10)]
+        return [] if models is not None else [(str(c), str(c)) for c in range(NO_RUN_CLASSES)]
     names = models.class_names or [str(c) for c in range(models.prior_cfg.num_classes)]
     return [(name, str(i)) for i, name in enumerate(names)]
 
 
 def top_k_limit(demo: Demo) -> int:
     """top-k can keep at most every code of the served tokenizer."""
-    return demo.models.tokenizer.num_codes if demo.models is not None else 512
+    return demo.models.tokenizer.num_codes if demo.models is not None else NO_RUN_CODES
 
 
 def class_label(demo: Demo) -> str:

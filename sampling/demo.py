@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from common.errors import VQGenError
+from common.images import psnr, to_float
 from common.pretrained import SHIPPED_DEFAULT, find_run, is_run, parse_label, \
     recommended_settings, shown_path
 from sampling import NULL_LABEL, Models, generate, load_models
@@ -22,10 +23,6 @@ OWN_RUNS = "runs/prior"     # the page's prior when none is named; while it has 
 
 class DemoError(VQGenError):
     """A problem the page shows as a message: empty canvas, missing run, value out of range."""
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(10 * torch.log10(1 / F.mse_loss(a, b).clamp_min(1e-10)))
 
 
 def parse_digits(choices: list[str], num_classes: int = 10) -> list[int] | None:
@@ -131,7 +128,7 @@ class Demo:
         if not 0 <= index < len(self._test_images):
             raise DemoError(f"test digit {index}: pick an index from 0 to {len(self._test_images) - 1}")
         image = self._test_images[index]
-        return (image[None] if image.dim() == 2 else image).float() / 255
+        return to_float(image[None])[0]
 
     def sample(self, digits: list[int] | None, n: int, cfg: float = 0.0, temperature: float = 1.0,
                top_k: int | None = None, top_p: float | None = None, seed: int = 0,
@@ -163,7 +160,7 @@ class Demo:
         with torch.no_grad():
             grid = tok.encode(image[None].to(self.device))
             recon = tok.decode(grid)[0].cpu()
-        return grid[0].cpu(), recon, psnr(recon, image)
+        return grid[0].cpu(), recon, psnr(F.mse_loss(recon, image))
 
     def _generate(self, **kwargs) -> Sampled:
         """sampling.generate on the loaded models, timed; its argument checks become page messages."""

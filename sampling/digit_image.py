@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from common.errors import VQGenError
+from common.images import to_uint8
 
 BOX, FIELD = 20, 28         # MNIST: the ink's bounding box scaled to 20x20, centred by mass in 28x28
 INK_CHOICES = ("auto", "white on black", "black on white")
@@ -93,13 +94,11 @@ def shown_scale(side: int) -> int:
     return max(1, round(FIELD * SHOW_SCALE / side))
 
 
-def to_uint8(images: torch.Tensor, scale: int = 0) -> np.ndarray:
+def enlarged(images: torch.Tensor, scale: int = 0) -> np.ndarray:
     """float [N,C,H,W] in [0,1] -> uint8 [N,H*scale,W*scale] (grey) or [N,H*scale,W*scale,3],
-    blown up without blur (scale 0: shown_scale of the images' side)."""
+    blown up without blur for the page (scale 0: shown_scale of the images' side)."""
     scale = scale or shown_scale(images.shape[-1])
-    pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8)
-    pixels = pixels[:, 0] if pixels.shape[1] == 1 else pixels.permute(0, 2, 3, 1)
-    return pixels.repeat_interleave(scale, 1).repeat_interleave(scale, 2).numpy()
+    return to_uint8(images).repeat_interleave(scale, 1).repeat_interleave(scale, 2).numpy()
 
 
 def fit_to(image: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
@@ -143,7 +142,7 @@ def picked(x: float, y: float, n: int, cell: int, columns: int = COLUMNS) -> int
 
 def kept_part(image: torch.Tensor, keep_rows: int, grid: int) -> np.ndarray:
     """The input [C,H,W] as RGB with the rows the prior will rewrite tinted blue: what it keeps, seen."""
-    shown = torch.from_numpy(to_uint8(image[None])[0]).float()
+    shown = torch.from_numpy(enlarged(image[None])[0]).float()
     rgb = torch.stack([shown, shown, shown], -1) if shown.dim() == 2 else shown
     cut = round(keep_rows * rgb.shape[0] / grid)
     rgb[cut:] = rgb[cut:] * 0.35 + torch.tensor([20.0, 40.0, 110.0])

@@ -99,7 +99,8 @@ def judge_builtin_set(path: Path, images, labels, dataset: str, tokenizer_run: P
     from common.pretrained import is_run
     from sampling.judge import (FLOOR, RECON_FLOOR, floor_two_sample_test, judge_dir, judged_by_classifiers,
                                 real_digit_sets, reconstructions, two_sample_test)
-    from tokenizer.data import ensure_dataset, load_split, to_float
+    from common.images import to_float
+    from tokenizer.data import ensure_dataset, load_split
     ensure_dataset(root, dataset)
     test_x, _ = load_split(root, dataset, train=False)
     train_x, train_y = load_split(root, dataset, train=True)
@@ -147,7 +148,8 @@ def judge_own_set(path: Path, images, labels, dataset: str, tokenizer_run: Path,
     import torch
     from common.pretrained import is_run
     from sampling.judge import RECON_FLOOR, reconstructions, two_sample_test
-    from tokenizer.data import DataError, load_run_dataset, run_data_info, to_float
+    from common.images import to_float
+    from tokenizer.data import DataError, load_run_dataset, run_data_info
     recorded = run_data_info(tokenizer_run, dataset)
     if images.shape[-1] != recorded["image_size"]:
         raise DataError(f"{path}: {images.shape[-1]}x{images.shape[-1]} samples, but {tokenizer_run} was trained "

@@ -96,6 +96,7 @@ def load_images(path: Path, shape: tuple[int, int, int]):
     (MNIST: white ink on black, 28x28)."""
     import numpy as np
     import torch
+    from common.images import to_float
     if not path.is_file():
         raise ValueError(f"--complete {path}: file not found")
     if path.suffix == ".npz":
@@ -113,7 +114,7 @@ def load_images(path: Path, shape: tuple[int, int, int]):
     if images.dim() != 4 or tuple(images.shape[1:]) != tuple(shape):
         want = "x".join(map(str, shape[1:])) + (" colour" if shape[0] == 3 else " grey")
         raise ValueError(f"--complete {path}: the tokenizer takes {want} images, got shape {tuple(images.shape)}")
-    images = images.float() / 255 if images.dtype == torch.uint8 else images.float()
+    images = to_float(images) if images.dtype == torch.uint8 else images.float()
     if images.min() < 0 or images.max() > 1:
         raise ValueError(f"--complete {path}: pixels must be uint8 or floats in [0,1]")
     return images
@@ -153,6 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
     check_out_dir(out, args.overwrite)
 
     import torch
+    from common.images import to_uint8
     from common.plots import save_png
     from sampling import NULL_LABEL, generate, load_models
 
@@ -178,8 +180,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     out.mkdir(parents=True, exist_ok=True)
     images = result["images"]
-    pixels = (images * 255).round().to(torch.uint8)   # grey [N,H,W], colour [N,H,W,3]
-    arrays = {"images": (pixels[:, 0] if pixels.shape[1] == 1 else pixels.permute(0, 2, 3, 1)).numpy(),
+    arrays = {"images": to_uint8(images).numpy(),   # grey [N,H,W], colour [N,H,W,3]
               "tokens": result["tokens"].to(torch.int16).numpy()}
     if result["labels"] is not None:
         arrays["labels"] = result["labels"].numpy()

@@ -196,7 +196,7 @@ def test_codes_chosen_under_bf16_autocast_are_the_codes_encode_gives():
     so a prior reads (through encode) the codes the decoder was trained on."""
     from tokenizer.model import VQVAE, VQVAEShape
     torch.manual_seed(0)
-    model = VQVAE(VQVAEShape(hidden_channels=16, embedding_dim=8, codebook_size=64)).eval()
+    model = VQVAE(VQVAEShape(hidden_channels=16, embedding_dim=8, codebook_size=64, image_size=28, channels=1)).eval()
     images = torch.rand(64, 1, 28, 28)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         in_training = model(images * 2 - 1)
@@ -237,7 +237,7 @@ class HostSyncs(torch.overrides.TorchFunctionMode):
 def test_a_tokenizer_step_reads_nothing_back_but_the_dead_code_check(dead_code_steps, allowed):
     from tokenizer.model import VQVAE, VQVAEShape
     torch.manual_seed(0)
-    model = VQVAE(VQVAEShape(hidden_channels=16, embedding_dim=8, codebook_size=32,
+    model = VQVAE(VQVAEShape(hidden_channels=16, embedding_dim=8, codebook_size=32, image_size=28, channels=1,
                              dead_code_steps=dead_code_steps)).train()
     images = torch.rand(32, 1, 28, 28) * 2 - 1
     model(images).loss.backward()   # the first step initialises the codebook (k-means: syncs allowed)

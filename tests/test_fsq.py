@@ -38,7 +38,7 @@ def test_index_code_round_trip_is_a_bijection():
 
 def test_gradients_reach_the_encoder_through_the_rounding():
     torch.manual_seed(0)
-    model = VQVAE(VQVAEShape(quantizer="fsq", fsq_levels=LEVELS, hidden_channels=8))
+    model = VQVAE(VQVAEShape(quantizer="fsq", fsq_levels=LEVELS, hidden_channels=8, image_size=28, channels=1))
     out = model(torch.rand(2, 1, 28, 28) * 2 - 1)
     out.loss.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.parameters())
@@ -58,7 +58,7 @@ def test_no_nan_at_the_bounds(scale):
 
 def test_fsq_tokenizer_encodes_and_decodes_through_the_api():
     torch.manual_seed(0)
-    model = VQVAE(VQVAEShape(quantizer="fsq", fsq_levels=LEVELS, hidden_channels=8)).eval()
+    model = VQVAE(VQVAEShape(quantizer="fsq", fsq_levels=LEVELS, hidden_channels=8, image_size=28, channels=1)).eval()
     x = torch.rand(3, 1, 28, 28)
     idx = model.encode(x)
     assert idx.shape == (3, 7, 7) and idx.max() < 120

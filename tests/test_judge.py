@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from sampling.judge import frechet_distance, judge, precision_recall, train_classifier, classify
-from tokenizer.data import load_split, to_float
+from common.images import to_float
+from tokenizer.data import load_split
 
 
 def test_frechet_distance_of_known_gaussians():
@@ -48,7 +49,7 @@ def test_prior_augmentation_preserves_labels(mnist_root, small_judge):
     """Every digit distorted (share 1): the judge still reads them as their labels.
 
     This small judge (one epoch on 12.8k digits) is not rotation-robust; the full
-    one reads the same distorted test set at 98.5% against 99.1% (docs/RESULTS.md).
+    one reads the same distorted test set at 98.5% against 99.1% (docs/EXPERIMENTS.md).
     A distortion that changed digits (a 6 into a 9) would fall far below these bounds."""
     from prior.data import distort
     images, labels = load_split(mnist_root, "mnist", train=False)

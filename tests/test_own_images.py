@@ -235,14 +235,14 @@ def test_generate_names_the_prior_it_was_given(colour_runs, tmp_path):
 
 def test_the_page_serves_a_colour_run_with_its_class_names(colour_runs):
     from sampling.demo import Demo
-    from sampling.digit_image import picture, to_uint8
+    from sampling.digit_image import enlarged, picture
     _, _, prior, data, _ = colour_runs
     demo = Demo(prior, data_root=data)
     assert demo.models is not None and demo.models.class_names == ["one", "seven", "zero"]
     assert demo.settings()["digits"] == ["0", "1", "2"]    # "all" is every class of this prior
     sampled = demo.sample([2], n=4)
     assert sampled.images.shape == (4, 3, 32, 32) and sampled.tokens.shape == (4, 8, 8)
-    assert picture(to_uint8(sampled.images)).shape[-1] == 3   # one colour picture per answer
+    assert picture(enlarged(sampled.images)).shape[-1] == 3   # one colour picture per answer
     test_image = demo.test_digit(0)                          # from the run's own prepared test split
     assert test_image.shape == (3, 32, 32)
     completed = demo.complete(test_image, keep_rows=4, n=2)

@@ -7,7 +7,7 @@ from tokenizer.model import VQVAE, VQVAEShape, VectorQuantizer, kmeans
 
 
 def small_shape(**kw):
-    base = dict(codebook_size=16, embedding_dim=4, hidden_channels=8, kmeans_init=False, ema=False)
+    base = dict(codebook_size=16, embedding_dim=4, hidden_channels=8, kmeans_init=False, ema=False, image_size=28, channels=1)
     return VQVAEShape(**{**base, **kw})
 
 
@@ -175,7 +175,7 @@ def test_resize_decoder_paints_no_grid_where_transposed_convs_do(upsample, grid_
     """One code everywhere: a resize decoder's picture is flat inside (each output pixel sees
     the same taps), an untrained transposed-conv decoder's alternates with a period of 2."""
     torch.manual_seed(0)
-    model = VQVAE(VQVAEShape(image_size=32, upsample=upsample))
+    model = VQVAE(VQVAEShape(image_size=32, channels=1, upsample=upsample))
     with torch.no_grad():
         out = model.decoder(torch.randn(1, model.shape.code_dim, 1, 1).expand(1, -1, 8, 8).contiguous())
     inside = out[0, 0, 8:24, 8:24]

@@ -14,7 +14,8 @@ from common.config import ConfigError, load_config
 from conftest import REPO, TINY_TOKENIZER, run_cli
 from tokenizer import load_tokenizer
 from tokenizer.config import TokenizerConfig
-from tokenizer.data import load_split, to_float
+from common.images import to_float
+from tokenizer.data import load_split
 from tokenizer.train import main
 
 
@@ -151,7 +152,7 @@ def test_adversarial_phase_moves_the_decoder_only(tiny_tokenizer_run, mnist_root
     """The decoder's loss reaches neither the encoder, the codebook nor the discriminator;
     the discriminator's loss (R1 penalty included) reaches only the discriminator."""
     from tokenizer.train import decoder_task, make_task
-    cfg = load_config(TokenizerConfig, TINY_TOKENIZER + ["decoder_loss=gan", "decoder_gan_warmup=0",
+    cfg = load_config(TokenizerConfig, TINY_TOKENIZER + ["image_size=28", "channels=1", "decoder_loss=gan", "decoder_gan_warmup=0",
                                                          "ema=false", *options])   # a codebook that could take a gradient
     images = load_split(mnist_root, "mnist", train=True, subset=64)[0]
     joint = make_task(cfg, images, images)

@@ -14,7 +14,7 @@ class TokenizerConfig(TrainConfig, VQVAEShape):
     out_dir: str = "runs/tokenizer"  # the run folder
     skip_bad_images: bool = False    # dataset=PATH: leave unreadable image files out (counted) instead of stopping
     max_image_pixels: int = MAX_PIXELS   # dataset=PATH: a picture declaring more pixels is a bad file (a decompression bomb)
-    epochs: int = 2                  # passes over the 60k training digits (other sets: the same pixels seen, epoch_samples)
+    epochs: int = 2                  # epochs of epoch_samples (MNIST, Fashion: their 60k training pictures)
     batch_size: int = 64
     lr: float = 2e-3                 # Adam peak learning rate
     warmup_steps: int = 20           # linear warmup, in steps of one process (N processes: /N, the same samples)
@@ -28,14 +28,14 @@ class TokenizerConfig(TrainConfig, VQVAEShape):
     decoder_disc_whole_image: bool = True    # gan: a whole-picture head beside the patch head (what a classifier sees)
     decoder_seed: int = 0            # added to seed for the decoder phase: another draw of the phase alone
     decoder_weight_average: float = 0.999   # the decoder phase's weight_average: > 0, its EMA is what ships
-    decoder_r1: float = 0.0          # gan: weight gamma of the R1 gradient penalty on real digits (0 = none)
+    decoder_r1: float = 0.0          # gan: weight gamma of the R1 gradient penalty on real pictures (0 = none)
 
     RENAMED: ClassVar[dict] = {"decoder_disc_whole_digit": "decoder_disc_whole_image"}   # old name -> name
     # A run saved before a key existed ran without it: the values such a run used (the
     # defaults before the adopted recipe moved here from configs/tokenizer.yaml).
     ABSENT_IN_OLD_RUNS: ClassVar[dict] = {"codebook_size": 512, "epochs": 3, "decoder_epochs": 0, "decoder_loss": "mse",
                                           "decoder_disc_whole_image": False, "decoder_weight_average": 0.0,
-                                          "upsample": "transposed"}
+                                          "upsample": "transposed", "image_size": 28, "channels": 1}   # MNIST's then
 
     def validate(self) -> None:
         super().validate()

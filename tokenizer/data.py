@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from common.checkpoint import file_digest
+from common.images import REFERENCE_PIXELS, batch_for_pixels, in_batches, to_float
 from tokenizer.own_images import DataError, describe_problem, is_own_dataset, prepare, prepare_recorded
 from tokenizer.pictures import MAX_PIXELS
 
@@ -186,12 +187,6 @@ def load_split(root: Path, dataset: str, train: bool, subset: int = 0) -> tuple[
     return images, labels
 
 
-def to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [N,H,W] (grey) or [N,C,H,W] -> float [N,C,H,W] in [0,1] (the API's pixel range)."""
-    return (images.unsqueeze(1) if images.dim() == 3 else images).float().div_(255)
-
-
-REFERENCE_PIXELS = 28 * 28   # the picture that batch sizes and budgets are stated for (grey 28x28)
 DATA_INFO = "data.json"   # beside a tokenizer's config.yaml: what its data set was (own sets only)
 OWN_EPOCH = 60_000        # a user's set counts epochs of MNIST's size (the prior: grids; the tokenizer: pixels)
 
@@ -285,22 +280,15 @@ def run_data_info(run_dir: Path, dataset: str) -> dict:
         raise DataError(f"{path}: cannot read what data set the run was trained on ({err}); retrain it") from None
 
 
-def batch_for_pixels(images: torch.Tensor, reference_batch: int) -> int:
-    """How many of `images` hold as many pixels as reference_batch grey 28x28 pictures: a batch
-    size stated for those keeps its memory for 64x64 colour pictures too."""
-    return max(1, reference_batch * REFERENCE_PIXELS // (images[0].numel() if len(images) else REFERENCE_PIXELS))
-
-
 @torch.no_grad()
 def encode_images(tokenizer, images_uint8: torch.Tensor, batch_size: int = 0) -> torch.Tensor:
     """uint8 [N,H,W] or [N,C,H,W] -> long [N,h,w] code grids (on the CPU), a batch at a time.
 
     Batches of 500 grey 28x28 pictures (batch_size 0; the same pixels for larger ones) keep
-    the activations cache-sized (docs/RESULTS.md)."""
+    the activations cache-sized (docs/EXPERIMENTS.md)."""
     device = next(tokenizer.parameters()).device
     batch_size = batch_size or batch_for_pixels(images_uint8, 500)
-    return torch.cat([tokenizer.encode(to_float(images_uint8[i:i + batch_size]).to(device)).cpu()
-                      for i in range(0, len(images_uint8), batch_size)])
+    return in_batches(lambda batch: tokenizer.encode(to_float(batch).to(device)).cpu(), images_uint8, batch_size)
 
 
 if __name__ == "__main__":  # `python -m tokenizer.data [mnist|fashion]`: fetch and verify

@@ -4,7 +4,7 @@ As in VQGAN (Esser et al. 2021) and pix2pix before it, the discriminator scores
 patches, not whole images: an image in [-1, 1] -> a grid of logits at a quarter of
 its side (MNIST: 28x28 -> 7x7), each seeing about a quarter of the picture. No
 spectral normalisation: with it this small net learnt slower and made the decoder
-unstable at a higher learning rate (docs/RESULTS.md); the MSE term anchors the
+unstable at a higher learning rate (docs/EXPERIMENTS.md); the MSE term anchors the
 decoder instead. The decoder never needs it to decode: it lives only in the
 phase's checkpoints.
 

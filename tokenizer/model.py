@@ -53,8 +53,8 @@ class VQVAEShape:
 
     @property
     def side(self) -> int:
-        """The image side the network takes (a run saved before image_size existed: 28)."""
-        return self.image_size or 28
+        """The image side the network takes (0 until the data set decides it)."""
+        return self.image_size
 
     @property
     def upsampling(self) -> str:
@@ -63,7 +63,7 @@ class VQVAEShape:
 
     @property
     def in_channels(self) -> int:
-        return self.channels or 1
+        return self.channels
 
     @property
     def halvings(self) -> int:
@@ -124,6 +124,7 @@ def kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator) -> t
 class VectorQuantizer(nn.Module):
     def __init__(self, shape: VQVAEShape, seed: int = 0):
         super().__init__()
+        assert shape.image_size >= 8 and shape.channels in (1, 3), "image_size and channels come from the data: set them"
         self.shape = shape
         self.seed = seed
         K, D = shape.codebook_size, shape.embedding_dim
@@ -365,12 +366,13 @@ class VQVAE(nn.Module, Pretrained):
 
     def __init__(self, shape: VQVAEShape, seed: int = 0):
         super().__init__()
+        assert shape.image_size >= 8 and shape.channels in (1, 3), "image_size and channels come from the data: set them"
         self.shape = shape
         self.encoder = Encoder(shape)
         self.quantizer = (FiniteScalarQuantizer(shape.fsq_levels) if shape.quantizer == "fsq"
                           else VectorQuantizer(shape, seed=seed))
         self.decoder = Decoder(shape)
-        # NHWC convolutions: faster training and encoding on CPU (docs/RESULTS.md, "Performance");
+        # NHWC convolutions: faster training and encoding on CPU (docs/EXPERIMENTS.md, "Performance");
         # the (b h w) d view of z is then free.
         self.to(memory_format=torch.channels_last)
 

@@ -27,16 +27,16 @@ import torch.nn.functional as F
 
 from common.checkpoint import atomic_write_text
 from common.config import ConfigError, load_config
-from common.plots import save_bars, save_curves, save_image_grid
-from common.tracking import make_accelerator
+from common.distributed import processes, together
 from common.errors import run_main
-from common.distributed import together
+from common.images import batch_for_pixels, psnr, to_float
+from common.plots import save_bars, save_curves, save_image_grid
 from common.runs import append_metrics, run_lock, save_run_weights
-from common.distributed import processes
+from common.tracking import make_accelerator
 from common.training import SideModel, Task, evaluation_subset, find_resume_point, fit, run_steps, warmup_for
 from tokenizer.config import TokenizerConfig
-from tokenizer.data import (DATA_INFO, batch_for_pixels, check_dataset, data_root, encode_images, epoch_samples_for,
-                            is_own_dataset, load_dataset, to_float)
+from tokenizer.data import (DATA_INFO, check_dataset, data_root, encode_images, epoch_samples_for, is_own_dataset,
+                            load_dataset)
 from tokenizer.discriminator import (PatchDiscriminator, adversarial_weight, hinge_discriminator_loss,
                                      hinge_generator_loss, r1_penalty)
 from tokenizer.model import VQVAE
@@ -77,7 +77,7 @@ def evaluate_tokenizer(model: VQVAE, images_uint8: torch.Tensor, batch_size: int
     mse = sq_err / n_pixels
     p = counts.float() / counts.sum()
     entropy = -(p[p > 0] * p[p > 0].log()).sum().item()
-    return {"test_mse": mse, "test_psnr": 10 * math.log10(1 / max(mse, 1e-12)),
+    return {"test_mse": mse, "test_psnr": psnr(mse),
             "codebook_usage": (counts > 0).float().mean().item(), "perplexity": math.exp(entropy),
             "recon_std": sum(recon_std) / len(recon_std), "counts": counts}
 
@@ -223,7 +223,7 @@ RESIZE_ABOVE = 28   # auto: resize-convolutions for pictures larger than this ma
 def upsample_for(image_size: int, configured: str) -> str:
     """auto: resize-convolutions above RESIZE_ABOVE pixels, where transposed ones left a grid and
     drew less sharply; transposed up to it, where they measured as sharp in less time
-    (docs/RESULTS.md, "A decoder without a grid")."""
+    (docs/EXPERIMENTS.md, "A decoder without a grid")."""
     if configured != "auto":
         return configured
     return "resize" if image_size > RESIZE_ABOVE else "transposed"
