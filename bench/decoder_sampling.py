@@ -35,7 +35,7 @@ from torch import nn
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from common.checkpoint import save_weights  # noqa: E402
+from common.checkpoint import load_weights, save_weights  # noqa: E402
 from common.plots import save_png  # noqa: E402
 from sampling.judge import real_digit_sets, reconstructions, two_sample_test  # noqa: E402
 from tokenizer import load_tokenizer  # noqa: E402
@@ -95,15 +95,17 @@ class Refiner(nn.Module):
 
 
 @torch.no_grad()
-def draw(model: Refiner, recon: torch.Tensor, steps: int, gen: torch.Generator, batch: int = 1000) -> torch.Tensor:
-    """Euler steps from noise to an image; recon and the result in [0, 1]."""
+def draw(model: Refiner, recon: torch.Tensor, steps: int, gen: torch.Generator, batch: int = 1000,
+         start: float = 0.0) -> torch.Tensor:
+    """Euler steps from noise to an image; recon and the result in [0, 1]. start > 0 begins
+    part-way along the path, from the reconstruction blended with noise (fewer steps to go)."""
     out = []
     for i in range(0, len(recon), batch):
         r = recon[i:i + batch] * 2 - 1
-        x = torch.randn(r.shape, generator=gen)
+        x = (1 - start) * torch.randn(r.shape, generator=gen) + start * r
         for k in range(steps):
-            t = torch.full((len(r),), k / steps)
-            x = x + model(x, t, r) / steps
+            t = start + (1 - start) * k / steps
+            x = x + model(x, torch.full((len(r),), t), r) * (1 - start) / steps
         out.append(((x + 1) / 2).clamp(0, 1))
     return (torch.cat(out) * 255).round() / 255   # the levels a saved picture has
 
@@ -224,6 +226,8 @@ def main() -> None:
     p.add_argument("--r1", type=float, default=0.0)
     p.add_argument("--width", type=int, default=24)
     p.add_argument("--sample-steps", type=int, nargs="+", default=[2, 4, 8])
+    p.add_argument("--load", type=Path, help="flow: a model.safetensors of an earlier run, instead of training")
+    p.add_argument("--start", type=float, default=0.0, help="flow: where on the path sampling begins")
     p.add_argument("--n", type=int, default=10000)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--baseline", action="store_true", help="also judge the shipped decoder")
@@ -255,17 +259,22 @@ def main() -> None:
         few = test_codes[:8]
         shown = [test_x[:8], test_r[:8]] + [decode_noisy(model, tok, few, seed=k) for k in range(4)]
     else:
-        train_r = reconstructions(tok, train_x)
-        model, train_seconds = train_flow(train_x, train_r, args)
+        if args.load:   # a refiner trained before: judge other ways of sampling it
+            model, train_seconds = Refiner(train_x.shape[1], args.width), 0.0
+            model.load_state_dict(load_weights(args.load, "flow"))
+            model.eval()
+        else:
+            model, train_seconds = train_flow(train_x, reconstructions(tok, train_x), args)
         for steps in args.sample_steps:
             started = time.perf_counter()
-            drawn = draw(model, test_r, steps, torch.Generator().manual_seed(steps))
+            drawn = draw(model, test_r, steps, torch.Generator().manual_seed(steps), start=args.start)
             seconds = time.perf_counter() - started
             rows[f"refiner {steps} steps"] = {"psnr": psnr(drawn, test_x), "seconds_per_10k": seconds * 10000 / len(drawn),
                                               **two_sample_test(drawn, reference, seeds=args.seeds)}
             print(f"refiner {steps} steps: {rows[f'refiner {steps} steps']}", flush=True)
         gen = torch.Generator().manual_seed(1)
-        shown = [test_x[:8], test_r[:8]] + [draw(model, test_r[:8], max(args.sample_steps), gen) for _ in range(4)]
+        shown = [test_x[:8], test_r[:8]] + [draw(model, test_r[:8], max(args.sample_steps), gen, start=args.start)
+                                             for _ in range(4)]
     save_weights(args.out / "model.safetensors", model.state_dict(), args.candidate)
     save_png(args.out / "draws.png", torch.stack(shown, 1).flatten(0, 1), nrow=len(shown))
     summary = {"args": {k: str(v) for k, v in vars(args).items()}, "train_seconds": train_seconds, "rows": rows}

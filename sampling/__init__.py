@@ -152,7 +152,7 @@ def load_models(prior_dir="runs/prior", tokenizer_dir=None, device="cpu") -> Mod
     tokenizer = load_tokenizer(tokenizer_dir, device)
     if tokenizer.num_codes != cfg.num_codes:
         raise CheckpointError(f"prior {prior_dir} has num_codes={cfg.num_codes} but tokenizer {tokenizer_dir} "
-                              f"has codebook_size={tokenizer.num_codes}; pass the tokenizer it was trained on")
+                              f"has {tokenizer.num_codes} codes; pass the tokenizer it was trained on")
     if cfg.grid != tokenizer.grid:
         raise CheckpointError(f"prior {prior_dir} writes {cfg.grid}x{cfg.grid} code grids but tokenizer {tokenizer_dir} "
                               f"reads {tokenizer.grid}x{tokenizer.grid}; pass the tokenizer it was trained on")
