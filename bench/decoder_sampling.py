@@ -2,7 +2,7 @@
 deterministic decoder, side by side, the tokenizer's codes frozen.
 
     python bench/decoder_sampling.py noise [--steps 1875] [--gan-weight 0.3] [--blur 2] [--r1 0.1]
-    python bench/decoder_sampling.py flow [--steps 3000] [--width 24] [--sample-steps 2 4 8]
+    python bench/decoder_sampling.py flow [--steps 4000] [--width 16] [--sample-steps 3 6] [--start 0.5]
 
 noise: the shipped decoder with noise added after each of its layers below the output
 (a learned scale per channel, starting at 0: it starts as the shipped decoder), trained
@@ -10,13 +10,16 @@ against a fresh patch + whole-picture discriminator with the squared error measu
 pictures blurred by --blur (average pooling): the coarse shape stays tied to the code, the
 detail the code leaves open is the adversary's to judge and the noise's to draw.
 
-flow: a conditional flow-matching refiner. It draws an image from noise in a few Euler steps of a learned velocity field,
-conditioned on the tokenizer's reconstruction (a fixed function of the code grid, so it is
-conditioned on the codes and the prior is untouched). Trained on the training set's
-(reconstruction, image) pairs, the tokenizer frozen. Prints, for the test set's code grids:
-PSNR to the test images, the two-sample test against real training images (3 seeds) for the
-plain decoder and for the refiner at each step count, and the seconds each part took; saves
-OUT/draws.png (several draws from each of a few code grids) and OUT/refiner.safetensors.
+flow: a conditional flow-matching refiner (a small U-Net) that draws a picture from noise in a
+few Euler steps of a learned velocity field, conditioned on the tokenizer's reconstruction (a
+fixed function of the code grid: the prior is untouched); --start 0.5 begins half-way, from the
+reconstruction blended with noise. Trained on the training set's (reconstruction, picture)
+pairs; --load judges a trained one again.
+
+Prints, for the test set's code grids (or a prior's, --tokens samples.npz): PSNR, the seconds
+per 10k decoded and the two-sample test against real training pictures (--seeds seeds; with
+--baseline the shipped decoder too); writes OUT/results.json, OUT/model.safetensors and
+OUT/draws.png (each row: a test picture, its reconstruction, four draws from its code grid).
 """
 from __future__ import annotations
 
@@ -39,7 +42,7 @@ from common.checkpoint import load_weights, save_weights  # noqa: E402
 from common.plots import save_png  # noqa: E402
 from sampling.judge import real_digit_sets, reconstructions, two_sample_test  # noqa: E402
 from tokenizer import load_tokenizer  # noqa: E402
-from common.images import to_float  # noqa: E402
+from common.images import quantized, to_float  # noqa: E402
 from tokenizer.data import data_root, encode_images, ensure_dataset, load_split  # noqa: E402
 
 
@@ -172,7 +175,7 @@ def train_noise(tok, train_x, codes, args) -> tuple[nn.Module, float]:
         d_loss.backward()
         opt_d.step()
         if step % 250 == 0 or step == args.steps - 1:
-            scales = [float(m.weight.abs().mean()) for m in decoder if isinstance(m, Noise)]
+            scales = [float(m.weight.detach().abs().mean()) for m in decoder if isinstance(m, Noise)]
             print(f"step {step} recon {recon.item():.4f} adv {adversarial.item():.3f} disc {d_loss.item():.3f} "
                   f"noise scales {' '.join(f'{v:.3f}' for v in scales)} {time.perf_counter() - started:.0f} s", flush=True)
     return ema.module.eval(), time.perf_counter() - started
@@ -226,6 +229,7 @@ def main() -> None:
     p.add_argument("--r1", type=float, default=0.0)
     p.add_argument("--width", type=int, default=24)
     p.add_argument("--sample-steps", type=int, nargs="+", default=[2, 4, 8])
+    p.add_argument("--tokens", type=Path, help="samples.npz of generate.py: refine the prior's code grids")
     p.add_argument("--load", type=Path, help="flow: a model.safetensors of an earlier run, instead of training")
     p.add_argument("--start", type=float, default=0.0, help="flow: where on the path sampling begins")
     p.add_argument("--n", type=int, default=10000)
@@ -243,6 +247,12 @@ def main() -> None:
     reference = train_x[real_digit_sets(len(train_x), len(test_x))[1]]
     test_codes = encode_images(tok, (test_x * 255).round().to(torch.uint8))
     test_r = reconstructions(tok, test_x)
+    if args.tokens:   # a prior's samples (generate.py's samples.npz): judge their code grids, not the test set's
+        import numpy as np
+        with np.load(args.tokens) as saved:
+            test_codes = torch.from_numpy(saved["tokens"].astype(np.int64))[:args.n]
+        test_r = quantized(tok.decode(test_codes))
+        test_x = test_r   # no picture to compare with: PSNR reads against the plain decoding
     rows = {}
     if args.baseline:
         rows["decoder"] = {"psnr": psnr(test_r, test_x), **two_sample_test(test_r, reference, seeds=args.seeds)}
