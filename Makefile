@@ -1,6 +1,6 @@
 # make demo: set up, train both stages on the default configs, write 64 samples.
-# make test: set up, run the fast tier of the test suite (~3 min on 2 cores); make test-all: every tier
-#            (slow, distributed, browser: ~14 min), what CI runs. Both create .venv when missing.
+# make test: set up, run the fast tier of the test suite (~2.5 min on 2 cores); make test-all: every tier
+#            (slow, distributed, browser: ~19 min), what CI runs. Both create .venv when missing.
 # make app: also install the app extra (gradio), then serve the browser demo on 127.0.0.1:7860
 #           (runs/prior when trained, else the shipped runs in pretrained/; the page says which).
 # make pretrained: retrain and re-measure the shipped runs in pretrained/ (~90 min on 2 cores).

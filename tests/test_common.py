@@ -197,3 +197,34 @@ def test_evaluation_subsets_are_spread_over_the_set_and_fixed():
     rows = evaluation_subset(1000, 10)
     assert rows.tolist() == [0, 111, 222, 333, 444, 555, 666, 777, 888, 999]
     assert evaluation_subset(1000, None) == slice(None) and evaluation_subset(5, 10) == slice(None)
+
+
+def test_pictures_convert_both_ways_in_the_stored_layouts_and_batch_in_pixels():
+    from common.images import batch_for_pixels, in_batches, psnr, quantized, to_float, to_uint8
+    grey = torch.randint(0, 256, (5, 28, 28), dtype=torch.uint8)
+    colour = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
+    assert to_float(grey).shape == (5, 1, 28, 28) and torch.equal(to_uint8(to_float(grey)), grey)
+    assert torch.equal(to_uint8(to_float(colour)), colour.permute(0, 2, 3, 1))   # stored [N,H,W,C]
+    x = torch.rand(4, 1, 8, 8)
+    assert torch.equal(quantized(x), to_float(to_uint8(x)))
+    assert psnr(0.01) == pytest.approx(20.0) and psnr(0.0) == pytest.approx(100.0)
+    assert batch_for_pixels(grey, 500) == 500 and batch_for_pixels(colour, 500) == 500 * 784 // 3072
+    twice = in_batches(lambda b: b * 2, torch.arange(10.0), 3)
+    assert torch.equal(twice, torch.arange(10.0) * 2)
+    assert in_batches(lambda b: b * 2, torch.zeros(0, 4), 3).shape == (0, 4)   # an empty set, not an error
+
+
+def test_a_renamed_key_reads_under_its_new_name_and_both_at_once_is_one_line(tmp_path):
+    from common.config import ConfigError, config_from_file, load_config
+    from tokenizer.config import TokenizerConfig
+    from tokenizer.discriminator import PatchDiscriminator
+    (tmp_path / "config.yaml").write_text("decoder_disc_whole_digit: false\n")
+    assert config_from_file(TokenizerConfig, tmp_path / "config.yaml").decoder_disc_whole_image is False
+    assert load_config(TokenizerConfig, ["decoder_disc_whole_digit=false"]).decoder_disc_whole_image is False
+    with pytest.raises(ConfigError, match="one setting"):
+        load_config(TokenizerConfig, ["decoder_disc_whole_digit=false", "decoder_disc_whole_image=true"])
+    old = {k.replace("image_head", "digit_head"): v
+           for k, v in PatchDiscriminator(1, 28, 8, whole_image=True).state_dict().items()}
+    disc = PatchDiscriminator(1, 28, 8, whole_image=True)
+    disc.load_state_dict(old)   # a checkpoint saved when the head had the other name
+    assert torch.equal(disc.image_head[1].weight, old["digit_head.1.weight"])
