@@ -272,7 +272,7 @@ class Page:
         if tokens is None:
             raise DemoError("sample first")
         x, y = event.index if isinstance(event.index, (list, tuple)) else (-1, -1)
-        side = self.current(visitor).require_models().tokenizer.shape.side
+        side = self.current(visitor).require_models().tokenizer.shape.image_size
         chosen = picked(x, y, len(tokens), side * shown_scale(side))
         if chosen is None:
             raise DemoError("click a digit, not the space between them")

@@ -52,27 +52,18 @@ class VQVAEShape:
     # conv, or 4x4 transposed convs (which can leave a grid); auto: resize above 28 pixels (tokenizer/train.py)
 
     @property
-    def side(self) -> int:
-        """The image side the network takes (0 until the data set decides it)."""
-        return self.image_size
-
-    @property
     def upsampling(self) -> str:
         """The decoder's doublings ("auto" unresolved, with no data set: transposed)."""
         return "transposed" if self.upsample == "auto" else self.upsample
 
     @property
-    def in_channels(self) -> int:
-        return self.channels
-
-    @property
     def halvings(self) -> int:
-        return self.downsamples or (2 if self.side <= 32 else 3)
+        return self.downsamples or (2 if self.image_size <= 32 else 3)
 
     @property
     def grid(self) -> int:
         """The code grid's side: side / 2**halvings (28 -> 7)."""
-        return self.side // 2 ** self.halvings
+        return self.image_size // 2 ** self.halvings
 
     @property
     def code_dim(self) -> int:
@@ -307,7 +298,7 @@ class Encoder(nn.Module):
     def __init__(self, shape: VQVAEShape):
         super().__init__()
         C, D = shape.hidden_channels, shape.code_dim
-        halvings = [nn.Conv2d(shape.in_channels if i == 0 else C, C, 4, stride=2, padding=1)
+        halvings = [nn.Conv2d(shape.channels if i == 0 else C, C, 4, stride=2, padding=1)
                     for i in range(shape.halvings)]                  # 28 -> 14 -> 7
         self.net = nn.Sequential(
             *[layer for conv in halvings for layer in (conv, nn.ReLU())],
@@ -337,7 +328,7 @@ class Decoder(nn.Module):
             *[ResBlock(C) for _ in range(shape.res_blocks)],
             nn.ReLU(),
             *[layer for _ in range(shape.halvings - 1) for layer in (doubling(shape.upsampling, C, C), nn.ReLU())],
-            doubling(shape.upsampling, C, shape.in_channels), nn.Tanh(),      # the image's side, in [-1, 1]
+            doubling(shape.upsampling, C, shape.channels), nn.Tanh(),      # the image's side, in [-1, 1]
         )
 
     def forward(self, z):
@@ -399,7 +390,7 @@ class VQVAE(nn.Module, Pretrained):
     @property
     def image_shape(self) -> tuple[int, int, int]:
         """(C, H, W) of the images it takes and gives: MNIST (1, 28, 28)."""
-        return self.shape.in_channels, self.shape.side, self.shape.side
+        return self.shape.channels, self.shape.image_size, self.shape.image_size
 
     @property
     def grid(self) -> int:

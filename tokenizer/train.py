@@ -160,7 +160,7 @@ class DecoderTask:
         if cfg.decoder_loss == "gan":
             with torch.random.fork_rng():   # the same discriminator however the run got here (resume, straight)
                 torch.manual_seed(cfg.seed + 1)
-                disc = PatchDiscriminator(cfg.in_channels, cfg.side, cfg.decoder_disc_channels,
+                disc = PatchDiscriminator(cfg.channels, cfg.image_size, cfg.decoder_disc_channels,
                                           cfg.decoder_disc_whole_image)
                 disc = disc.to(memory_format=torch.channels_last)
             side = SideModel(disc, self.disc_loss, lambda d: torch.optim.Adam(d.parameters(), lr=cfg.decoder_disc_lr,
