@@ -2,7 +2,7 @@
 deterministic decoder, side by side, the tokenizer's codes frozen.
 
     python bench/decoder_sampling.py noise [--steps 1875] [--gan-weight 0.3] [--blur 2] [--r1 0.1]
-    python bench/decoder_sampling.py flow [--steps 4000] [--width 16] [--sample-steps 3 6] [--start 0.5]
+    python bench/decoder_sampling.py flow [--steps 2000] [--width 32] [--sample-steps 3 6] [--start 0.5]
 
 noise: the shipped decoder with noise added after each of its layers below the output
 (a learned scale per channel, starting at 0: it starts as the shipped decoder), trained
@@ -10,11 +10,11 @@ against a fresh patch + whole-picture discriminator with the squared error measu
 pictures blurred by --blur (average pooling): the coarse shape stays tied to the code, the
 detail the code leaves open is the adversary's to judge and the noise's to draw.
 
-flow: a conditional flow-matching refiner (a small U-Net) that draws a picture from noise in a
-few Euler steps of a learned velocity field, conditioned on the tokenizer's reconstruction (a
-fixed function of the code grid: the prior is untouched); --start 0.5 begins half-way, from the
-reconstruction blended with noise. Trained on the training set's (reconstruction, picture)
-pairs; --load judges a trained one again.
+flow: the refiner the tokenizer ships (tokenizer/refiner.py: a flow from noise to a picture,
+conditioned on the tokenizer's reconstruction, a fixed function of the code grid: the prior is
+untouched), trained here alone with its own schedule; --start 0.5 begins sampling half-way,
+from the reconstruction blended with noise. Trained on the training set's (reconstruction,
+picture) pairs; --load judges a trained one again.
 
 Prints, for the test set's code grids (or a prior's, --tokens samples.npz): PSNR, the seconds
 per 10k decoded and the two-sample test against real training pictures (--seeds seeds; with
@@ -44,73 +44,14 @@ from sampling.judge import real_digit_sets, reconstructions, two_sample_test  # 
 from tokenizer import load_tokenizer  # noqa: E402
 from common.images import quantized, to_float  # noqa: E402
 from tokenizer.data import data_root, encode_images, ensure_dataset, load_split  # noqa: E402
+from tokenizer.refiner import Refiner, flow_loss, refine  # noqa: E402
 
 
-class FiLMBlock(nn.Module):
-    """Norm, conv, shifted and scaled by the time, conv; a residual."""
-    def __init__(self, c_in: int, c_out: int, t_dim: int):
-        super().__init__()
-        self.norm1, self.conv1 = nn.GroupNorm(8, c_in), nn.Conv2d(c_in, c_out, 3, padding=1)
-        self.film = nn.Linear(t_dim, 2 * c_out)
-        self.norm2, self.conv2 = nn.GroupNorm(8, c_out), nn.Conv2d(c_out, c_out, 3, padding=1)
-        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
-        nn.init.zeros_(self.conv2.weight)
-        nn.init.zeros_(self.conv2.bias)
-
-    def forward(self, x, t):
-        h = self.conv1(F.silu(self.norm1(x)))
-        scale, shift = self.film(t)[:, :, None, None].chunk(2, 1)
-        h = F.silu(self.norm2(h) * (1 + scale) + shift)
-        return self.skip(x) + self.conv2(h)
-
-
-class Refiner(nn.Module):
-    """v(x_t, t | reconstruction): a two-level U-Net (side -> side/2 -> side/4)."""
-    def __init__(self, channels: int, width: int):
-        super().__init__()
-        w1, w2, t_dim = width, 2 * width, 4 * width
-        self.t_dim = t_dim
-        self.time = nn.Sequential(nn.Linear(t_dim, t_dim), nn.SiLU(), nn.Linear(t_dim, t_dim))
-        self.stem = nn.Conv2d(2 * channels, w1, 3, padding=1)
-        self.down1 = FiLMBlock(w1, w1, t_dim)
-        self.pool1 = nn.Conv2d(w1, w2, 3, stride=2, padding=1)
-        self.down2 = FiLMBlock(w2, w2, t_dim)
-        self.pool2 = nn.Conv2d(w2, w2, 3, stride=2, padding=1)
-        self.mid = FiLMBlock(w2, w2, t_dim)
-        self.up2 = FiLMBlock(2 * w2, w2, t_dim)
-        self.up1 = FiLMBlock(w2 + w1, w1, t_dim)
-        self.out = nn.Sequential(nn.GroupNorm(8, w1), nn.SiLU(), nn.Conv2d(w1, channels, 3, padding=1))
-
-    def embed(self, t):
-        half = self.t_dim // 2
-        freqs = torch.exp(-math.log(1000) * torch.arange(half, device=t.device) / half)
-        angles = 1000 * t[:, None] * freqs[None]
-        return self.time(torch.cat([angles.sin(), angles.cos()], 1))
-
-    def forward(self, x_t, t, recon):
-        te = self.embed(t)
-        h1 = self.down1(self.stem(torch.cat([x_t, recon], 1)), te)
-        h2 = self.down2(self.pool1(h1), te)
-        h = self.mid(self.pool2(h2), te)
-        h = self.up2(torch.cat([F.interpolate(h, size=h2.shape[-2:]), h2], 1), te)
-        h = self.up1(torch.cat([F.interpolate(h, size=h1.shape[-2:]), h1], 1), te)
-        return self.out(h)
-
-
-@torch.no_grad()
-def draw(model: Refiner, recon: torch.Tensor, steps: int, gen: torch.Generator, batch: int = 1000,
-         start: float = 0.0) -> torch.Tensor:
-    """Euler steps from noise to an image; recon and the result in [0, 1]. start > 0 begins
-    part-way along the path, from the reconstruction blended with noise (fewer steps to go)."""
-    out = []
-    for i in range(0, len(recon), batch):
-        r = recon[i:i + batch] * 2 - 1
-        x = (1 - start) * torch.randn(r.shape, generator=gen) + start * r
-        for k in range(steps):
-            t = start + (1 - start) * k / steps
-            x = x + model(x, torch.full((len(r),), t), r) * (1 - start) / steps
-        out.append(((x + 1) / 2).clamp(0, 1))
-    return (torch.cat(out) * 255).round() / 255   # the levels a saved picture has
+def draw(model: Refiner, recon: torch.Tensor, steps: int, gen: torch.Generator, start: float,
+         batch: int = 1000) -> torch.Tensor:
+    """The refiner's pictures for reconstructions in [0, 1], at the levels a saved picture has."""
+    out = [refine(model, r * 2 - 1, steps, start, gen) for r in recon.split(batch)]
+    return quantized((torch.cat(out) + 1) / 2)
 
 
 def psnr(a, b) -> float:
@@ -192,19 +133,15 @@ def decode_noisy(decoder, tok, codes, seed: int, batch: int = 1000) -> torch.Ten
 
 
 def train_flow(train_x, train_r, args) -> tuple[nn.Module, float]:
-    model = Refiner(train_x.shape[1], args.width)
-    ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(0.999))
+    model = Refiner(train_x.shape[1], args.width).to(memory_format=torch.channels_last)
+    ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema))
     print(f"refiner: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters", flush=True)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.05)
     started = time.perf_counter()
     for step in range(args.steps):
         idx = torch.randint(len(train_x), (args.batch,))
-        x1, r = train_x[idx] * 2 - 1, train_r[idx] * 2 - 1
-        x0 = torch.randn_like(x1)
-        t = torch.sigmoid(torch.randn(args.batch))          # logit-normal: the middle of the path matters most
-        tb = t[:, None, None, None]
-        loss = F.mse_loss(model((1 - tb) * x0 + tb * x1, t, r), x1 - x0)
+        loss = flow_loss(model, train_r[idx] * 2 - 1, train_x[idx] * 2 - 1)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -231,7 +168,9 @@ def main() -> None:
     p.add_argument("--sample-steps", type=int, nargs="+", default=[2, 4, 8])
     p.add_argument("--tokens", type=Path, help="samples.npz of generate.py: refine the prior's code grids")
     p.add_argument("--load", type=Path, help="flow: a model.safetensors of an earlier run, instead of training")
-    p.add_argument("--start", type=float, default=0.0, help="flow: where on the path sampling begins")
+    p.add_argument("--start", type=float, default=0.5, help="flow: where on the path sampling starts, from the "
+                                                                "reconstruction blended with noise")
+    p.add_argument("--ema", type=float, default=0.999, help="flow: the weight average's decay")
     p.add_argument("--n", type=int, default=10000)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--baseline", action="store_true", help="also judge the shipped decoder")
@@ -246,7 +185,7 @@ def main() -> None:
     test_x = to_float(load_split(root, args.dataset, train=False)[0])[:args.n]
     reference = train_x[real_digit_sets(len(train_x), len(test_x))[1]]
     test_codes = encode_images(tok, (test_x * 255).round().to(torch.uint8))
-    test_r = reconstructions(tok, test_x)
+    test_r = reconstructions(tok, test_x, refine=0)
     if args.tokens:   # a prior's samples (generate.py's samples.npz): judge their code grids, not the test set's
         import numpy as np
         with np.load(args.tokens) as saved:
@@ -274,16 +213,16 @@ def main() -> None:
             model.load_state_dict(load_weights(args.load, "flow"))
             model.eval()
         else:
-            model, train_seconds = train_flow(train_x, reconstructions(tok, train_x), args)
+            model, train_seconds = train_flow(train_x, reconstructions(tok, train_x, refine=0), args)
         for steps in args.sample_steps:
             started = time.perf_counter()
-            drawn = draw(model, test_r, steps, torch.Generator().manual_seed(steps), start=args.start)
+            drawn = draw(model, test_r, steps, torch.Generator().manual_seed(steps), args.start)
             seconds = time.perf_counter() - started
             rows[f"refiner {steps} steps"] = {"psnr": psnr(drawn, test_x), "seconds_per_10k": seconds * 10000 / len(drawn),
                                               **two_sample_test(drawn, reference, seeds=args.seeds)}
             print(f"refiner {steps} steps: {rows[f'refiner {steps} steps']}", flush=True)
         gen = torch.Generator().manual_seed(1)
-        shown = [test_x[:8], test_r[:8]] + [draw(model, test_r[:8], max(args.sample_steps), gen, start=args.start)
+        shown = [test_x[:8], test_r[:8]] + [draw(model, test_r[:8], max(args.sample_steps), gen, args.start)
                                              for _ in range(4)]
     save_weights(args.out / "model.safetensors", model.state_dict(), args.candidate)
     save_png(args.out / "draws.png", torch.stack(shown, 1).flatten(0, 1), nrow=len(shown))

@@ -45,10 +45,10 @@ from common.tracking import make_accelerator, start_tracking
 
 # Keys that may change between a run and its resumption; any other difference
 # means the checkpoint belongs to a different experiment.
-# decoder_*: the tokenizer's second phase, which checks its own config in its own folder
+# decoder_*, refiner_*: the tokenizer's later phases, which check their own config in their own folders
 RESUMABLE_KEYS = {"epochs", "max_steps", "eval_every", "save_every", "tracker", "resume", "keep_checkpoints",
                   "out_dir", "data_root", "log_every", "patience", "eval_samples"}
-RESUMABLE_PREFIX = "decoder_"
+RESUMABLE_PREFIX = ("decoder_", "refiner_")
 LOG_EVERY = 25
 EVALS_PER_RUN = 10   # eval_every=0: held-out loss measured about this often, whatever the run's length
 ETA_STEPS, ETA_SECONDS = 50, 20.0   # the run says how long it will take after this many steps or seconds

@@ -7,7 +7,7 @@
 
 Each run is trained in place by `accelerate launch --cpu` (the same commands give the
 same weights on CPU), then pruned to what using it needs: config.yaml,
-model.safetensors, metrics.jsonl (no checkpoints/, cached codes or decoder phase).
+model.safetensors, metrics.jsonl (no checkpoints/, cached codes, decoder or refiner phase).
 A prior also gets sampling.yaml, its recommended sampler settings, which
 generate.py and the demo page use unless a flag says otherwise. Each set's card
 (README.md) holds the commands, times and figures, measured here and written with
@@ -45,7 +45,7 @@ SETS = {
         "weights_licence": "cc-by-sa-3.0",
         "runs": {
             "tokenizer": {"stage": "tokenizer", "train": [],
-                          "about": "the default tokenizer (tokenizer/config.py): K=64, two adversarial decoder epochs"},
+                          "about": "the default tokenizer (tokenizer/config.py): K=64, two adversarial decoder epochs, two of the refiner"},
             "prior": {"stage": "prior", "train": ["--config", "configs/prior-large.yaml",
                                                    "tokenizer=pretrained/mnist/tokenizer"],
                       "sampling": {"label": "none", "cfg": 0.2, "temperature": 1.0, "keep_likeliest": 1.0},
@@ -61,7 +61,7 @@ SETS = {
         "weights_licence": "mit",
         "runs": {
             "tokenizer": {"stage": "tokenizer", "train": ["--config", "configs/tokenizer-fashion.yaml"],
-                          "about": "the default tokenizer on Fashion (configs/tokenizer-fashion.yaml): K=64, two adversarial decoder epochs"},
+                          "about": "the default tokenizer on Fashion (configs/tokenizer-fashion.yaml): K=64, two adversarial decoder epochs, two of the refiner"},
             "prior": {"stage": "prior", "train": ["--config", "configs/prior-fashion.yaml",
                                                    "tokenizer=pretrained/fashion/tokenizer"],
                       "sampling": {"label": "all", "cfg": 0.35, "temperature": 1.0, "keep_likeliest": 1.0},
@@ -97,17 +97,17 @@ def train(set_name: str, run: str, spec: dict) -> None:
 
 
 def code_weights(set_name: str) -> dict:
-    """The shipped tokenizer's tensors that choose its codes: all but the decoder's."""
+    """The shipped tokenizer's tensors that choose its codes: all but the decoder's and the refiner's."""
     path = run_dir(set_name, "tokenizer") / WEIGHTS
     if not path.is_file():
         return {}
     from safetensors.torch import load_file
-    return {k: v for k, v in load_file(path).items() if not k.startswith("decoder.")}
+    return {k: v for k, v in load_file(path).items() if not k.startswith(("decoder.", "refiner."))}
 
 
 def retrain_tokenizer_only(set_name: str, spec: dict) -> None:
     """A new tokenizer under the shipped priors: allowed only when it gives them the very same
-    codes (a decoder-only change, retrained on the CPU type that trained the priors), since a
+    codes (a decoder or refiner change, retrained on the CPU type that trained the priors), since a
     prior is trained on codes alone and its command would then give the same weights again."""
     import torch
     before = code_weights(set_name)

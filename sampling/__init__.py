@@ -35,8 +35,10 @@ MAX_SEED = 2**63 - 1   # torch.Generator.manual_seed's range (a larger one overf
 
 def check_sampling_args(n: int, temperature: float, top_k, top_p, label, batch_size: int,
                         cfg_schedule: str = "constant", keep_likeliest: float = 1.0, seed: int = 0,
-                        cfg: float = 0.0) -> None:
+                        cfg: float = 0.0, refine: int | None = None) -> None:
     """Raise ValueError (one line) before anything heavy is loaded."""
+    if refine is not None and (isinstance(refine, bool) or not isinstance(refine, int) or refine < 0):
+        raise ValueError(f"refine={refine!r}: the refiner's steps must be a whole number >= 0 (0: the decoder alone)")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
         raise ValueError(f"seed={seed!r}: must be a whole number from 0 to {MAX_SEED}")
     if not 0 <= cfg < math.inf:   # also refuses NaN
@@ -167,18 +169,21 @@ def generate(n: int = 64, label=None, temperature: float = 1.0, top_k: int | Non
              top_p: float | None = None, cfg: float = 0.0, seed: int = 0, prior: str | Path = "runs/prior",
              tokenizer: str | Path | None = None, device: str = "cpu", batch_size: int = 2048,
              keep: torch.Tensor | None = None, models=None, cfg_schedule: str = "constant",
-             keep_likeliest: float = 1.0, **digit) -> dict:
+             keep_likeliest: float = 1.0, refine: int | None = None, **digit) -> dict:
     """Sample n images, float [n,C,H,W]. label: a class, a list, "all", "null" or None (module doc;
     digit= is the same keyword). keep: optional long [n,R,w] code rows to hold fixed (completion).
     cfg_schedule: "constant" or "linear" (guidance rising from 0 to 2 * cfg along the sequence).
-    keep_likeliest: draw more and keep this share of each condition's likeliest (module doc)."""
+    keep_likeliest: draw more and keep this share of each condition's likeliest (module doc).
+    refine: the refiner's steps for the pictures (None: the tokenizer's refiner_steps; 0: the
+    decoder's average picture of each code grid; VQVAE.draw)."""
     if digit:   # digit= is label='s name for MNIST users
         if set(digit) != {"digit"}:
             raise TypeError(f"generate() got an unexpected keyword argument {sorted(set(digit) - {'digit'})[0]!r}")
         if label is not None:
             raise TypeError("generate() takes label= or digit= (the same setting), not both")
         label = digit["digit"]
-    check_sampling_args(n, temperature, top_k, top_p, label, batch_size, cfg_schedule, keep_likeliest, seed, cfg)
+    check_sampling_args(n, temperature, top_k, top_p, label, batch_size, cfg_schedule, keep_likeliest, seed, cfg,
+                        refine)
     models = models or load_models(prior, tokenizer, device)
     gpt, prior_cfg, tok = models[:3]
     prior = getattr(models, "prior_dir", prior)   # messages name the prior in use, not the default
@@ -213,7 +218,7 @@ def generate(n: int = 64, label=None, temperature: float = 1.0, top_k: int | Non
                             for i in range(0, len(tokens), batch_size)]).cpu()
         tokens = tokens[likeliest_per_group(group_of_row, candidates, scores).to(tokens.device)]
     grids = sequence_to_grid(tokens, height=shape.grid)
-    images = torch.cat([tok.decode(grids[i:i + batch_size]) for i in range(0, n, batch_size)])
+    images = torch.cat([tok.draw(grids[i:i + batch_size], refine, gen) for i in range(0, n, batch_size)])
     return {"images": images.cpu(), "tokens": grids.cpu(), "labels": labels}
 
 

@@ -1,4 +1,4 @@
-"""Sample new images: the prior draws code grids, the tokenizer decodes them.
+"""Sample new images: the prior draws code grids, the tokenizer draws their pictures.
 
     python sampling/generate.py --n 64
     python sampling/generate.py --n 64 --prior mnist          # the shipped runs (pretrained/), no training
@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-likeliest", type=float, default=1.0, metavar="SHARE",
                    help="draw n / SHARE samples and keep each class's likeliest SHARE of them, "
                         "scored by the prior (1: no filtering)")
+    p.add_argument("--refine", type=int, default=None, metavar="STEPS",
+                   help="the refiner's steps, which draw the detail a code grid leaves open (default: the "
+                        "tokenizer's refiner_steps; 0: the decoder's average picture)")
     p.add_argument("--out", default="samples", help="folder for grid.png and samples.npz")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--batch-size", type=int, default=2048, help="samples generated at once")
@@ -137,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     def check_settings():
         check_sampling_args(args.n, args.temperature, args.top_k, args.top_p, args.label, args.batch_size,
-                            args.cfg_schedule, args.keep_likeliest, args.seed, args.cfg)
+                            args.cfg_schedule, args.keep_likeliest, args.seed, args.cfg, args.refine)
 
     check_settings()   # a bad flag is named first, whether or not the prior exists
     prior_dir = find_run(args.prior, "prior")
@@ -175,7 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = generate(n=args.n, label=args.label, temperature=args.temperature, top_k=args.top_k,
                       top_p=args.top_p, cfg=args.cfg, seed=args.seed, device=args.device,
                       batch_size=args.batch_size, keep=keep, models=models, cfg_schedule=args.cfg_schedule,
-                      keep_likeliest=args.keep_likeliest)
+                      keep_likeliest=args.keep_likeliest, refine=args.refine)
     seconds = time.perf_counter() - started
 
     out.mkdir(parents=True, exist_ok=True)

@@ -341,8 +341,11 @@ def real_digit_sets(count: int, n: int, seed: int = 0) -> tuple[torch.Tensor, to
 
 
 @torch.no_grad()
-def reconstructions(tokenizer, images: torch.Tensor, batch_size: int = 0) -> torch.Tensor:
-    """The tokenizer's reconstructions of float images [N,C,H,W], rounded to uint8 levels
-    as generated samples are (batches of 2000 MNIST digits' pixels)."""
+def reconstructions(tokenizer, images: torch.Tensor, batch_size: int = 0, refine: int | None = None,
+                    seed: int = 0) -> torch.Tensor:
+    """The tokenizer's reconstructions of float images [N,C,H,W] as generate() draws pictures from
+    code grids (refine: the refiner's steps, None its default, 0 the decoder's average), rounded
+    to uint8 levels as generated samples are (batches of 2000 MNIST digits' pixels)."""
     batch_size = batch_size or batch_for_pixels(images, 2000)
-    return quantized(in_batches(lambda batch: tokenizer.decode(tokenizer.encode(batch)), images, batch_size))
+    gen = torch.Generator().manual_seed(seed)
+    return quantized(in_batches(lambda batch: tokenizer.draw(tokenizer.encode(batch), refine, gen), images, batch_size))

@@ -9,12 +9,12 @@ REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("WANDB_MODE", "disabled")   # tests never track
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
-# Small enough for seconds on a 2-core CPU, real MNIST underneath. No decoder phase
-# (the default has one): tests add it where they test it, without the default's weight
+# Small enough for seconds on a 2-core CPU, real MNIST underneath. No decoder or refiner phase
+# (the default has both): tests add them where they test them, without the default's weight
 # average (0.999 averages over ~1000 steps; a tiny phase has 128) or whole-digit head.
 TINY_TOKENIZER = ["hidden_channels=16", "embedding_dim=8", "codebook_size=32", "train_subset=2048",
                   "batch_size=32", "epochs=2", "warmup_steps=10", "dead_code_steps=5", "lr=0.003",
-                  "decoder_epochs=0", "decoder_weight_average=0", "decoder_disc_whole_image=false"]
+                  "decoder_epochs=0", "decoder_weight_average=0", "decoder_disc_whole_image=false", "refiner_epochs=0"]
 TINY_PRIOR = ["n_layer=2", "n_head=2", "n_embd=32", "train_subset=512", "batch_size=64", "epochs=2",
               "warmup_steps=2"]
 

@@ -144,6 +144,42 @@ def test_decoder_phase_keeps_the_codes_and_sharpens_the_images(tmp_path, tiny_to
     assert [json.loads(l).get("phase") for l in again].count("decoder") == 1
 
 
+@pytest.mark.slow
+def test_refiner_phase_keeps_the_codes_and_the_decoder(tmp_path, tiny_tokenizer_run, mnist_root):
+    """A trained run gets a refiner by running it again with refiner_epochs: codes and decoder
+    stay, the refiner's weights join the tokenizer's, draw() samples with them; stopped inside
+    the phase and resumed, the same weights as straight through."""
+    shutil.copytree(tiny_tokenizer_run, tmp_path / "extended")
+    common = TINY_TOKENIZER + [f"data_root={mnist_root}", "refiner_epochs=1", "refiner_width=8"]
+    metrics = main(common + [f"out_dir={tmp_path}/extended"])
+    rows = [json.loads(l) for l in (tmp_path / "extended" / "metrics.jsonl").read_text().splitlines()]
+    joint = [r for r in rows if "phase" not in r][-1]
+    assert rows[-1] == metrics and metrics["phase"] == "refiner"
+    assert (joint["step"], metrics["step"], metrics["epoch"]) == (128, 192, 3.0)
+    assert metrics["test_psnr"] == joint["test_psnr"], "the decoder's own figures are kept"
+    refiner_rows = [json.loads(l) for l in (tmp_path / "extended" / "refiner" / "metrics.jsonl").read_text().splitlines()]
+    assert refiner_rows[-1]["refiner_test_loss"] < refiner_rows[0]["refiner_test_loss"]
+    assert metrics["refiner_test_loss"] == refiner_rows[-1]["refiner_test_loss"] and "refiner_train_loss" in metrics
+
+    x = to_float(load_split(mnist_root, "mnist", train=False, subset=64)[0])
+    before, after = load_tokenizer(tiny_tokenizer_run), load_tokenizer(tmp_path / "extended")
+    assert before.refiner is None and after.refiner is not None
+    codes = before.encode(x)
+    assert torch.equal(after.encode(x), codes) and torch.equal(after.decode(codes), before.decode(codes))
+    drawn = after.draw(codes, generator=torch.Generator().manual_seed(0))
+    assert not torch.equal(drawn, after.decode(codes)) and torch.equal(after.draw(codes, steps=0), after.decode(codes))
+
+    main(common + [f"out_dir={tmp_path}/straight"])
+    main(common + [f"out_dir={tmp_path}/broken", "max_steps=160"])
+    stopped = json.loads((tmp_path / "broken" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert (stopped["step"], stopped["phase"]) == (160, "refiner"), "max_steps counts the steps of every phase"
+    main(common + [f"out_dir={tmp_path}/broken"])
+    straight = load_file(tmp_path / "straight" / "model.safetensors")
+    broken = load_file(tmp_path / "broken" / "model.safetensors")
+    assert straight.keys() == broken.keys() and any(k.startswith("refiner.") for k in straight)
+    assert all(torch.equal(straight[k], broken[k]) for k in straight)
+
+
 WHOLE_IMAGE_R1_AVERAGE = ["decoder_disc_whole_image=true", "decoder_r1=1.0", "decoder_weight_average=0.9"]
 
 

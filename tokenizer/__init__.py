@@ -21,6 +21,8 @@ def load_tokenizer(run_dir: str | Path = "runs/tokenizer", device: str | torch.d
     """Rebuild a trained VQVAE from its run dir (config.yaml + model.safetensors)."""
     run_dir, cfg, weights = load_run(run_dir, TokenizerConfig, "tokenizer")
     model = VQVAE(cfg.shape(), seed=cfg.seed)
+    if model.refiner is not None and not any(k.startswith("refiner.") for k in weights):
+        model.refiner = None   # a run stopped before its refiner's phase: it decodes as it stands
     load_weights_into(model, weights, run_dir / "model.safetensors")
     return model.to(device).eval()
 

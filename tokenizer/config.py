@@ -1,7 +1,7 @@
 """TokenizerConfig: the shared training keys plus the network's shape, one dataclass."""
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import ClassVar, Literal
 
 from common.config import ConfigError, TrainConfig
@@ -29,13 +29,18 @@ class TokenizerConfig(TrainConfig, VQVAEShape):
     decoder_seed: int = 0            # added to seed for the decoder phase: another draw of the phase alone
     decoder_weight_average: float = 0.999   # the decoder phase's weight_average: > 0, its EMA is what ships
     decoder_r1: float = 0.0          # gan: weight gamma of the R1 gradient penalty on real pictures (0 = none)
+    refiner_epochs: int = 2          # then this many epochs of the refiner alone (tokenizer/refiner.py): it learns to
+    # draw what a code grid leaves open, where the decoder paints an average; 0 = none
+    refiner_width: int = 32          # the refiner's width (its first level's channels)
+    refiner_lr: float = 2e-3         # the refiner's peak learning rate (cosine decay; its weight average ships)
 
     RENAMED: ClassVar[dict] = {"decoder_disc_whole_digit": "decoder_disc_whole_image"}   # old name -> name
     # A run saved before a key existed ran without it: the values such a run used (the
     # defaults before the adopted recipe moved here from configs/tokenizer.yaml).
     ABSENT_IN_OLD_RUNS: ClassVar[dict] = {"codebook_size": 512, "epochs": 3, "decoder_epochs": 0, "decoder_loss": "mse",
                                           "decoder_disc_whole_image": False, "decoder_weight_average": 0.0,
-                                          "upsample": "transposed", "image_size": 28, "channels": 1}   # MNIST's then
+                                          "upsample": "transposed", "image_size": 28, "channels": 1,   # MNIST's then
+                                          "refiner_epochs": 0, "refiner_width": 0}
 
     def validate(self) -> None:
         super().validate()
@@ -54,6 +59,13 @@ class TokenizerConfig(TrainConfig, VQVAEShape):
             (self.decoder_disc_channels >= 1, "decoder_disc_channels", "must be >= 1"),
             (0 <= self.decoder_weight_average < 1, "decoder_weight_average", "must be in [0, 1) (0 = off)"),
             (self.decoder_r1 >= 0, "decoder_r1", "must be >= 0 (0 = no penalty)"),
+            (self.refiner_epochs >= 0, "refiner_epochs", "must be >= 0 (0 = no refiner)"),
+            (self.refiner_width >= 1 or self.refiner_epochs == 0, "refiner_width",
+             "must be >= 1 when refiner_epochs > 0"),
+            (self.refiner_lr > 0, "refiner_lr", "must be > 0"),
+            (0 <= self.refiner_start < 1, "refiner_start", "must be in [0, 1): where on the path from noise (0) "
+                                                           "to picture (1) the refiner's steps start"),
+            (self.refiner_steps >= 0, "refiner_steps", "must be >= 0 (0 = the decoder's picture alone)"),
             (self.beta >= 0, "beta", "must be >= 0"),
             (0 < self.ema_decay < 1, "ema_decay", "must be in (0, 1)"),
             (self.dead_code_steps >= 0, "dead_code_steps", "must be >= 0 (0 = never restart)"),
@@ -70,4 +82,6 @@ class TokenizerConfig(TrainConfig, VQVAEShape):
                 raise ConfigError(f"{key}={getattr(self, key)!r} {message}")
 
     def shape(self) -> VQVAEShape:
-        return VQVAEShape(**{f.name: getattr(self, f.name) for f in fields(VQVAEShape)})
+        """The network a finished run holds (a refiner only where its phase runs)."""
+        shape = VQVAEShape(**{f.name: getattr(self, f.name) for f in fields(VQVAEShape)})
+        return replace(shape, refiner_width=self.refiner_width if self.refiner_epochs else 0)

@@ -28,6 +28,7 @@ from torch import nn
 
 from common.distributed import all_gather_rows, all_reduce, broadcast
 from common.hub import Pretrained
+from tokenizer.refiner import Refiner, refine
 
 
 @dataclass
@@ -50,6 +51,11 @@ class VQVAEShape:
     downsamples: int = 0             # halvings from image to code grid; 0 = 2 up to 32 pixels, 3 above
     upsample: Literal["auto", "resize", "transposed"] = "auto"   # the decoder's doublings: nearest resize + 3x3
     # conv, or 4x4 transposed convs (which can leave a grid); auto: resize above 28 pixels (tokenizer/train.py)
+    refiner_width: int = 0           # the refiner's width (tokenizer/refiner.py), which draws the detail a code grid
+    # leaves open where the decoder paints an average; 0 = none (draw() is then decode())
+    refiner_start: float = 0.5       # where on the refiner's path from noise (0) to picture (1) its steps start,
+    # from start * reconstruction + (1 - start) * noise
+    refiner_steps: int = 3           # the refiner's Euler steps when draw() is not told (0 = decode() alone)
 
     @property
     def upsampling(self) -> str:
@@ -363,6 +369,7 @@ class VQVAE(nn.Module, Pretrained):
         self.quantizer = (FiniteScalarQuantizer(shape.fsq_levels) if shape.quantizer == "fsq"
                           else VectorQuantizer(shape, seed=seed))
         self.decoder = Decoder(shape)
+        self.refiner = Refiner(shape.channels, shape.refiner_width) if shape.refiner_width else None
         # NHWC convolutions: faster training and encoding on CPU (docs/EXPERIMENTS.md, "Performance");
         # the (b h w) d view of z is then free.
         self.to(memory_format=torch.channels_last)
@@ -425,6 +432,20 @@ class VQVAE(nn.Module, Pretrained):
                              f"outside this tokenizer's codebook [0, {K - 1}]")
         out = self.decoder(self.code_vectors(indices.long()))
         return ((out.float() + 1) / 2).clamp(0, 1)
+
+    @torch.no_grad()
+    def draw(self, indices: torch.Tensor, steps: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """long [B,h,w] -> float [B,C,H,W] in [0,1]: one of the pictures each code grid stands for,
+        drawn by the refiner in `steps` Euler steps (None: the run's refiner_steps), or decode()'s
+        average where there is no refiner or steps is 0. generator: the noise's (on the CPU)."""
+        steps = self.shape.refiner_steps if steps is None else steps
+        if steps < 0:
+            raise ValueError(f"refiner steps={steps}: must be >= 0 (0: the decoder's picture alone)")
+        pictures = self.decode(indices)
+        if self.refiner is None or steps == 0:
+            return pictures
+        drawn = refine(self.refiner, pictures * 2 - 1, steps, self.shape.refiner_start, generator)
+        return ((drawn.float() + 1) / 2).clamp(0, 1)
 
     def code_vectors(self, indices: torch.Tensor) -> torch.Tensor:
         """long [B,h,w] -> the decoder's input (B, D, h, w): each position's code vector."""

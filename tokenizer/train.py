@@ -12,6 +12,10 @@ folder of its own): encoder and codebook frozen, the decoder alone keeps learnin
 on the codes they give. The codes a prior learns do not change; the images it is
 judged by get sharper. Its result becomes runs/tokenizer/model.safetensors, and its
 last evaluation the last line of runs/tokenizer/metrics.jsonl.
+
+With refiner_epochs > 0 a third phase follows in runs/tokenizer/refiner/: the refiner
+(tokenizer/refiner.py) learns to draw, from the decoder's frozen reconstructions, the
+pictures they stand for; its weights join the tokenizer's, and draw() uses them.
 """
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ from common.checkpoint import atomic_write_text
 from common.config import ConfigError, load_config
 from common.distributed import processes, together
 from common.errors import run_main
-from common.images import batch_for_pixels, psnr, to_float
+from common.images import batch_for_pixels, in_batches, psnr, to_float
 from common.plots import save_bars, save_curves, save_image_grid
 from common.runs import append_metrics, run_lock, save_run_weights
 from common.tracking import make_accelerator
@@ -40,11 +44,16 @@ from tokenizer.data import (DATA_INFO, check_dataset, data_root, encode_images, 
 from tokenizer.discriminator import (PatchDiscriminator, adversarial_weight, hinge_discriminator_loss,
                                      hinge_generator_loss, r1_penalty)
 from tokenizer.model import VQVAE
+from tokenizer.refiner import Refiner, flow_loss
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "tokenizer.yaml"
 BLANK_STD = 0.02         # reconstructions whose pixels barely vary across images: collapsed
 USAGE_DROP = 0.5         # usage falling below half of its best so far: collapsing
 OVERFIT_DB = 1.0         # training minus held-out PSNR past which the run warns that it memorises
+OVERFIT_FLOW = 1.2       # held-out over training flow loss past which the refiner's phase warns the same
+REFINER_WEIGHT_AVERAGE = 0.998   # the refiner's weight average (what it is scored by and ships): its first,
+# untrained weights keep ~2% of it after two MNIST epochs (0.999 kept 15%)
+REFINER_WARMUP = 100     # steps of the refiner's rising learning rate (it starts from nothing)
 
 
 def to_model_range(images_uint8: torch.Tensor) -> torch.Tensor:
@@ -96,7 +105,8 @@ class JointTask:
 
     def __init__(self, cfg: TokenizerConfig, train_images: torch.Tensor, test_images: torch.Tensor):
         torch.manual_seed(cfg.seed)
-        self.model = VQVAE(cfg.shape(), seed=cfg.seed)
+        # the refiner, when there is one, is the third phase's: not trained (nor drawn at random) here
+        self.model = VQVAE(dataclasses.replace(cfg.shape(), refiner_width=0), seed=cfg.seed)
         self.cfg, self.train_images, self.test_images = cfg, train_images, test_images
         self.best_usage, self.best_recon_std = 0.0, 0.0
         self.last_counts = None   # the code histogram of the last evaluation, for report()
@@ -206,15 +216,81 @@ class DecoderTask:
         return loss, logs
 
 
-def decoder_phase_config(cfg: TokenizerConfig, joint_steps: int) -> TokenizerConfig | None:
-    """The second phase's config (its own run folder), or None when there is none to run.
-    max_steps counts the steps of both phases."""
-    if cfg.decoder_epochs == 0 or (cfg.max_steps and cfg.max_steps <= joint_steps):
+class RefinerTask:
+    """The third phase's part of the loop: the refiner alone, learning the flow from the frozen
+    decoder's reconstructions to the pictures; scored by its held-out flow loss at fixed noise and
+    times."""
+
+    EVAL_SEED = 0   # the noise and times every evaluation measures at: the same draw each time
+
+    def __init__(self, joint: Task, train_images: torch.Tensor, test_images: torch.Tensor, cfg: TokenizerConfig):
+        self.vqvae, self.cfg = joint.model, cfg
+        self.train_images, self.test_images = train_images, test_images
+        self.train_recons, self.test_recons = self.reconstruct(train_images), self.reconstruct(test_images)
+        torch.manual_seed(cfg.seed)
+        self.refiner = Refiner(cfg.channels, cfg.refiner_width).to(memory_format=torch.channels_last)
+
+    def reconstruct(self, images_uint8: torch.Tensor) -> torch.Tensor:
+        """The decoder's pictures of the images' codes, at the levels a saved picture has (uint8)."""
+        decode = lambda codes: (self.vqvae.decode(codes) * 255).round().to(torch.uint8).cpu()  # noqa: E731
+        return in_batches(decode, encode_images(self.vqvae, images_uint8), batch_for_pixels(images_uint8, 500))
+
+    def task(self) -> Task:
+        return Task(stage="tokenizer", model=self.refiner, train_tensors=(self.train_recons, self.train_images),
+                    loss_fn=self.loss, evaluate=self.evaluate, score="refiner_test_loss",
+                    overfit_warning=self.overfit_warning, export=self.export, load_export=self.load_export)
+
+    def loss(self, refiner, batch):
+        recons, images = batch
+        loss = flow_loss(refiner, to_model_range(recons), to_model_range(images))
+        return loss, {"flow": loss}
+
+    @torch.no_grad()
+    def flow_loss_on(self, refiner, recons: torch.Tensor, images: torch.Tensor) -> float:
+        device = next(refiner.parameters()).device
+        total, step = 0.0, batch_for_pixels(images, 500)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.EVAL_SEED)
+            for i in range(0, len(images), step):
+                total += self.loss(refiner, (recons[i:i + step].to(device), images[i:i + step].to(device)))[0].item() \
+                    * len(images[i:i + step])
+        return total / len(images)
+
+    def evaluate(self, refiner, limit: int | None) -> dict:
+        held_out = evaluation_subset(len(self.test_images), limit)
+        seen = evaluation_subset(len(self.train_images), limit or self.cfg.eval_samples)
+        return {"refiner_test_loss": self.flow_loss_on(refiner, self.test_recons[held_out], self.test_images[held_out]),
+                "refiner_train_loss": self.flow_loss_on(refiner, self.train_recons[seen], self.train_images[seen])}
+
+    @staticmethod
+    def overfit_warning(result: dict) -> str | None:
+        train, test = result["refiner_train_loss"], result["refiner_test_loss"]
+        if test > OVERFIT_FLOW * train:
+            return (f"the refiner's training and held-out flow loss part at step {result['step']}: {train:.4f} on "
+                    f"training pictures, {test:.4f} held out (over {OVERFIT_FLOW}x); the best held-out weights ship")
         return None
-    return dataclasses.replace(cfg, out_dir=str(Path(cfg.out_dir) / "decoder"), epochs=cfg.decoder_epochs,
-                               lr=cfg.decoder_lr, warmup_steps=0, decoder_epochs=0,
-                               weight_average=cfg.decoder_weight_average, seed=cfg.seed + cfg.decoder_seed,
-                               max_steps=cfg.max_steps - joint_steps if cfg.max_steps else 0)
+
+    def export(self, refiner) -> dict[str, torch.Tensor]:
+        """The tokenizer's weights with the refiner's among them (what load_tokenizer reads)."""
+        return {**self.vqvae.state_dict(), **{f"refiner.{k}": v for k, v in refiner.state_dict().items()}}
+
+    @staticmethod
+    def load_export(refiner, weights: dict[str, torch.Tensor]) -> None:
+        refiner.load_state_dict({k.removeprefix("refiner."): v for k, v in weights.items() if k.startswith("refiner.")})
+
+
+def phase_config(cfg: TokenizerConfig, phase: str, steps_before: int) -> TokenizerConfig | None:
+    """A later phase's config ("decoder" or "refiner", each in a run folder of its own inside the
+    run's), or None when there is none to run. max_steps counts the steps of every phase."""
+    epochs = {"decoder": cfg.decoder_epochs, "refiner": cfg.refiner_epochs}[phase]
+    if epochs == 0 or (cfg.max_steps and cfg.max_steps <= steps_before):
+        return None
+    # each folder a tokenizer run of its own: the decoder's without a refiner, the refiner's with one
+    own = (dict(lr=cfg.decoder_lr, weight_average=cfg.decoder_weight_average, seed=cfg.seed + cfg.decoder_seed,
+                warmup_steps=0, refiner_epochs=0) if phase == "decoder"
+           else dict(lr=cfg.refiner_lr, weight_average=REFINER_WEIGHT_AVERAGE, warmup_steps=REFINER_WARMUP))
+    return dataclasses.replace(cfg, out_dir=str(Path(cfg.out_dir) / phase), epochs=epochs, decoder_epochs=0, **own,
+                               max_steps=cfg.max_steps - steps_before if cfg.max_steps else 0)
 
 
 RESIZE_ABOVE = 28   # auto: resize-convolutions for pictures larger than this many pixels a side
@@ -258,33 +334,57 @@ def main(argv: list[str] | None = None) -> dict:
             together(lambda: atomic_write_text(Path(cfg.out_dir) / DATA_INFO, json.dumps(data.info, indent=1)))
         train_images, test_images = data.train, data.test
         joint_steps = run_steps(cfg, len(train_images), accelerator.num_processes)
-        phase_two = decoder_phase_config(cfg, joint_steps)
+        phase_two = phase_config(cfg, "decoder", joint_steps)
+        decoder_steps = phase_steps(phase_two, len(train_images), accelerator)
+        phase_three = phase_config(cfg, "refiner", joint_steps + decoder_steps)
+        refiner_steps = phase_steps(phase_three, len(train_images), accelerator)
         task = make_task(cfg, train_images, test_images)
+        task.after = " and ".join(
+            [f"{decoder_steps} steps of the decoder alone (each about as long, with the discriminator)"] * bool(phase_two)
+            + [f"{refiner_steps} steps of the refiner (each about half as long)"] * bool(phase_three))
+        metrics = fit(cfg, task, accelerator, last=phase_two is None and phase_three is None)
         if phase_two is not None:
-            find_resume_point(phase_two, "tokenizer")
-            decoder_steps = run_steps(phase_two, len(train_images), accelerator.num_processes)
-            decoder_steps = min(decoder_steps, phase_two.max_steps or decoder_steps)
-            task.after = f"{decoder_steps} steps of the decoder alone (each about as long, with the discriminator)"
-        metrics = fit(cfg, task, accelerator, last=phase_two is None)
-        if phase_two is None:
-            return metrics
-        accelerator.print(f"tokenizer: {cfg.decoder_epochs} epochs of the decoder alone, encoder and codebook "
-                          f"frozen, in {phase_two.out_dir}")
-        decoder_metrics = fit(phase_two, decoder_task(task, train_images, phase_two), accelerator, last=False)
-        metrics = finish_decoder_phase(cfg, task.model, metrics, decoder_metrics, joint_steps, accelerator)
-        accelerator.end_training()
+            accelerator.print(f"tokenizer: {cfg.decoder_epochs} epochs of the decoder alone, encoder and codebook "
+                              f"frozen, in {phase_two.out_dir}")
+            decoder_metrics = fit(phase_two, decoder_task(task, train_images, phase_two), accelerator, last=False)
+            metrics = finish_phase(cfg, task.model.state_dict(), metrics, decoder_metrics, "decoder", joint_steps,
+                                   cfg.epochs)
+        if phase_three is not None:
+            accelerator.print(f"tokenizer: {cfg.refiner_epochs} epochs of the refiner, which learns to draw what a code "
+                              f"grid leaves open, in {phase_three.out_dir}")
+            refiner = RefinerTask(task, train_images, test_images, phase_three)
+            refiner_metrics = fit(phase_three, refiner.task(), accelerator, last=False)
+            metrics = finish_phase(cfg, refiner.export(refiner.refiner), metrics, refiner_metrics, "refiner",
+                                   joint_steps + decoder_steps, cfg.epochs + cfg.decoder_epochs * bool(phase_two))
+            task.model.refiner, task.model.shape = refiner.refiner.eval(), cfg.shape()   # the run's whole tokenizer
+        if phase_two is not None or phase_three is not None:
+            accelerator.end_training()
         return metrics
 
 
-def finish_decoder_phase(cfg, model, joint: dict, decoder: dict, joint_steps: int, accelerator) -> dict:
-    """The second phase's weights and last evaluation become the run's own, counted from its start
-    (on the main process; the others return {}, as fit does)."""
+def phase_steps(phase: TokenizerConfig | None, n_train: int, accelerator) -> int:
+    """Steps a later phase will run (0: none), checked against its run folder before any training."""
+    if phase is None:
+        return 0
+    find_resume_point(phase, "tokenizer")
+    steps = run_steps(phase, n_train, accelerator.num_processes)
+    return min(steps, phase.max_steps or steps)
+
+
+def finish_phase(cfg, weights: dict[str, torch.Tensor], before: dict, phase_metrics: dict, phase: str,
+                 steps_before: int, epochs_before: int) -> dict:
+    """A later phase's weights become the run's, and its last evaluation joins the run's own (the
+    figures it does not measure kept from before), counted from the run's start; on the main
+    process (the others return {}, as fit does)."""
     def on_main() -> dict:
-        merged = {**decoder, "phase": "decoder", "step": joint_steps + decoder["step"],
-                  "epoch": round(cfg.epochs + decoder["epoch"], 3), "best_step": joint_steps + decoder["best_step"],
-                  **{k: round(joint[k] + decoder[k], 2) for k in ("time_s", "train_s") if k in joint and k in decoder}}
+        kept = {k: v for k, v in before.items() if not k.startswith("train_")}   # another phase's training losses
+        merged = {**kept, **phase_metrics, "phase": phase, "step": steps_before + phase_metrics["step"],
+                  "epoch": round(epochs_before + phase_metrics["epoch"], 3),
+                  "best_step": steps_before + phase_metrics["best_step"],
+                  **{k: round(before[k] + phase_metrics[k], 2) for k in ("time_s", "train_s")
+                     if k in before and k in phase_metrics}}
         out = Path(cfg.out_dir)
-        save_run_weights(out, model.state_dict(), "tokenizer")
+        save_run_weights(out, weights, "tokenizer")
         append_metrics(out / "metrics.jsonl", merged)   # a resume of phase one truncates it away first
         return merged
     return together(on_main) or {}
