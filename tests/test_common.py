@@ -136,7 +136,7 @@ def test_training_help_lists_every_key_with_its_default_and_meaning(script):
 @pytest.mark.parametrize("script, flags", [
     ("sampling/generate.py", ["--n", "--seed", "--temperature", "--top-k", "--top-p", "--label", "--digit", "--cfg",
                               "--cfg-schedule", "--out", "--device", "--batch-size", "--prior", "--tokenizer",
-                              "--complete", "--keep-rows", "--keep-likeliest"]),
+                              "--complete", "--keep-rows", "--keep-likeliest", "--refine"]),
     ("sampling/evaluate.py", ["--tokenizer", "--json"]),
     ("sampling/app.py", ["--prior", "--tokenizer", "--host", "--port"]),
 ])

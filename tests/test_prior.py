@@ -277,7 +277,7 @@ def test_generate_keep_likeliest_filters_within_each_digit(tiny_prior_run):
     (["--keep-likeliest", "1.5"], "keep_likeliest=1.5"), (["--keep-likeliest", "nan"], "keep_likeliest=nan"),
     (["--n", "0"], "n=0"), (["--temperature", "0"], "temperature=0"), (["--digit", "-1"], "class numbers start at 0"),
     (["--top-p", "1.5"], "top_p=1.5"), (["--prior", "/no/such/run"], "no trained prior"),
-    (["--cfg-schedule", "cubic"], "invalid choice: 'cubic'"),
+    (["--cfg-schedule", "cubic"], "invalid choice: 'cubic'"), (["--refine", "-1"], "refine=-1: the refiner's steps"),
 ])
 def test_generate_cli_bad_flags_are_one_line(flags, message, tmp_path):
     result = run_script(["sampling/generate.py", *flags, "--out", str(tmp_path / "o")])

@@ -339,14 +339,17 @@ def main(argv: list[str] | None = None) -> dict:
         phase_three = phase_config(cfg, "refiner", joint_steps + decoder_steps)
         refiner_steps = phase_steps(phase_three, len(train_images), accelerator)
         task = make_task(cfg, train_images, test_images)
-        task.after = " and ".join(
-            [f"{decoder_steps} steps of the decoder alone (each about as long, with the discriminator)"] * bool(phase_two)
-            + [f"{refiner_steps} steps of the refiner (each about half as long)"] * bool(phase_three))
+        later = f"{refiner_steps} steps of the refiner (each about twice as long)" if phase_three else ""
+        task.after = " and ".join(filter(None, [
+            phase_two and f"{decoder_steps} steps of the decoder alone (each about as long, with the discriminator)",
+            later]))
         metrics = fit(cfg, task, accelerator, last=phase_two is None and phase_three is None)
         if phase_two is not None:
             accelerator.print(f"tokenizer: {cfg.decoder_epochs} epochs of the decoder alone, encoder and codebook "
                               f"frozen, in {phase_two.out_dir}")
-            decoder_metrics = fit(phase_two, decoder_task(task, train_images, phase_two), accelerator, last=False)
+            second = decoder_task(task, train_images, phase_two)
+            second.after = later
+            decoder_metrics = fit(phase_two, second, accelerator, last=False)
             metrics = finish_phase(cfg, task.model.state_dict(), metrics, decoder_metrics, "decoder", joint_steps,
                                    cfg.epochs)
         if phase_three is not None:
