@@ -2,10 +2,12 @@
 side by side, and several draws of one code grid.
 
     python bench/draw_cost.py [--prior mnist/prior-default] [--sizes 64,10000] [--repeats 3] [--draws OUT.png]
+    python bench/draw_cost.py --prior mnist --page      # the page's Sample (16 and 64) only
 
 Models loaded once; for each size, alternating, `refine=0` (the decoder's average picture)
 and the tokenizer's own refiner steps, the fastest of --repeats each (the page's Sample
-is generate(n=64) on loaded models). Then the whole command `generate.py --n N` as a user
+is generate() on loaded models; --page times the page's own Sample, sampling/demo.py, for the
+16 it opens with and 64, its refiner taken out and put back in turn). Then the whole command `generate.py --n N` as a user
 runs it, from a fresh process, for the largest size. --draws: a picture whose rows are each a
 test picture of the tokenizer's data set, the decoder's reconstruction and four draws of the
 refiner from the same code grid; and the PSNR of the draws of the whole test set (seed 0).
@@ -29,7 +31,10 @@ def main() -> None:
     p.add_argument("--sizes", default="64,10000")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--draws", type=Path, help="write draws of test pictures' code grids here (.png)")
+    p.add_argument("--page", action="store_true", help="time the page's Sample only")
     args = p.parse_args()
+    if args.page:
+        return time_page(args.prior, args.repeats)
     from sampling import generate, load_models
     models = load_models(args.prior)
     steps = models.tokenizer.shape.refiner_steps if models.tokenizer.refiner is not None else 0
@@ -55,6 +60,23 @@ def main() -> None:
                   f"{time.perf_counter() - started:.1f} s wall", flush=True)
     if args.draws:
         show_draws(models, args.draws)
+
+
+def time_page(prior: str, repeats: int) -> None:
+    from sampling.demo import Demo
+    demo = Demo(prior=prior)
+    tok = demo.models.tokenizer
+    refiner = tok.refiner
+    for n in (16, 64):
+        best = {}
+        for _ in range(repeats):
+            for name, module in (("decoder", None), ("refiner", refiner)):
+                tok.refiner = module
+                started = time.perf_counter()
+                demo.sample(None, n, seed=1)
+                best[name] = min(best.get(name, float("inf")), time.perf_counter() - started)
+        print(f"the page's Sample, n={n}: decoder alone {best['decoder'] * 1000:.0f} ms, with the refiner "
+              f"{best['refiner'] * 1000:.0f} ms ({best['refiner'] / best['decoder']:.2f}x)", flush=True)
 
 
 def show_draws(models, out: Path) -> None:
