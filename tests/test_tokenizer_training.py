@@ -107,14 +107,20 @@ def test_resume_gives_bit_identical_weights(tmp_path, mnist_root, ema):
         assert torch.equal(a[k], b[k]), k
 
 
+def extend_run(trained, out, options: list[str]) -> tuple[dict, list[dict], dict]:
+    """A copy of a trained run, run again with a later phase's options: (its metrics, every row of
+    its metrics.jsonl, the joint phase's last row)."""
+    shutil.copytree(trained, out)
+    metrics = main(options + [f"out_dir={out}"])
+    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    return metrics, rows, [r for r in rows if "phase" not in r][-1]
+
+
 @pytest.mark.slow
 def test_decoder_phase_keeps_the_codes_and_sharpens_the_images(tmp_path, tiny_tokenizer_run, mnist_root):
     """A trained run gets a decoder phase by running it again with decoder_epochs: codes stay, PSNR rises."""
-    shutil.copytree(tiny_tokenizer_run, tmp_path / "extended")
     common = TINY_TOKENIZER + [f"data_root={mnist_root}", "decoder_epochs=2", "decoder_loss=mse"]
-    metrics = main(common + [f"out_dir={tmp_path}/extended"])
-    rows = [json.loads(l) for l in (tmp_path / "extended" / "metrics.jsonl").read_text().splitlines()]
-    joint = [r for r in rows if "phase" not in r][-1]
+    metrics, rows, joint = extend_run(tiny_tokenizer_run, tmp_path / "extended", common)
     assert rows[-1] == metrics and metrics["phase"] == "decoder"
     assert (joint["step"], metrics["step"]) == (128, 256) and metrics["epoch"] == 4.0
     assert metrics["test_psnr"] > joint["test_psnr"] + 0.3
@@ -149,11 +155,8 @@ def test_refiner_phase_keeps_the_codes_and_the_decoder(tmp_path, tiny_tokenizer_
     """A trained run gets a refiner by running it again with refiner_epochs: codes and decoder
     stay, the refiner's weights join the tokenizer's, draw() samples with them; stopped inside
     the phase and resumed, the same weights as straight through."""
-    shutil.copytree(tiny_tokenizer_run, tmp_path / "extended")
     common = TINY_TOKENIZER + [f"data_root={mnist_root}", "refiner_epochs=1", "refiner_width=8"]
-    metrics = main(common + [f"out_dir={tmp_path}/extended"])
-    rows = [json.loads(l) for l in (tmp_path / "extended" / "metrics.jsonl").read_text().splitlines()]
-    joint = [r for r in rows if "phase" not in r][-1]
+    metrics, rows, joint = extend_run(tiny_tokenizer_run, tmp_path / "extended", common)
     assert rows[-1] == metrics and metrics["phase"] == "refiner"
     assert (joint["step"], metrics["step"], metrics["epoch"]) == (128, 192, 3.0)
     assert metrics["test_psnr"] == joint["test_psnr"], "the decoder's own figures are kept"

@@ -251,9 +251,8 @@ class RefinerTask:
         total, step = 0.0, batch_for_pixels(images, 500)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.EVAL_SEED)
-            for i in range(0, len(images), step):
-                total += self.loss(refiner, (recons[i:i + step].to(device), images[i:i + step].to(device)))[0].item() \
-                    * len(images[i:i + step])
+            for r, x in zip(recons.split(step), images.split(step)):
+                total += self.loss(refiner, (r.to(device), x.to(device)))[0].item() * len(x)
         return total / len(images)
 
     def evaluate(self, refiner, limit: int | None) -> dict:
@@ -340,9 +339,8 @@ def main(argv: list[str] | None = None) -> dict:
         refiner_steps = phase_steps(phase_three, len(train_images), accelerator)
         task = make_task(cfg, train_images, test_images)
         later = f"{refiner_steps} steps of the refiner (each about twice as long)" if phase_three else ""
-        task.after = " and ".join(filter(None, [
-            phase_two and f"{decoder_steps} steps of the decoder alone (each about as long, with the discriminator)",
-            later]))
+        second = f"{decoder_steps} steps of the decoder alone (each about as long, with the discriminator)"
+        task.after = " and ".join(part for part in (second if phase_two else "", later) if part)
         metrics = fit(cfg, task, accelerator, last=phase_two is None and phase_three is None)
         if phase_two is not None:
             accelerator.print(f"tokenizer: {cfg.decoder_epochs} epochs of the decoder alone, encoder and codebook "
@@ -359,7 +357,6 @@ def main(argv: list[str] | None = None) -> dict:
             refiner_metrics = fit(phase_three, refiner.task(), accelerator, last=False)
             metrics = finish_phase(cfg, refiner.export(refiner.refiner), metrics, refiner_metrics, "refiner",
                                    joint_steps + decoder_steps, cfg.epochs + cfg.decoder_epochs * bool(phase_two))
-            task.model.refiner, task.model.shape = refiner.refiner.eval(), cfg.shape()   # the run's whole tokenizer
         if phase_two is not None or phase_three is not None:
             accelerator.end_training()
         return metrics
