@@ -272,7 +272,7 @@ def test_resume_refuses_a_run_with_a_different_config(tmp_path, mnist_root):
 def test_two_process_cpu_run_agrees_with_one(tmp_path, mnist_root):
     """A real 2-process gloo run: same total batch as one process, replicas stay identical,
     in the decoder phase too (its own DDP wrapper around the decoder alone, and one around
-    the default's discriminator)."""
+    the default's discriminator) and in the refiner's."""
     args = [f"data_root={mnist_root}", "hidden_channels=16", "embedding_dim=8", "codebook_size=32",
             "train_subset=2048", "epochs=2", "warmup_steps=10", "dead_code_steps=5", "lr=0.003",
             "decoder_epochs=1", "decoder_loss=gan"]
@@ -286,8 +286,8 @@ def test_two_process_cpu_run_agrees_with_one(tmp_path, mnist_root):
     assert ddp["step"] == single["step"], "same total batch -> same number of optimizer steps"
     assert abs(ddp["test_psnr"] - single["test_psnr"]) < 1.5
     assert ddp["codebook_usage"] > 0.8 * single["codebook_usage"]
-    # joint model, then the decoder and the discriminator of the phase
-    assert ddp["phase"] == "decoder" and (result.stdout + result.stderr).count("replicas agree") == 3
+    # joint model, the decoder and the discriminator of its phase, then the refiner
+    assert ddp["phase"] == "refiner" and (result.stdout + result.stderr).count("replicas agree") == 4
 
 
 @pytest.mark.slow
