@@ -15,7 +15,7 @@ from conftest import REPO, TINY_TOKENIZER, run_cli
 from tokenizer import load_tokenizer
 from tokenizer.config import TokenizerConfig
 from common.images import to_float
-from tokenizer.data import load_split
+from tokenizer.data import encode_images, load_split
 from tokenizer.train import main
 
 
@@ -195,7 +195,7 @@ def test_adversarial_phase_moves_the_decoder_only(tiny_tokenizer_run, mnist_root
                                                          "ema=false", *options])   # a codebook that could take a gradient
     images = load_split(mnist_root, "mnist", train=True, subset=64)[0]
     joint = make_task(cfg, images, images)
-    task = decoder_task(joint, images, cfg)
+    task = decoder_task(joint, encode_images(joint.model, images), images, cfg)
     batch = tuple(t[:16] for t in task.train_tensors)
     vqvae, disc = joint.model, task.side.model
     assert vqvae.quantizer.codebook.requires_grad

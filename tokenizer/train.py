@@ -95,8 +95,8 @@ def make_task(cfg: TokenizerConfig, train_images: torch.Tensor, test_images: tor
     return JointTask(cfg, train_images, test_images).task()
 
 
-def decoder_task(joint: Task, train_images: torch.Tensor, cfg: TokenizerConfig) -> Task:
-    return DecoderTask(joint, train_images, cfg).task()
+def decoder_task(joint: Task, train_codes: torch.Tensor, train_images: torch.Tensor, cfg: TokenizerConfig) -> Task:
+    return DecoderTask(joint, train_codes, train_images, cfg).task()
 
 
 class JointTask:
@@ -161,9 +161,9 @@ class DecoderTask:
     (now frozen) encoder and codebook; with decoder_loss=gan, a patch discriminator trains
     beside it (the loop's side model)."""
 
-    def __init__(self, joint: Task, train_images: torch.Tensor, cfg: TokenizerConfig):
+    def __init__(self, joint: Task, train_codes: torch.Tensor, train_images: torch.Tensor, cfg: TokenizerConfig):
         self.joint, self.vqvae, self.train_images, self.cfg = joint, joint.model, train_images, cfg
-        self.codes = encode_images(self.vqvae, train_images)   # the very codes a prior will read
+        self.codes = train_codes   # the very codes a prior will read
 
     def task(self) -> Task:
         cfg, side = self.cfg, None
@@ -223,17 +223,19 @@ class RefinerTask:
 
     EVAL_SEED = 0   # the noise and times every evaluation measures at: the same draw each time
 
-    def __init__(self, joint: Task, train_images: torch.Tensor, test_images: torch.Tensor, cfg: TokenizerConfig):
+    def __init__(self, joint: Task, train_codes: torch.Tensor, train_images: torch.Tensor, test_images: torch.Tensor,
+                 cfg: TokenizerConfig):
         self.vqvae, self.cfg = joint.model, cfg
         self.train_images, self.test_images = train_images, test_images
-        self.train_recons, self.test_recons = self.reconstruct(train_images), self.reconstruct(test_images)
+        self.train_recons = self.reconstruct(train_codes, train_images)
+        self.test_recons = self.reconstruct(encode_images(self.vqvae, test_images), test_images)
         torch.manual_seed(cfg.seed)
         self.refiner = Refiner(cfg.channels, cfg.refiner_width).to(memory_format=torch.channels_last)
 
-    def reconstruct(self, images_uint8: torch.Tensor) -> torch.Tensor:
+    def reconstruct(self, codes: torch.Tensor, images_uint8: torch.Tensor) -> torch.Tensor:
         """The decoder's pictures of the images' codes, at the levels a saved picture has (uint8)."""
-        decode = lambda codes: (self.vqvae.decode(codes) * 255).round().to(torch.uint8).cpu()  # noqa: E731
-        return in_batches(decode, encode_images(self.vqvae, images_uint8), batch_for_pixels(images_uint8, 500))
+        decode = lambda batch: (self.vqvae.decode(batch) * 255).round().to(torch.uint8).cpu()  # noqa: E731
+        return in_batches(decode, codes, batch_for_pixels(images_uint8, 500))
 
     def task(self) -> Task:
         return Task(stage="tokenizer", model=self.refiner, train_tensors=(self.train_recons, self.train_images),
@@ -338,14 +340,16 @@ def main(argv: list[str] | None = None) -> dict:
         phase_three = phase_config(cfg, "refiner", joint_steps + decoder_steps)
         refiner_steps = phase_steps(phase_three, len(train_images), accelerator)
         task = make_task(cfg, train_images, test_images)
-        later = f"{refiner_steps} steps of the refiner (each about twice as long)" if phase_three else ""
+        later = f"{refiner_steps} steps of the refiner (each about as long at the default width)" if phase_three else ""
         second = f"{decoder_steps} steps of the decoder alone (each about as long, with the discriminator)"
         task.after = " and ".join(part for part in (second if phase_two else "", later) if part)
         metrics = fit(cfg, task, accelerator, last=phase_two is None and phase_three is None)
+        # the codes the later phases read (the encoder and codebook are frozen from here): encoded once
+        train_codes = encode_images(task.model, train_images) if phase_two or phase_three else None
         if phase_two is not None:
             accelerator.print(f"tokenizer: {cfg.decoder_epochs} epochs of the decoder alone, encoder and codebook "
                               f"frozen, in {phase_two.out_dir}")
-            second = decoder_task(task, train_images, phase_two)
+            second = decoder_task(task, train_codes, train_images, phase_two)
             second.after = later
             decoder_metrics = fit(phase_two, second, accelerator, last=False)
             metrics = finish_phase(cfg, task.model.state_dict(), metrics, decoder_metrics, "decoder", joint_steps,
@@ -353,7 +357,7 @@ def main(argv: list[str] | None = None) -> dict:
         if phase_three is not None:
             accelerator.print(f"tokenizer: {cfg.refiner_epochs} epochs of the refiner, which learns to draw what a code "
                               f"grid leaves open, in {phase_three.out_dir}")
-            refiner = RefinerTask(task, train_images, test_images, phase_three)
+            refiner = RefinerTask(task, train_codes, train_images, test_images, phase_three)
             refiner_metrics = fit(phase_three, refiner.task(), accelerator, last=False)
             metrics = finish_phase(cfg, refiner.export(refiner.refiner), metrics, refiner_metrics, "refiner",
                                    joint_steps + decoder_steps, cfg.epochs + cfg.decoder_epochs * bool(phase_two))
