@@ -4,6 +4,7 @@ guidance, temperature, nucleus, guidance schedule and keeping the likeliest, for
     python bench/frontier.py --prior mnist --digit none --cfg 0,0.1,0.2,0.35 [--temperature 1.0,0.9]
         [--top-p 1,0.95] [--cfg-schedule constant,linear] [--keep-likeliest 1,0.8]
     python bench/frontier.py --prior mnist/prior-default --digit all --cfg 0,0.2,0.35,0.5 --json runs/frontier.json
+    python bench/frontier.py --prior mnist/prior-default --digit all --cfg 0.35,0.4,0.45,0.5 --refine 0
 
 For each setting: n samples (seed 0) judged by sampling/evaluate.py's two classifier judges
 (a and b; each distance a multiple of that of 10k real training digits, "x real") and their
@@ -54,6 +55,8 @@ def main() -> None:
                    help="guidance schedules along the sequence, comma-separated: constant, linear")
     p.add_argument("--keep-likeliest", type=floats, default=[1.0],
                    help="shares of each class's likeliest samples kept, comma-separated (1: all)")
+    p.add_argument("--refine", type=int, default=None, metavar="STEPS",
+                   help="the refiner's steps (default: the tokenizer's; 0: the decoder's own pictures)")
     p.add_argument("--n", type=int, default=10000)
     p.add_argument("--json", default=None, help="also write every point here")
     args = p.parse_args()
@@ -82,12 +85,12 @@ def main() -> None:
         start = time.perf_counter()
         out = generate(n=args.n, digit=None if args.digit == "none" else ALL_CLASSES, cfg=scale,
                        temperature=temperature, top_p=top_p if top_p < 1 else None, cfg_schedule=schedule,
-                       keep_likeliest=keep, seed=0, models=models)
+                       keep_likeliest=keep, seed=0, models=models, refine=args.refine)
         settings[name] = {**setting, "generate_s": round(time.perf_counter() - start, 1)}
         sets[name] = (quantized(out["images"]), out["labels"])   # the levels a saved sample has
         print(f"{name}: {settings[name]['generate_s']} s", flush=True)
     rows = judged_by_classifiers(sets, test, root, models.dataset)
-    print(f"\n{args.prior} (--digit {args.digit}), {args.n} samples a setting, seed 0")
+    print(f"\n{args.prior} (--digit {args.digit}, --refine {args.refine}), {args.n} samples a setting, seed 0")
     width = max(22, *(len(name) + 2 for name in rows))
     print(f"{'':{width}s}{'confident':>10s}{'x real a':>10s}{'x real b':>10s}{'worst':>8s}{'precision':>10s}{'recall':>8s}"
           f"{'cond_acc':>10s}")
