@@ -61,7 +61,7 @@ SETS = {
         "weights_licence": "mit",
         "runs": {
             "tokenizer": {"stage": "tokenizer", "train": ["--config", "configs/tokenizer-fashion.yaml"],
-                          "about": "the default tokenizer on Fashion (configs/tokenizer-fashion.yaml): K=64, two adversarial decoder epochs, two of the refiner"},
+                          "about": "the default tokenizer on Fashion (configs/tokenizer-fashion.yaml): K=64, two adversarial decoder epochs, no refiner"},
             "prior": {"stage": "prior", "train": ["--config", "configs/prior-fashion.yaml",
                                                    "tokenizer=pretrained/fashion/tokenizer"],
                       "sampling": {"label": "all", "cfg": 0.35, "temperature": 1.0, "keep_likeliest": 1.0},
