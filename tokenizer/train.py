@@ -340,9 +340,10 @@ def main(argv: list[str] | None = None) -> dict:
         phase_three = phase_config(cfg, "refiner", joint_steps + decoder_steps)
         refiner_steps = phase_steps(phase_three, len(train_images), accelerator)
         task = make_task(cfg, train_images, test_images)
-        later = f"{refiner_steps} steps of the refiner (each about as long at the default width)" if phase_three else ""
-        second = f"{decoder_steps} steps of the decoder alone (each about as long, with the discriminator)"
-        task.after = " and ".join(part for part in (second if phase_two else "", later) if part)
+        refiner_part = (f"{refiner_steps} steps of the refiner (each about as long at the default width)"
+                        if phase_three else "")
+        decoder_part = f"{decoder_steps} steps of the decoder alone (each about as long, with the discriminator)"
+        task.after = " and ".join(part for part in (decoder_part if phase_two else "", refiner_part) if part)
         metrics = fit(cfg, task, accelerator, last=phase_two is None and phase_three is None)
         # the codes the later phases read (the encoder and codebook are frozen from here): encoded once
         train_codes = encode_images(task.model, train_images) if phase_two or phase_three else None
@@ -350,7 +351,7 @@ def main(argv: list[str] | None = None) -> dict:
             accelerator.print(f"tokenizer: {cfg.decoder_epochs} epochs of the decoder alone, encoder and codebook "
                               f"frozen, in {phase_two.out_dir}")
             second = decoder_task(task, train_codes, train_images, phase_two)
-            second.after = later
+            second.after = refiner_part
             decoder_metrics = fit(phase_two, second, accelerator, last=False)
             metrics = finish_phase(cfg, task.model.state_dict(), metrics, decoder_metrics, "decoder", joint_steps,
                                    cfg.epochs)
