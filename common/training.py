@@ -122,9 +122,9 @@ class Task:
     make_optimizer: Callable[[nn.Module], torch.optim.Optimizer] | None = None
     report: Callable[[Path, nn.Module, list[dict], list[dict]], None] | None = None  # plots
     export: Callable[[nn.Module], dict[str, torch.Tensor]] = field(default=lambda m: m.state_dict())
-    # Fresh training tensors for an epoch (same length as train_tensors), e.g. augmented
-    # data; must be a function of the epoch alone so that resume stays exact.
-    epoch_tensors: Callable[[int], tuple[torch.Tensor, ...]] | None = None
+    # Fresh training tensors for each pass over the set (same length as train_tensors), e.g.
+    # augmented data; a function of the pass's number alone, so that resume stays exact.
+    pass_tensors: Callable[[int], tuple[torch.Tensor, ...]] | None = None
     side: SideModel | None = None                         # a second model stepped beside this one
     score: str | None = None          # the held-out metric (lower is better) that picks the weights that ship
                                       # and stops a run that no longer improves it; None: the last weights ship
@@ -279,7 +279,7 @@ class Trainer:
         self.stop_at = min(self.total_steps, cfg.max_steps) if cfg.max_steps else self.total_steps
         self.bad_step = torch.full((), -1, dtype=torch.long, device=accelerator.device)   # first non-finite step
         self.sums, self.n_logged = {}, 0
-        self.order_epoch, self.order = -1, None
+        self.order_epoch, self.order, self.data_pass = -1, None, -1
         self.time_before = self.train_before = self.paused = 0.0
         self.t_start = time.perf_counter()
         self.first_step, self.eta_said = 0, False   # for the one line that says how long the run will take
@@ -327,8 +327,11 @@ class Trainer:
         if epoch != self.order_epoch:  # each process takes its own stride of the shared order
             self.order_epoch = epoch
             self.order = epoch_order(self.n_train, self.cfg.seed, epoch, self.per_epoch)[self.rank::self.world]
-            if self.task.epoch_tensors is not None:   # its cost counts in train_s
-                self.data = self.task.epoch_tensors(epoch)
+        if self.task.pass_tensors is not None:   # a pass over the set begins: its data (the cost counts in train_s)
+            passes = -(-self.per_epoch // self.n_train)   # epoch_order's shuffles, one a pass
+            this_pass = epoch * passes + index * self.cfg.batch_size * self.world // self.n_train
+            if this_pass != self.data_pass:
+                self.data_pass, self.data = this_pass, self.task.pass_tensors(this_pass)
         ids = self.order[index * self.cfg.batch_size:(index + 1) * self.cfg.batch_size]
         return tuple(t[ids].to(self.accelerator.device, non_blocking=True) for t in self.data)
 

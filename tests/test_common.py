@@ -1,6 +1,7 @@
 """Checkpoint I/O and the training loop's guards: no pickle, no torn files, NaN stops."""
 import os
 import pickle
+import shutil
 
 import pytest
 import torch
@@ -114,6 +115,28 @@ def test_checkpoints_follow_save_every_not_evaluations(tmp_path, save_every, exp
     fit(cfg, task)
     assert [int(p.name.split("_")[1]) for p in list_checkpoints(tmp_path / "run" / "checkpoints")] == expected
     assert evaluated == [cfg.eval_samples, None]   # at the end only (eval_every=100 is past the 8 steps), then the final one on all held out
+
+
+def test_fresh_training_tensors_come_each_pass_over_the_set_and_again_on_resume(tmp_path):
+    """An epoch of three passes over the set draws three times; a run resumed mid-epoch draws
+    the pass it stopped in again (a function of the pass alone), not the epoch's first."""
+    data = torch.randn(8, 2)
+
+    def run(max_steps, drawn):
+        cfg = TrainConfig(out_dir=str(tmp_path / "run"), epochs=2, epoch_samples=24, batch_size=4, eval_every=-1,
+                          warmup_steps=0, max_steps=max_steps, save_every=1)
+        task = Task(stage="toy", model=nn.Linear(2, 1), train_tensors=(data,),
+                    loss_fn=lambda m, batch: (m(batch[0]).pow(2).mean(), {}), evaluate=lambda m, limit: {},
+                    pass_tensors=lambda n: drawn.append(n) or (data + n,))
+        fit(cfg, task)
+
+    straight, first, second = [], [], []
+    run(0, straight)
+    assert straight == [0, 1, 2, 3, 4, 5]      # 12 steps of 4 over 8 items: a pass every 2 steps
+    shutil.rmtree(tmp_path / "run")
+    run(7, first)
+    run(0, second)
+    assert first == [0, 1, 2, 3] and second == [3, 4, 5]
 
 
 @pytest.mark.parametrize("script", ["tokenizer/train.py", "prior/train.py"])

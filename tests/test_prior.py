@@ -324,7 +324,7 @@ def test_colour_pictures_are_distorted_and_mirrored_only_when_asked():
     flipped, _ = distort(pictures, torch.Generator().manual_seed(0), share=1.0, flip=True)
     assert 0.4 < mirrored(flipped).float().mean() < 0.6
     with pytest.raises(ConfigError, match="augment_flip"):
-        PriorConfig(augment_flip=True).validate()
+        PriorConfig(augment=False, augment_flip=True).validate()
 
 
 def test_augment_token_marks_the_distorted_digits_and_keeps_them_marked(tiny_tokenizer_run, mnist_root, tmp_path):
@@ -341,7 +341,7 @@ def test_augment_token_marks_the_distorted_digits_and_keeps_them_marked(tiny_tok
     from tokenizer.data import load_dataset
     grids = load_code_grids(tokenizer, load_dataset("mnist", mnist_root, train_subset=512), "mnist", tmp_path, 512)
     task = make_task(cfg, tokenizer, grids, images)
-    codes, marked = task.epoch_tensors(3)
+    codes, marked = task.pass_tensors(3)
     _, which = augmented_codes(tokenizer, images, grids["train_codes"], cfg.seed, 3, cfg.augment_share)
     assert torch.equal((marked >= DISTORTED).nonzero().squeeze(1), which)      # exactly the distorted ones
     assert torch.equal(marked % DISTORTED, labels)                             # with their own digit
@@ -353,7 +353,7 @@ def test_augment_token_marks_the_distorted_digits_and_keeps_them_marked(tiny_tok
     dropped = seen[0] != marked[:256]
     assert dropped.any() and torch.equal(seen[0][dropped] >= DISTORTED, marked[:256][dropped] >= DISTORTED)
     with pytest.raises(ConfigError, match="augment_token"):
-        PriorConfig(augment_token=True).validate()
+        PriorConfig(augment=False, augment_token=True).validate()
 
 
 def test_code_grid_cache_follows_the_weights_not_the_file(tmp_path, tiny_tokenizer_run, mnist_root, monkeypatch):
@@ -384,10 +384,20 @@ def test_code_grid_cache_follows_the_weights_not_the_file(tmp_path, tiny_tokeniz
 
 def test_dropout_is_chosen_by_the_set_unless_given():
     from prior.train import dropout_for
-    assert dropout_for("/my/icons", -1, 740) == 0.2 and dropout_for("/my/photos", -1, 50_000) == 0.0
+    assert dropout_for("/my/icons", -1, 740) == 0.1 and dropout_for("/my/photos", -1, 50_000) == 0.0
     assert dropout_for("mnist", -1, 512) == 0.0 and dropout_for("/my/icons", 0.0, 740) == 0.0
     from prior.config import PriorConfig
     assert PriorConfig().shape().dropout == 0.0   # unresolved: a model built without a data set has none
+
+
+def test_augmentation_is_chosen_by_the_set_unless_given():
+    from prior.config import PriorConfig
+    from prior.train import augment_for
+    small, large = 3_400, 50_000
+    assert augment_for("/my/emoji", PriorConfig(), small) and not augment_for("/my/photos", PriorConfig(), large)
+    assert not augment_for("mnist", PriorConfig(), 512) and not augment_for("/my/emoji", PriorConfig(augment=False), small)
+    assert augment_for("mnist", PriorConfig(augment=True), 512)
+    assert augment_for("/my/photos", PriorConfig(augment_flip=True), large)   # asking for flips asks for augmentation
 
 
 def test_a_small_set_is_not_passed_over_more_than_ten_times_an_epoch_by_the_prior():
