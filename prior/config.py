@@ -25,7 +25,7 @@ class PriorConfig(TrainConfig, PriorShape):
     warmup_steps: int = 100               # linear warmup, in steps of one process (N processes: /N, the same samples)
     augment: bool | None = None    # each pass over the set: fresh code grids of slightly distorted training
                                    # pictures; none (the default): on for a user's set of fewer than SMALL_SET
-    augment_share: float = 0.5     # share of the pictures distorted in each augmented epoch
+    augment_share: float = 0.5     # share of the pictures distorted on each augmented pass
     augment_flip: bool = False     # augment: mirror half of those left to right (photos, icons; never digits or text)
     z_loss: float = 0.0            # weight of log(sum(exp(logits)))^2, which keeps the logits from drifting
     optimizer: Literal["adamw", "muon"] = "muon"   # muon: Muon on the blocks' weight matrices, AdamW on the rest
