@@ -192,7 +192,7 @@ def test_adversarial_phase_moves_the_decoder_only(tiny_tokenizer_run, mnist_root
     the discriminator's loss (R1 penalty included) reaches only the discriminator."""
     from tokenizer.train import decoder_task, make_task
     cfg = load_config(TokenizerConfig, TINY_TOKENIZER + ["image_size=28", "channels=1", "decoder_loss=gan", "decoder_gan_warmup=0",
-                                                         "ema=false", *options])   # a codebook that could take a gradient
+                                                         "decoder_gan_weight=0.1", "ema=false", *options])   # a codebook that could take a gradient
     images = load_split(mnist_root, "mnist", train=True, subset=64)[0]
     joint = make_task(cfg, images, images)
     task = decoder_task(joint, encode_images(joint.model, images), images, cfg)

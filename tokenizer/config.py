@@ -21,7 +21,8 @@ class TokenizerConfig(TrainConfig, VQVAEShape):
     decoder_epochs: int = 2          # then this many epochs of the decoder alone on the frozen codes (same codes, sharper images)
     decoder_lr: float = 1e-3         # peak learning rate of those epochs (no warmup, cosine decay)
     decoder_loss: Literal["mse", "gan"] = "gan"   # gan: MSE plus a patch discriminator's hinge loss (sharper strokes)
-    decoder_gan_weight: float = 0.1  # gan: weight of the adversarial term beside the MSE
+    decoder_gan_weight: float = -1.0   # gan: weight of the adversarial term beside the MSE; -1: by the set
+    # (tokenizer/train.py gan_weight_for: MNIST's 0.1 on the built-in sets, 0.03 on a user's)
     decoder_gan_warmup: int = 200    # gan: steps (of one process; N processes: /N) over which that weight ramps up from 0
     decoder_disc_lr: float = 2e-4    # gan: the discriminator's Adam learning rate (constant)
     decoder_disc_channels: int = 32  # gan: width of the discriminator's first layer
@@ -53,7 +54,8 @@ class TokenizerConfig(TrainConfig, VQVAEShape):
             (self.res_blocks >= 0, "res_blocks", "must be >= 0"),
             (self.decoder_epochs >= 0, "decoder_epochs", "must be >= 0 (0 = none)"),
             (self.decoder_lr > 0, "decoder_lr", "must be > 0"),
-            (self.decoder_gan_weight >= 0, "decoder_gan_weight", "must be >= 0 (0 = MSE only)"),
+            (self.decoder_gan_weight >= 0 or self.decoder_gan_weight == -1, "decoder_gan_weight",
+             "must be >= 0 (0 = MSE only), or -1 (by the set)"),
             (self.decoder_gan_warmup >= 0, "decoder_gan_warmup", "must be >= 0 steps"),
             (self.decoder_disc_lr > 0, "decoder_disc_lr", "must be > 0"),
             (self.decoder_disc_channels >= 1, "decoder_disc_channels", "must be >= 1"),
