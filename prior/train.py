@@ -197,12 +197,18 @@ def prior_epoch_samples(dataset: str, configured: int, n_train: int) -> int:
     return samples if configured or not is_own_dataset(dataset) else min(samples, OWN_PASSES * n_train)
 
 
+def small_own_set(dataset: str, n_train: int) -> bool:
+    """A user's set of fewer than SMALL_SET training images: where a prior memorises, and the
+    regularisers below are on by default."""
+    return is_own_dataset(dataset) and n_train < SMALL_SET
+
+
 def dropout_for(dataset: str, configured: float, n_train: int) -> float:
     """The configured dropout, or for -1 one chosen by the set: SMALL_SET_DROPOUT on a user's set
     of fewer than SMALL_SET training images, where a prior memorises, else none."""
     if configured >= 0:
         return configured
-    return SMALL_SET_DROPOUT if is_own_dataset(dataset) and n_train < SMALL_SET else 0.0
+    return SMALL_SET_DROPOUT if small_own_set(dataset, n_train) else 0.0
 
 
 def augment_for(dataset: str, cfg: PriorConfig, n_train: int) -> bool:
@@ -212,7 +218,7 @@ def augment_for(dataset: str, cfg: PriorConfig, n_train: int) -> bool:
     into the samples)."""
     if cfg.augment is not None:
         return cfg.augment
-    return (is_own_dataset(dataset) and n_train < SMALL_SET) or cfg.augment_flip or cfg.augment_token
+    return small_own_set(dataset, n_train) or cfg.augment_flip or cfg.augment_token
 
 
 def same_dataset(given: str, trained: str) -> bool:
