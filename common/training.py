@@ -128,6 +128,8 @@ class Task:
     side: SideModel | None = None                         # a second model stepped beside this one
     score: str | None = None          # the held-out metric (lower is better) that picks the weights that ship
                                       # and stops a run that no longer improves it; None: the last weights ship
+    evaluate_first: bool = False      # also measure (and offer) the weights it starts from: a phase that may
+                                      # be better not taken at all
     overfit_warning: Callable[[dict], str | None] | None = None   # a line when training and held-out loss part
     load_export: Callable[[nn.Module, dict[str, torch.Tensor]], None] = field(
         default=lambda m, weights: m.load_state_dict(weights))   # the inverse of export
@@ -235,6 +237,8 @@ def fit(cfg, task: Task, accelerator=None, last: bool = True) -> dict:
     resume_from = find_resume_point(cfg, task.stage)
     trainer = Trainer(cfg, task, accelerator or make_accelerator(cfg.tracker))
     trainer.resume(resume_from)
+    if task.evaluate_first and trainer.step == 0 and trainer.evaluate_and_keep_best():
+        trainer.stop_early()
     with StopSignal() as stop, trainer.progress:  # the bar is closed on errors too, so they print last
         while trainer.step < trainer.stop_at:
             trainer.train_step()
@@ -443,7 +447,7 @@ class Trainer:
             print(f"WARNING: {self.task.stage}: {warning}", file=sys.stderr, flush=True)
 
     def stop_early(self) -> None:
-        self.accelerator.print(f"{self.task.stage}: held-out loss has not improved for {self.cfg.patience} "
+        self.accelerator.print(f"{self.task.stage}: held-out {self.task.score} has not improved for {self.cfg.patience} "
                                f"evaluations; stopping at step {self.step} with the weights of step {self.best.step}")
         self.stop_at = self.best.stopped_early = self.step
 
@@ -509,8 +513,9 @@ class BestWeights:
         self.stopped_early = 0   # the step the run stopped at for lack of progress; 0 while it goes on
 
     def offer(self, score: float, step: int, weights: dict[str, torch.Tensor]) -> bool:
-        """Keep these weights if they score better; returns whether they did."""
-        if score < self.score:
+        """Keep these weights if they score as well or better (a tie: the later, further trained
+        weights); returns whether they did."""
+        if score <= self.score:
             self.score, self.step, self.since = score, step, 0
             self.weights = {k: v.detach().to("cpu", copy=True) for k, v in weights.items()}
             return True

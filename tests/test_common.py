@@ -215,6 +215,31 @@ def test_the_best_held_out_weights_ship_and_a_run_that_stops_improving_stops(tmp
     assert again["step"] == 8 and again["best_step"] == 6 and not snapshots
 
 
+@pytest.mark.parametrize("within, shipped", [(3, 3), (0, 0)], ids=["last-within", "none-within"])
+def test_a_budget_ships_the_last_weights_within_it_or_those_it_started_from(tmp_path, within, shipped):
+    """A score that is 0 while within a budget and grows beyond it (the adversarial phase's
+    PSNR budget): the starting weights are measured and offered, a tie goes to the later
+    weights, and a phase beyond its budget from the first step ships what it started from."""
+    from safetensors.torch import load_file
+    snapshots = []
+
+    def evaluate(m, limit):
+        snapshots.append(m.weight.detach().clone())
+        step = len(snapshots) - 1   # the first evaluation is of the starting weights, step 0
+        return {"over_budget": max(0.0, step - within) * 0.1}
+
+    torch.manual_seed(0)
+    task = Task(stage="toy", model=nn.Linear(2, 1), train_tensors=(torch.randn(16, 2),),
+                loss_fn=lambda m, batch: (m(batch[0]).pow(2).mean(), {}), evaluate=evaluate, score="over_budget",
+                evaluate_first=True)
+    cfg = TrainConfig(out_dir=str(tmp_path / "run"), epochs=5, batch_size=4, eval_every=1, patience=2,
+                      warmup_steps=0, lr=0.1)
+    metrics = fit(cfg, task)
+    assert metrics["best_step"] == shipped and metrics["step"] == shipped + 2
+    assert torch.equal(load_file(tmp_path / "run" / "model.safetensors")["weight"], snapshots[shipped])
+    assert not torch.equal(snapshots[shipped], snapshots[shipped + 1])   # training moved the weights on
+
+
 def test_evaluation_subsets_are_spread_over_the_set_and_fixed():
     from common.training import evaluation_subset
     rows = evaluation_subset(1000, 10)

@@ -195,7 +195,7 @@ def test_adversarial_phase_moves_the_decoder_only(tiny_tokenizer_run, mnist_root
                                                          "decoder_gan_weight=0.1", "ema=false", *options])   # a codebook that could take a gradient
     images = load_split(mnist_root, "mnist", train=True, subset=64)[0]
     joint = make_task(cfg, images, images)
-    task = decoder_task(joint, encode_images(joint.model, images), images, cfg)
+    task = decoder_task(joint, encode_images(joint.model, images), images, images, cfg)
     batch = tuple(t[:16] for t in task.train_tensors)
     vqvae, disc = joint.model, task.side.model
     assert vqvae.quantizer.codebook.requires_grad
@@ -257,6 +257,31 @@ def test_adversarial_phase_keeps_the_codes_and_resumes_exactly(tmp_path, tiny_to
     main(common + [f"out_dir={tmp_path}/broken"])
     resumed = load_file(tmp_path / "broken" / "model.safetensors")
     assert all(torch.equal(resumed[k], weights[k]) for k in weights)
+
+
+@pytest.mark.slow
+def test_a_phase_beyond_its_psnr_budget_ships_the_decoder_it_started_from_and_resumes_exactly(
+        tmp_path, tiny_tokenizer_run, mnist_root):
+    """An adversarial term strong enough to cost more held-out PSNR than the budget from its first
+    evaluation on: the phase stops after `patience` evaluations and ships the joint phase's
+    decoder, and a run stopped inside the phase resumes to the same end."""
+    common = TINY_TOKENIZER + [f"data_root={mnist_root}", "decoder_epochs=2", "decoder_loss=gan",
+                               "decoder_gan_warmup=0", "decoder_gan_weight=5", "decoder_psnr_budget=0.01"]
+    for name in ("straight", "broken"):
+        shutil.copytree(tiny_tokenizer_run, tmp_path / name)
+    metrics = main(common + [f"out_dir={tmp_path}/straight"])
+    rows = [json.loads(l) for l in (tmp_path / "straight" / "decoder" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["step"] == 0 and rows[0]["adversarial_cost_db"] == 0   # the starting weights, measured
+    assert all(r["over_budget_db"] > 0 for r in rows[1:-1]) and len(rows) == 5   # 3 evaluations beyond, then the final
+    assert metrics["best_step"] == 128 and metrics["step"] == 128 + 39 < 256   # stopped early, the start shipped
+    shipped, before = load_file(tmp_path / "straight" / "model.safetensors"), load_tokenizer(tiny_tokenizer_run)
+    assert all(torch.equal(shipped[k], v) for k, v in before.state_dict().items())
+
+    # stopped inside phase two at one of its evaluations (a stop elsewhere adds one, which patience counts)
+    main(common + [f"out_dir={tmp_path}/broken", f"max_steps={128 + 13}"])
+    resumed = main(common + [f"out_dir={tmp_path}/broken"])
+    assert (resumed["step"], resumed["best_step"]) == (metrics["step"], metrics["best_step"])
+    assert all(torch.equal(v, shipped[k]) for k, v in load_file(tmp_path / "broken" / "model.safetensors").items())
 
 
 def test_resume_refuses_a_run_with_a_different_config(tmp_path, mnist_root):

@@ -30,6 +30,9 @@ class TokenizerConfig(TrainConfig, VQVAEShape):
     decoder_seed: int = 0            # added to seed for the decoder phase: another draw of the phase alone
     decoder_weight_average: float = 0.999   # the decoder phase's weight_average: > 0, its EMA is what ships
     decoder_r1: float = 0.0          # gan: weight gamma of the R1 gradient penalty on real pictures (0 = none)
+    decoder_psnr_budget: float = -1.0   # gan: held-out PSNR (dB) the phase may cost against the joint phase's: the
+    # last weights within it ship, and it stops after `patience` evaluations beyond it; 0 = no limit (the last
+    # weights ship); -1: by the set (tokenizer/train.py psnr_budget_for: 0.5 on a user's set, none on the built-in)
     refiner_epochs: int = 2          # then this many epochs of the refiner alone (tokenizer/refiner.py): it learns to
     # draw what a code grid leaves open, where the decoder paints an average; 0 = none
     refiner_width: int = 16          # the refiner's width (its first level's channels): 16 drew within 1-2 points of 32 in half the time
@@ -41,7 +44,7 @@ class TokenizerConfig(TrainConfig, VQVAEShape):
     ABSENT_IN_OLD_RUNS: ClassVar[dict] = {"codebook_size": 512, "epochs": 3, "decoder_epochs": 0, "decoder_loss": "mse",
                                           "decoder_disc_whole_image": False, "decoder_weight_average": 0.0,
                                           "upsample": "transposed", "image_size": 28, "channels": 1,   # MNIST's then
-                                          "refiner_epochs": 0, "refiner_width": 0}
+                                          "refiner_epochs": 0, "refiner_width": 0, "decoder_psnr_budget": 0.0}
 
     def validate(self) -> None:
         super().validate()
@@ -61,6 +64,8 @@ class TokenizerConfig(TrainConfig, VQVAEShape):
             (self.decoder_disc_channels >= 1, "decoder_disc_channels", "must be >= 1"),
             (0 <= self.decoder_weight_average < 1, "decoder_weight_average", "must be in [0, 1) (0 = off)"),
             (self.decoder_r1 >= 0, "decoder_r1", "must be >= 0 (0 = no penalty)"),
+            (self.decoder_psnr_budget >= 0 or self.decoder_psnr_budget == -1, "decoder_psnr_budget",
+             "must be >= 0 dB (0 = no limit), or -1 (by the set)"),
             (self.refiner_epochs >= 0, "refiner_epochs", "must be >= 0 (0 = no refiner)"),
             (self.refiner_width >= 1 or self.refiner_epochs == 0, "refiner_width",
              "must be >= 1 when refiner_epochs > 0"),
