@@ -6,8 +6,10 @@
                     # (MNIST: [n,1,28,28] and [n,7,7])
 
 label=None (digit=None: the same keyword) samples p(x) without a chosen class. From a class-conditional prior
-that is ancestral sampling, p(x) = sum_c p(c) p(x|c) with p(c) uniform (MNIST's
-classes are 9.0-11.2% each): every sample draws its digit, then its codes. The
+that is ancestral sampling, p(x) = sum_c p(c) p(x|c), with p(c) each class's share of the
+training pictures where the tokenizer run recorded them (a user's set, whose classes may
+differ 100-fold), else uniform (MNIST's classes are 9.0-11.2% each): every sample draws
+its class, then its codes. The
 model's own unconditional branch (the NULL_CLASS token, learnt from only the ~10%
 of examples whose label was dropped) is label="null": measurably worse (README).
 
@@ -80,13 +82,17 @@ def check_classes(label, num_classes: int, class_names: list[str] | None, prior)
 
 
 def labels_for(n: int, label, generator: torch.Generator | None = None,
-               num_classes: int = NUM_CLASSES) -> torch.Tensor | None:
-    """None -> a uniformly random class per sample; "null" -> no label (the null class);
-    "all" -> every class in turn; an int -> all that class; a list -> cycled across the n samples."""
+               num_classes: int = NUM_CLASSES, class_counts: list[int] | None = None) -> torch.Tensor | None:
+    """None -> a random class per sample, in proportion to class_counts (uniform without them);
+    "null" -> no label (the null class); "all" -> every class in turn; an int -> all that class;
+    a list -> cycled across the n samples."""
     if label == NULL_LABEL:
         return None
     if label is None:
         device = generator.device if generator is not None else "cpu"
+        if class_counts:
+            weights = torch.tensor(class_counts, dtype=torch.float, device=device)
+            return torch.multinomial(weights, n, replacement=True, generator=generator).cpu()
         return torch.randint(0, num_classes, (n,), generator=generator, device=device).cpu()
     if label == ALL_CLASSES:
         label = list(range(num_classes))
@@ -102,6 +108,7 @@ class Models(NamedTuple):
     tokenizer_dir: Path
     dataset: str = "mnist"    # what the tokenizer learnt, and its classes' names (None: unlabelled)
     class_names: list | None = None
+    class_counts: list | None = None   # training pictures per class, where the run recorded them
 
 
 def check_device(device) -> torch.device:
@@ -161,7 +168,7 @@ def load_models(prior_dir="runs/prior", tokenizer_dir=None, device="cpu") -> Mod
     from tokenizer import tokenizer_data
     dataset, info = tokenizer_data(tokenizer_dir)
     return Models(gpt, cfg, tokenizer, find_run(prior_dir, "prior"), find_run(tokenizer_dir, "tokenizer"),
-                  dataset, info["class_names"])
+                  dataset, info["class_names"], info.get("train_class_counts"))
 
 
 @torch.no_grad()
@@ -198,7 +205,7 @@ def generate(n: int = 64, label=None, temperature: float = 1.0, top_k: int | Non
         label = NULL_LABEL   # its only start token
     check_classes(label, shape.num_classes, getattr(models, "class_names", None), prior)
     gen = torch.Generator().manual_seed(seed)   # on the CPU: the same seed gives the same digits on any device
-    labels = labels_for(n, label, gen, shape.num_classes)
+    labels = labels_for(n, label, gen, shape.num_classes, getattr(models, "class_counts", None))
     cond = labels if labels is not None else torch.full((n,), shape.null_class, dtype=torch.long)
     prefix = None if keep is None else grid_to_sequence(keep).long().cpu()   # moved per chunk below
     candidates = torch.arange(n)   # the output row each drawn sample is a candidate for

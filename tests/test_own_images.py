@@ -238,6 +238,20 @@ def colour_runs(tmp_path_factory, digits):
     return folder, tok, prior, base / "data", trained.stdout
 
 
+def test_unconditional_samples_draw_the_classes_as_often_as_the_training_set_holds_them(colour_runs):
+    """The run records each class's training pictures; label=None draws classes in those shares
+    (uniform where a run recorded none: MNIST's)."""
+    from sampling import labels_for, load_models
+    _, tok, prior, _, _ = colour_runs
+    recorded = json.loads((tok / "data.json").read_text())
+    assert sum(recorded["train_class_counts"]) == recorded["train_size"] and len(recorded["train_class_counts"]) == 3
+    assert load_models(prior).class_counts == recorded["train_class_counts"]
+    drawn = labels_for(20000, None, torch.Generator().manual_seed(0), 3, [10, 30, 60])
+    assert torch.allclose(torch.bincount(drawn).float() / 20000, torch.tensor([0.1, 0.3, 0.6]), atol=0.02)
+    uniform = labels_for(20000, None, torch.Generator().manual_seed(0), 3)
+    assert torch.allclose(torch.bincount(uniform).float() / 20000, torch.full((3,), 1 / 3), atol=0.02)
+
+
 @pytest.mark.slow
 def test_generate_names_the_prior_it_was_given(colour_runs, tmp_path):
     _, _, prior, _, _ = colour_runs

@@ -268,6 +268,15 @@ def _subset(data: DataSet, train_subset: int) -> DataSet:
     return DataSet(data.train[:train_subset], data.train_labels[:train_subset], data.test, data.test_labels, data.info)
 
 
+def recorded_info(data: DataSet) -> dict:
+    """What a tokenizer run records of a user's set (its data.json): the set's info and, where it
+    has classes, how many of the pictures it trained on are of each (the sampler draws classes so)."""
+    if not data.info["class_names"]:
+        return data.info
+    counts = torch.bincount(data.train_labels, minlength=len(data.info["class_names"]))
+    return {**data.info, "train_class_counts": counts.tolist()}
+
+
 def run_data_info(run_dir: Path, dataset: str) -> dict:
     """What a tokenizer run's data set was: mnist and fashion are known, a user's set is read
     from the run's data.json (written when it trained: its size, classes and identity)."""

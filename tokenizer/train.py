@@ -40,7 +40,7 @@ from common.tracking import make_accelerator
 from common.training import SideModel, Task, evaluation_subset, find_resume_point, fit, run_steps, warmup_for
 from tokenizer.config import TokenizerConfig
 from tokenizer.data import (DATA_INFO, check_dataset, data_root, encode_images, epoch_samples_for, is_own_dataset,
-                            load_dataset)
+                            load_dataset, recorded_info)
 from tokenizer.discriminator import (PatchDiscriminator, adversarial_weight, hinge_discriminator_loss,
                                      hinge_generator_loss, r1_penalty)
 from tokenizer.model import VQVAE
@@ -378,7 +378,7 @@ def main(argv: list[str] | None = None) -> dict:
         cfg = resolve_data(cfg, data.info)
         find_resume_point(cfg, "tokenizer")   # refuse a mismatched run dir before any training
         if is_own_dataset(cfg.dataset):
-            together(lambda: atomic_write_text(Path(cfg.out_dir) / DATA_INFO, json.dumps(data.info, indent=1)))
+            together(lambda: atomic_write_text(Path(cfg.out_dir) / DATA_INFO, json.dumps(recorded_info(data), indent=1)))
         train_images, test_images = data.train, data.test
         joint_steps = run_steps(cfg, len(train_images), accelerator.num_processes)
         phase_two = phase_config(cfg, "decoder", joint_steps)
