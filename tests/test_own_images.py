@@ -152,12 +152,12 @@ def test_a_users_set_trains_for_a_budget_in_pixels_and_resizes_above_28_pixels()
 
 def test_the_adversarial_weight_and_psnr_budget_are_chosen_by_the_set_unless_given():
     """MNIST's 0.1 and no PSNR budget on the built-in sets (their shipped runs rest on them), a
-    third of the weight and a 0.5 dB budget on a user's set; configured values are kept, and -1
+    fifth of the weight and a 0.5 dB budget on a user's set; configured values are kept, and -1
     never reaches training."""
     from tokenizer.config import TokenizerConfig
     from tokenizer.train import gan_weight_for, psnr_budget_for
     assert gan_weight_for("mnist", -1) == gan_weight_for("fashion", -1) == 0.1
-    assert gan_weight_for("/my/emoji", -1) == 0.03 and gan_weight_for("/my/emoji", 0.2) == 0.2
+    assert gan_weight_for("/my/emoji", -1) == 0.02 and gan_weight_for("/my/emoji", 0.2) == 0.2
     assert psnr_budget_for("mnist", -1) == psnr_budget_for("fashion", -1) == 0.0
     assert psnr_budget_for("/my/emoji", -1) == 0.5 and psnr_budget_for("/my/emoji", 0) == 0.0
     assert TokenizerConfig().decoder_gan_weight == TokenizerConfig().decoder_psnr_budget == -1   # until the set is known

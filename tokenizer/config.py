@@ -22,7 +22,7 @@ class TokenizerConfig(TrainConfig, VQVAEShape):
     decoder_lr: float = 1e-3         # peak learning rate of those epochs (no warmup, cosine decay)
     decoder_loss: Literal["mse", "gan"] = "gan"   # gan: MSE plus a patch discriminator's hinge loss (sharper strokes)
     decoder_gan_weight: float = -1.0   # gan: weight of the adversarial term beside the MSE; -1: by the set
-    # (tokenizer/train.py gan_weight_for: MNIST's 0.1 on the built-in sets, 0.03 on a user's)
+    # (tokenizer/train.py gan_weight_for: MNIST's 0.1 on the built-in sets, 0.02 on a user's)
     decoder_gan_warmup: int = 200    # gan: steps (of one process; N processes: /N) over which that weight ramps up from 0
     decoder_disc_lr: float = 2e-4    # gan: the discriminator's Adam learning rate (constant)
     decoder_disc_channels: int = 32  # gan: width of the discriminator's first layer
