@@ -447,8 +447,9 @@ class Trainer:
             print(f"WARNING: {self.task.stage}: {warning}", file=sys.stderr, flush=True)
 
     def stop_early(self) -> None:
-        self.accelerator.print(f"{self.task.stage}: held-out {self.task.score} has not improved for {self.cfg.patience} "
-                               f"evaluations; stopping at step {self.step} with the weights of step {self.best.step}")
+        self.accelerator.print(f"{self.task.stage}: held-out {self.task.score} has not improved for "
+                               f"{self.cfg.patience} evaluations; stopping at step {self.step} with the weights of "
+                               f"step {self.best.step}")
         self.stop_at = self.best.stopped_early = self.step
 
     # -- save and stop --------------------------------------------------------------------------

@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling: the likeliest codes covering p")
     p.add_argument("--label", "--digit", dest="label", type=parse_label, default=None,
                    help="a class number (MNIST: a digit), a list like 1,4,7, 'all', 'none' (unconditional: a random "
-                        "class each, as often as the training set holds it) or 'null' (the prior's no-label token); --digit is the same flag")
+                        "class each, as often as the training set holds it) or 'null' (the prior's no-label token); "
+                        "--digit is the same flag")
     p.add_argument("--cfg", type=float, default=0.0, help="classifier-free guidance scale (with --label)")
     # prior.model.CFG_SCHEDULES, spelled out: parsing flags must not import torch
     p.add_argument("--cfg-schedule", choices=["constant", "linear"], default="constant",

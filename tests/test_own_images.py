@@ -160,7 +160,7 @@ def test_the_adversarial_weight_and_psnr_budget_are_chosen_by_the_set_unless_giv
     assert gan_weight_for("/my/emoji", -1) == 0.02 and gan_weight_for("/my/emoji", 0.2) == 0.2
     assert psnr_budget_for("mnist", -1) == psnr_budget_for("fashion", -1) == 0.0
     assert psnr_budget_for("/my/emoji", -1) == 0.5 and psnr_budget_for("/my/emoji", 0) == 0.0
-    assert TokenizerConfig().decoder_gan_weight == TokenizerConfig().decoder_psnr_budget == -1   # until the set is known
+    assert TokenizerConfig().decoder_gan_weight == TokenizerConfig().decoder_psnr_budget == -1   # set unknown
 
 
 def test_a_colour_folder_trains_both_stages_and_generates_colour_grids(colour_runs, tmp_path):

@@ -376,7 +376,8 @@ def main(argv: list[str] | None = None) -> dict:
         cfg = resolve_data(cfg, data.info)
         find_resume_point(cfg, "tokenizer")   # refuse a mismatched run dir before any training
         if is_own_dataset(cfg.dataset):
-            together(lambda: atomic_write_text(Path(cfg.out_dir) / DATA_INFO, json.dumps(recorded_info(data), indent=1)))
+            recorded = json.dumps(recorded_info(data), indent=1)
+            together(lambda: atomic_write_text(Path(cfg.out_dir) / DATA_INFO, recorded))
         train_images, test_images = data.train, data.test
         joint_steps = run_steps(cfg, len(train_images), accelerator.num_processes)
         phase_two = phase_config(cfg, "decoder", joint_steps)
