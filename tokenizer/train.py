@@ -169,8 +169,10 @@ class DecoderTask:
         # the held-out PSNR the phase starts from, on the subset every evaluation measures (the
         # joint phase's weights are in the model here, also when the phase resumes)
         self.budget = max(cfg.decoder_psnr_budget, 0.0) if cfg.decoder_loss == "gan" else 0.0
-        held_out = test_images[evaluation_subset(len(test_images), cfg.eval_samples)]
-        self.start_psnr = evaluate_tokenizer(self.vqvae, held_out)["test_psnr"] if self.budget else None
+        self.start_psnr = None
+        if self.budget:
+            held_out = test_images[evaluation_subset(len(test_images), cfg.eval_samples)]
+            self.start_psnr = evaluate_tokenizer(self.vqvae, held_out)["test_psnr"]
 
     def task(self) -> Task:
         cfg, side = self.cfg, None
