@@ -183,6 +183,8 @@ def test_learning_rate_schedules_warm_up_hold_and_end_at_the_floor():
     assert lr_at(50, 100, cosine) < 0.9 * 1.0                          # cosine decays from the peak on
     assert [lr_at(s, 100, wsd) for s in (10, 50, 80)] == [1.0, 1.0, 1.0]  # wsd holds until the last 20 steps
     assert lr_at(90, 100, wsd) == pytest.approx(0.55)                   # then falls linearly
+    # A run too short for its warmup warms up over a fifth of it, then holds its peak before the decay
+    assert [lr_at(s, 20, wsd) for s in (0, 3, 10, 15)] == pytest.approx([0.25, 1.0, 1.0, 1.0])
 
 
 def test_the_best_held_out_weights_ship_and_a_run_that_stops_improving_stops(tmp_path, capsys):
@@ -213,6 +215,31 @@ def test_the_best_held_out_weights_ship_and_a_run_that_stops_improving_stops(tmp
     snapshots.clear()
     again = fit(cfg, make_task())   # the stopped run, run again: nothing left to train
     assert again["step"] == 8 and again["best_step"] == 6 and not snapshots
+
+
+def test_a_run_stopped_by_max_steps_off_the_schedule_resumes_to_where_an_unbroken_run_stops(tmp_path):
+    """Held-out loss is best at step 6 and evaluated every 2 steps with patience 2: an unbroken
+    run stops at step 10. One stopped at step 7 evaluates there (it reports what it ships), but
+    resumed, it must not count that evaluation toward patience and stop at step 8."""
+    def make_task(trained: int):
+        steps = [trained]
+
+        def loss_fn(m, batch):
+            steps[0] += 1
+            return m(batch[0]).pow(2).mean(), {}
+        torch.manual_seed(0)
+        return Task(stage="toy", model=nn.Linear(2, 1), train_tensors=(torch.randn(16, 2),), loss_fn=loss_fn,
+                    evaluate=lambda m, limit: {"held_out": abs(steps[0] - 6) + 1.0}, score="held_out")
+
+    def run(name: str, **keys) -> TrainConfig:
+        return TrainConfig(out_dir=str(tmp_path / name), epochs=5, batch_size=4, eval_every=2, patience=2,
+                           warmup_steps=0, lr=0.1, **keys)
+    unbroken = fit(run("unbroken"), make_task(0))
+    assert unbroken["step"] == 10 and unbroken["best_step"] == 6
+    stopped = fit(run("broken", max_steps=7), make_task(0))
+    assert stopped["step"] == 7
+    resumed = fit(run("broken"), make_task(7))
+    assert (resumed["step"], resumed["best_step"]) == (10, 6)
 
 
 @pytest.mark.parametrize("within, shipped", [(3, 3), (0, 0)], ids=["last-within", "none-within"])

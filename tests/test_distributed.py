@@ -175,7 +175,9 @@ def test_every_warmup_ends_early_on_eight_processes(config):
     if kind is TokenizerConfig and cfg.decoder_epochs:
         assert warmup_for(cfg.decoder_gan_warmup, 8) <= 0.2 * cfg.decoder_epochs * epoch_steps(60_000, 8, cfg.batch_size)
     # one process: the warmup is what the config says
-    assert lr_at(cfg.warmup_steps - 1, steps, cfg, processes=1) == pytest.approx(cfg.lr)
+    one_process_steps = cfg.epochs * epoch_steps(60_000, 1, cfg.batch_size)
+    assert lr_at(cfg.warmup_steps - 1, one_process_steps, cfg, processes=1) == pytest.approx(cfg.lr)
+    assert lr_at(cfg.warmup_steps - 2, one_process_steps, cfg, processes=1) < cfg.lr
 
 
 def test_the_prior_runs_and_samples_on_any_device_it_is_given():
