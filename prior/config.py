@@ -9,6 +9,10 @@ from prior.model import PriorShape
 
 
 SMALL_SET, SMALL_SET_DROPOUT = 20_000, 0.1   # with augmentation, 0.1 measured best held out (EXPERIMENTS.md)
+# A set so small that ten passes are under half an epoch of MNIST's size (prior/train.py) trains
+# longer than ten passes, and against it harder: more dropout, more of each pass distorted.
+TINY_SET_DROPOUT, TINY_SET_AUGMENT_SHARE = 0.3, 0.8
+DEFAULT_AUGMENT_SHARE = 0.5
 
 
 @dataclass
@@ -20,12 +24,14 @@ class PriorConfig(TrainConfig, PriorShape):
     batch_size: int = 128
     lr: float = 4e-3                      # peak learning rate (Muon's and AdamW's)
     weight_decay: float = 0.01            # on weight matrices and embeddings only
-    dropout: float = -1.0                 # residual dropout in training; -1: SMALL_SET_DROPOUT for a user's set of
-                                          # fewer than SMALL_SET training images (it measured better there), else 0
+    dropout: float = -1.0                 # residual dropout in training; -1: by the set (SMALL_SET_DROPOUT for a
+                                          # user's set of fewer than SMALL_SET training images, TINY_SET_DROPOUT
+                                          # for a tiny one: they measured better there), else 0
     warmup_steps: int = 100               # linear warmup, in steps of one process (N processes: /N, the same samples)
     augment: bool | None = None    # each pass over the set: fresh code grids of slightly distorted training
                                    # pictures; none (the default): on for a user's set of fewer than SMALL_SET
-    augment_share: float = 0.5     # share of the pictures distorted on each augmented pass
+    augment_share: float = -1.0    # share of the pictures distorted on each augmented pass; -1: by the set
+                                   # (TINY_SET_AUGMENT_SHARE on a tiny user's set, else DEFAULT_AUGMENT_SHARE)
     augment_flip: bool = False     # augment: mirror half of those left to right (photos, icons; never digits or text)
     z_loss: float = 0.0            # weight of log(sum(exp(logits)))^2, which keeps the logits from drifting
     optimizer: Literal["adamw", "muon"] = "muon"   # muon: Muon on the blocks' weight matrices, AdamW on the rest
@@ -53,7 +59,7 @@ class PriorConfig(TrainConfig, PriorShape):
             (self.n_embd >= 8, "n_embd", "must be >= 8"),
             (self.dropout == -1 or 0 <= self.dropout < 1, "dropout", "must be in [0, 1), or -1 (by set size)"),
             (0 <= self.label_dropout < 1, "label_dropout", "must be in [0, 1)"),
-            (0 <= self.augment_share <= 1, "augment_share", "must be in [0, 1]"),
+            (self.augment_share == -1 or 0 <= self.augment_share <= 1, "augment_share", "must be in [0, 1], or -1 (by the set)"),
             (self.augment is not False or not self.augment_token, "augment_token", "needs augment=true"),
             (self.augment is not False or not self.augment_flip, "augment_flip", "needs augment=true"),
             (self.z_loss >= 0, "z_loss", "must be >= 0"),
@@ -63,6 +69,10 @@ class PriorConfig(TrainConfig, PriorShape):
         for ok, key, message in checks:
             if not ok:
                 raise ConfigError(f"{key}={getattr(self, key)!r} {message}")
+
+    def distorted_share(self) -> float:
+        """augment_share, or where it is unresolved (-1: no data set yet) DEFAULT_AUGMENT_SHARE."""
+        return DEFAULT_AUGMENT_SHARE if self.augment_share < 0 else self.augment_share
 
     def shape(self) -> PriorShape:
         shape = PriorShape(**{f.name: getattr(self, f.name) for f in fields(PriorShape)})

@@ -24,7 +24,8 @@ from common.errors import run_main
 from common.distributed import together
 from common.runs import run_lock
 from common.training import Task, evaluation_subset, find_resume_point, fit
-from prior.config import SMALL_SET, SMALL_SET_DROPOUT, PriorConfig
+from prior.config import (DEFAULT_AUGMENT_SHARE, SMALL_SET, SMALL_SET_DROPOUT, TINY_SET_AUGMENT_SHARE,
+                          TINY_SET_DROPOUT, PriorConfig)
 from prior.data import augmented_codes, load_code_grids
 from prior.model import GPT
 from prior.muon import MuonWithAdamW
@@ -33,7 +34,8 @@ from tokenizer.data import data_root, epoch_samples_for, is_own_dataset, load_ru
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "prior.yaml"
 OVERFIT_BITS = 0.3   # held-out minus training NLL, bits/token, past which the run warns that it memorises
-OWN_PASSES = 10      # a user's set: at most this many passes over its code grids an epoch
+OWN_PASSES = 10      # a user's set: at most this many passes over its code grids an epoch,
+OWN_MIN_EPOCH = 30_000   # and at least this many grids (a tiny set: its regularisers in prior/config.py)
 
 
 def resolve_num_codes(cfg: PriorConfig, num_codes: int) -> PriorConfig:
@@ -165,7 +167,7 @@ class PriorTask:
 
     def pass_tensors(self, draw: int) -> tuple[torch.Tensor, torch.Tensor]:
         codes, which = augmented_codes(self.tokenizer, self.train_images, self.train_codes, self.cfg.seed,
-                                       draw, self.cfg.augment_share, self.cfg.augment_flip)
+                                       draw, self.cfg.distorted_share(), self.cfg.augment_flip)
         labels = self.train_labels.clone()
         if self.cfg.augment_token:
             labels[which] += self.distorted
@@ -186,15 +188,19 @@ def resolve_data(cfg: PriorConfig, tokenizer) -> tuple[PriorConfig, str, dict]:
                               num_classes=classes, class_conditional=cfg.class_conditional and classes > 0,
                               epoch_samples=prior_epoch_samples(dataset, cfg.epoch_samples, n_train),
                               dropout=dropout_for(dataset, cfg.dropout, n_train),
-                              augment=augment_for(dataset, cfg, n_train))
+                              augment=augment_for(dataset, cfg, n_train),
+                              augment_share=augment_share_for(dataset, cfg.augment_share, n_train))
     return cfg, dataset, info
 
 
 def prior_epoch_samples(dataset: str, configured: int, n_train: int) -> int:
-    """epoch_samples as the tokenizer counts them, but at most OWN_PASSES passes over a user's set:
-    a prior memorises a small set long before 60,000 samples an epoch are done."""
+    """epoch_samples as the tokenizer counts them, but on a user's set at most OWN_PASSES passes
+    over it (a prior memorises a small set long before 60,000 samples an epoch are done) and at
+    least OWN_MIN_EPOCH samples (ten passes over 738 icons were 57 steps an epoch: too few to learn)."""
     samples = epoch_samples_for(dataset, configured)
-    return samples if configured or not is_own_dataset(dataset) else min(samples, OWN_PASSES * n_train)
+    if configured or not is_own_dataset(dataset):
+        return samples
+    return min(samples, max(OWN_PASSES * n_train, OWN_MIN_EPOCH))
 
 
 def small_own_set(dataset: str, n_train: int) -> bool:
@@ -203,12 +209,29 @@ def small_own_set(dataset: str, n_train: int) -> bool:
     return is_own_dataset(dataset) and n_train < SMALL_SET
 
 
+def tiny_own_set(dataset: str, n_train: int) -> bool:
+    """A user's set whose epoch is more than OWN_PASSES passes (fewer than 3,000 training images):
+    the regularisers below are stronger there."""
+    return is_own_dataset(dataset) and OWN_PASSES * n_train < OWN_MIN_EPOCH
+
+
 def dropout_for(dataset: str, configured: float, n_train: int) -> float:
-    """The configured dropout, or for -1 one chosen by the set: SMALL_SET_DROPOUT on a user's set
-    of fewer than SMALL_SET training images, where a prior memorises, else none."""
+    """The configured dropout, or for -1 one chosen by the set: TINY_SET_DROPOUT on a tiny user's
+    set, SMALL_SET_DROPOUT on one of fewer than SMALL_SET training images, where a prior
+    memorises, else none."""
     if configured >= 0:
         return configured
+    if tiny_own_set(dataset, n_train):
+        return TINY_SET_DROPOUT
     return SMALL_SET_DROPOUT if small_own_set(dataset, n_train) else 0.0
+
+
+def augment_share_for(dataset: str, configured: float, n_train: int) -> float:
+    """The configured augment_share, or for -1 TINY_SET_AUGMENT_SHARE on a tiny user's set, else
+    DEFAULT_AUGMENT_SHARE."""
+    if configured >= 0:
+        return configured
+    return TINY_SET_AUGMENT_SHARE if tiny_own_set(dataset, n_train) else DEFAULT_AUGMENT_SHARE
 
 
 def augment_for(dataset: str, cfg: PriorConfig, n_train: int) -> bool:

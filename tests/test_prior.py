@@ -342,7 +342,7 @@ def test_augment_token_marks_the_distorted_digits_and_keeps_them_marked(tiny_tok
     grids = load_code_grids(tokenizer, load_dataset("mnist", mnist_root, train_subset=512), "mnist", tmp_path, 512)
     task = make_task(cfg, tokenizer, grids, images)
     codes, marked = task.pass_tensors(3)
-    _, which = augmented_codes(tokenizer, images, grids["train_codes"], cfg.seed, 3, cfg.augment_share)
+    _, which = augmented_codes(tokenizer, images, grids["train_codes"], cfg.seed, 3, cfg.distorted_share())
     assert torch.equal((marked >= DISTORTED).nonzero().squeeze(1), which)      # exactly the distorted ones
     assert torch.equal(marked % DISTORTED, labels)                             # with their own digit
     assert task.model.cond_emb.num_embeddings == 2 * DISTORTED
@@ -384,7 +384,8 @@ def test_code_grid_cache_follows_the_weights_not_the_file(tmp_path, tiny_tokeniz
 
 def test_dropout_is_chosen_by_the_set_unless_given():
     from prior.train import dropout_for
-    assert dropout_for("/my/icons", -1, 740) == 0.1 and dropout_for("/my/photos", -1, 50_000) == 0.0
+    assert dropout_for("/my/icons", -1, 740) == 0.3 and dropout_for("/my/emoji", -1, 3_400) == 0.1
+    assert dropout_for("/my/photos", -1, 50_000) == 0.0
     assert dropout_for("mnist", -1, 512) == 0.0 and dropout_for("/my/icons", 0.0, 740) == 0.0
     from prior.config import PriorConfig
     assert PriorConfig().shape().dropout == 0.0   # unresolved: a model built without a data set has none
@@ -398,10 +399,15 @@ def test_augmentation_is_chosen_by_the_set_unless_given():
     assert not augment_for("mnist", PriorConfig(), 512) and not augment_for("/my/emoji", PriorConfig(augment=False), small)
     assert augment_for("mnist", PriorConfig(augment=True), 512)
     assert augment_for("/my/photos", PriorConfig(augment_flip=True), large)   # asking for flips asks for augmentation
+    from prior.train import augment_share_for
+    assert augment_share_for("/my/icons", -1, 740) == 0.8 and augment_share_for("/my/emoji", -1, small) == 0.5
+    assert augment_share_for("mnist", -1, 512) == 0.5 and augment_share_for("/my/icons", 0.25, 740) == 0.25
+    assert PriorConfig().distorted_share() == 0.5 and PriorConfig(augment_share=0.0).distorted_share() == 0.0
 
 
-def test_a_small_set_is_not_passed_over_more_than_ten_times_an_epoch_by_the_prior():
+def test_a_small_set_is_passed_over_ten_times_an_epoch_by_the_prior_and_a_tiny_one_for_30k_grids():
     from prior.train import prior_epoch_samples
-    assert prior_epoch_samples("/some/icons", 0, 738) == 7380          # ten passes, not 81
+    assert prior_epoch_samples("/some/emoji", 0, 3_400) == 34_000      # ten passes, not 18
+    assert prior_epoch_samples("/some/icons", 0, 738) == 30_000        # not ten passes: 57 steps
     assert prior_epoch_samples("/some/photos", 0, 50_000) == 60_000    # MNIST's epoch
     assert prior_epoch_samples("mnist", 0, 512) == 0 and prior_epoch_samples("/x", 512, 738) == 512
