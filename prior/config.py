@@ -9,8 +9,9 @@ from prior.model import PriorShape
 
 
 SMALL_SET, SMALL_SET_DROPOUT = 20_000, 0.1   # with augmentation, 0.1 measured best held out (EXPERIMENTS.md)
-# A set so small that ten passes are under half an epoch of MNIST's size (prior/train.py) trains
-# longer than ten passes, and against it harder: more dropout, more of each pass distorted.
+# A set so small that ten passes are under half an epoch of MNIST's size (prior/train.py) is
+# passed over more than ten times an epoch, and regularised harder: more dropout, more of each
+# pass distorted.
 TINY_SET_DROPOUT, TINY_SET_AUGMENT_SHARE = 0.3, 0.8
 DEFAULT_AUGMENT_SHARE = 0.5
 

@@ -219,8 +219,9 @@ def test_the_best_held_out_weights_ship_and_a_run_that_stops_improving_stops(tmp
 
 def test_a_run_stopped_by_max_steps_off_the_schedule_resumes_to_where_an_unbroken_run_stops(tmp_path):
     """Held-out loss is best at step 6 and evaluated every 2 steps with patience 2: an unbroken
-    run stops at step 10. One stopped at step 7 evaluates there (it reports what it ships), but
-    resumed, it must not count that evaluation toward patience and stop at step 8."""
+    run stops at step 10. One stopped at step 7 evaluates there (it reports what it ships);
+    resumed, it must not count that evaluation toward patience (the code before did, and stopped
+    at step 8), so it stops at step 10 too."""
     def make_task(trained: int):
         steps = [trained]
 
