@@ -131,8 +131,8 @@ class PriorTask:
         if gap > OVERFIT_BITS:
             return (f"training and held-out loss part at step {result['step']}: {result['train_nll_bits_per_token']:.3f} "
                     f"bits/token on training grids, {result['test_nll_bits_per_token']:.3f} held out (gap {gap:.2f} > "
-                    f"{OVERFIT_BITS}): it learns the training set by heart; the best held-out weights ship, and "
-                    f"fewer epochs, dropout= or weight_decay= may help")
+                    f"{OVERFIT_BITS}): it learns the training set by heart; the best held-out weights ship; more "
+                    f"dropout= or more distortion (augment=true, augment_share=) narrows the gap")
         return None
 
     def report(self, out_dir: Path, m, history: list[dict], metrics: list[dict]) -> None:
