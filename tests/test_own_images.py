@@ -150,6 +150,17 @@ def test_a_users_set_trains_for_a_budget_in_pixels_and_resizes_above_28_pixels()
     assert upsample_for(64, "transposed") == "transposed" and upsample_for(28, "resize") == "resize"
 
 
+def test_a_users_pictures_up_to_28_pixels_get_codes_at_half_their_side():
+    """One halving for a user's set up to 28 pixels (14x14 codes at 28), stated in the config;
+    the built-in sets, larger pictures and a configured value keep theirs (0: by size)."""
+    from tokenizer.model import VQVAEShape
+    from tokenizer.train import downsamples_for
+    assert [downsamples_for("/my/set", 0, side) for side in (16, 28, 32, 64)] == [1, 1, 0, 0]
+    assert downsamples_for("mnist", 0, 28) == downsamples_for("fashion", 0, 28) == 0
+    assert downsamples_for("/my/set", 2, 28) == 2
+    assert [VQVAEShape(image_size=28, downsamples=d).grid for d in (0, 1)] == [7, 14]
+
+
 def test_the_adversarial_weight_and_psnr_budget_are_chosen_by_the_set_unless_given():
     """MNIST's 0.1 and no PSNR budget on the built-in sets (their shipped runs rest on them), a
     fifth of the weight and a 0.5 dB budget on a user's set; configured values are kept, and -1
@@ -213,6 +224,9 @@ def test_a_flat_folder_trains_an_unconditional_prior(tmp_path, digits):
     assert result.returncode == 2 and "has no classes" in result.stderr
     result = run_cli(["sampling/generate.py", "--n", "4", "--prior", str(prior), "--out", str(tmp_path / "s")])
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "downsamples: 1" in (tok / "config.yaml").read_text()   # 28 px: codes at half the side
+    with np.load(tmp_path / "s" / "samples.npz") as samples:
+        assert samples["tokens"].shape == (4, 14, 14)
     # A picture added since the tokenizer trained, its prepared copy gone: the prior refuses the set
     recorded = json.loads((tok / "data.json").read_text())
     shutil.rmtree(tmp_path / "data" / "prepared" / recorded["key"])

@@ -33,8 +33,9 @@ class TokenizerConfig(TrainConfig, VQVAEShape):
     decoder_psnr_budget: float = -1.0   # gan: held-out PSNR (dB) the phase may cost against the joint phase's: the
     # last weights within it ship, and it stops after `patience` evaluations beyond it; 0 = no limit (the last
     # weights ship); -1: by the set (tokenizer/train.py psnr_budget_for: 0.5 on a user's set, none on the built-in)
-    refiner_epochs: int = 2          # then this many epochs of the refiner alone (tokenizer/refiner.py): it learns to
-    # draw what a code grid leaves open, where the decoder paints an average; 0 = none
+    refiner_epochs: int = -1         # then this many epochs of the refiner alone (tokenizer/refiner.py): it learns to
+    # draw what a code grid leaves open, where the decoder paints an average; 0 = none; -1: by the grid
+    # (tokenizer/train.py refiner_epochs_for: 2, none over codes at half the pictures' side)
     refiner_width: int = 16          # the refiner's width (its first level's channels): 16 drew within 1-2 points of 32 in half the time
     refiner_lr: float = 2e-3         # the refiner's peak learning rate (cosine decay; its weight average ships)
 
@@ -66,7 +67,7 @@ class TokenizerConfig(TrainConfig, VQVAEShape):
             (self.decoder_r1 >= 0, "decoder_r1", "must be >= 0 (0 = no penalty)"),
             (self.decoder_psnr_budget >= 0 or self.decoder_psnr_budget == -1, "decoder_psnr_budget",
              "must be >= 0 dB (0 = no limit), or -1 (by the set)"),
-            (self.refiner_epochs >= 0, "refiner_epochs", "must be >= 0 (0 = no refiner)"),
+            (self.refiner_epochs >= -1, "refiner_epochs", "must be >= 0 (0 = no refiner), or -1 (by the grid)"),
             (self.refiner_width >= 1 or self.refiner_epochs == 0, "refiner_width",
              "must be >= 1 when refiner_epochs > 0"),
             (self.refiner_lr > 0, "refiner_lr", "must be > 0"),

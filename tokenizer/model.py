@@ -49,6 +49,7 @@ class VQVAEShape:
     image_size: int = 0              # the input side in pixels; 0 = from the data set (MNIST: 28)
     channels: int = 0                # 1 grey, 3 colour; 0 = from the data set (MNIST: 1)
     downsamples: int = 0             # halvings from image to code grid; 0 = 2 up to 32 pixels, 3 above
+                                     # (a user's set up to 28 pixels: 1, tokenizer/train.py)
     upsample: Literal["auto", "resize", "transposed"] = "auto"   # the decoder's doublings: nearest resize + 3x3
     # conv, or 4x4 transposed convs (which can leave a grid); auto: resize above 28 pixels (tokenizer/train.py)
     refiner_width: int = 0           # the refiner's width (tokenizer/refiner.py), which draws the detail a code grid

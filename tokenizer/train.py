@@ -328,6 +328,32 @@ def upsample_for(image_size: int, configured: str) -> str:
     return "resize" if image_size > RESIZE_ABOVE else "transposed"
 
 
+FINE_GRID_UP_TO = 28   # a user's set up to this many pixels a side: one halving, codes at half its side
+
+
+def downsamples_for(dataset: str, configured: int, image_size: int) -> int:
+    """0: one halving for a user's set of pictures up to FINE_GRID_UP_TO pixels a side (14x14
+    codes at 28 px): over 7x7 codes the decoder's own reconstructions of Fashion 9k were told
+    from real pictures 97-98% of the time, and so were samples; over 14x14, 81% and 87%
+    (docs/EXPERIMENTS.md). Otherwise 0 as given, which the model resolves by size (two halvings
+    up to 32 pixels, three above): the built-in sets' shipped runs rest on it."""
+    if configured or not is_own_dataset(dataset) or image_size > FINE_GRID_UP_TO:
+        return configured
+    return 1
+
+
+REFINER_EPOCHS = 2
+
+
+def refiner_epochs_for(configured: int, downsamples: int) -> int:
+    """-1: REFINER_EPOCHS, but none over codes at half the pictures' side (one halving), which
+    leave little for it to draw: there the refiner's samples of Fashion 9k were told from real
+    pictures 90.9% of the time, the decoder's own 86.6% (docs/EXPERIMENTS.md)."""
+    if configured != -1:
+        return configured
+    return 0 if downsamples == 1 else REFINER_EPOCHS
+
+
 BUILTIN_GAN_WEIGHT, OWN_SET_GAN_WEIGHT = 0.1, 0.02
 PSNR_BUDGET_DB = 0.5
 
@@ -351,12 +377,16 @@ def psnr_budget_for(dataset: str, configured: float) -> float:
 
 
 def resolve_data(cfg: TokenizerConfig, info: dict) -> TokenizerConfig:
-    """The settings the data decides (image_size, channels, epoch_samples, upsample, the
-    adversarial weight and PSNR budget), or one line when the config asks for other ones."""
+    """The settings the data decides (image_size, channels, the code grid and the refiner over it,
+    epoch_samples, upsample, the adversarial weight and PSNR budget), or one line when the config
+    asks for other ones."""
     if cfg.channels and cfg.channels != info["channels"]:
         raise ConfigError(f"channels={cfg.channels}, but dataset={cfg.dataset} is "
                           f"{'colour' if info['channels'] == 3 else 'grey'}; drop channels=")
+    downsamples = downsamples_for(cfg.dataset, cfg.downsamples, info["image_size"])
     resolved = dataclasses.replace(cfg, image_size=info["image_size"], channels=info["channels"],
+                                   downsamples=downsamples, refiner_epochs=refiner_epochs_for(cfg.refiner_epochs,
+                                                                                              downsamples),
                                    epoch_samples=epoch_samples_for(cfg.dataset, cfg.epoch_samples, info["image_size"]),
                                    upsample=upsample_for(info["image_size"], cfg.upsample),
                                    decoder_gan_weight=gan_weight_for(cfg.dataset, cfg.decoder_gan_weight),
