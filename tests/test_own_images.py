@@ -151,14 +151,19 @@ def test_a_users_set_trains_for_a_budget_in_pixels_and_resizes_above_28_pixels()
 
 
 def test_a_users_pictures_up_to_28_pixels_get_codes_at_half_their_side():
-    """One halving for a user's set up to 28 pixels (14x14 codes at 28), stated in the config;
-    the built-in sets, larger pictures and a configured value keep theirs (0: by size)."""
+    """One halving for a user's set up to 28 pixels (14x14 codes at 28), stated in the config,
+    and no refiner over such a grid; the built-in sets, larger pictures and configured values
+    keep theirs (downsamples 0: by size; the refiner's two epochs)."""
+    from tokenizer.config import TokenizerConfig
     from tokenizer.model import VQVAEShape
-    from tokenizer.train import downsamples_for
+    from tokenizer.train import downsamples_for, refiner_epochs_for
     assert [downsamples_for("/my/set", 0, side) for side in (16, 28, 32, 64)] == [1, 1, 0, 0]
     assert downsamples_for("mnist", 0, 28) == downsamples_for("fashion", 0, 28) == 0
     assert downsamples_for("/my/set", 2, 28) == 2
     assert [VQVAEShape(image_size=28, downsamples=d).grid for d in (0, 1)] == [7, 14]
+    assert TokenizerConfig().refiner_epochs == -1   # the grid unknown
+    assert [refiner_epochs_for(-1, d) for d in (0, 1, 2)] == [2, 0, 2]
+    assert refiner_epochs_for(3, 1) == 3 and refiner_epochs_for(0, 0) == 0
 
 
 def test_the_adversarial_weight_and_psnr_budget_are_chosen_by_the_set_unless_given():
