@@ -332,11 +332,12 @@ FINE_GRID_UP_TO = 28   # a user's set up to this many pixels a side: one halving
 
 
 def downsamples_for(dataset: str, configured: int, image_size: int) -> int:
-    """0: one halving for a user's set of pictures up to FINE_GRID_UP_TO pixels a side (14x14
-    codes at 28 px): over 7x7 codes the decoder's own reconstructions of Fashion 9k were told
-    from real pictures 97-98% of the time, and so were samples; over 14x14, 81% and 87%
-    (docs/EXPERIMENTS.md). Otherwise 0 as given, which the model resolves by size (two halvings
-    up to 32 pixels, three above): the built-in sets' shipped runs rest on it."""
+    """The halvings from picture to codes: where none are configured (0), one for a user's set
+    of pictures up to FINE_GRID_UP_TO pixels a side (14x14 codes at 28 px): over 7x7 codes the
+    decoder's own reconstructions of Fashion 9k were told from real pictures 97-98% of the time,
+    and so were samples; over 14x14, 81% and 87% (docs/EXPERIMENTS.md). Otherwise the configured
+    value, 0 resolved by the model from the size (two halvings up to 32 pixels, three above):
+    the built-in sets' shipped runs rest on it."""
     if configured or not is_own_dataset(dataset) or image_size > FINE_GRID_UP_TO:
         return configured
     return 1
