@@ -9,8 +9,9 @@ from prior.model import PriorShape
 
 
 # With augmentation, dropout 0.1 measured 4% better held out than 0.2 on the emoji, but its gap (0.34
-# bits/token) set off the run's own warning: 0.2 keeps it under (0.30; EXPERIMENTS.md).
-SMALL_SET, SMALL_SET_DROPOUT = 20_000, 0.2
+# bits/token) set off the run's own warning; 0.2 sat on the line (0.30 on one CPU, 0.31 on another),
+# 0.25 keeps it under on both sizes (0.28-0.29) for 2% more held-out loss (EXPERIMENTS.md).
+SMALL_SET, SMALL_SET_DROPOUT = 20_000, 0.25
 # A set so small that ten passes are under half an epoch of MNIST's size (prior/train.py) is
 # passed over more than ten times an epoch, and regularised harder: more dropout, more of each
 # pass distorted.

@@ -384,7 +384,7 @@ def test_code_grid_cache_follows_the_weights_not_the_file(tmp_path, tiny_tokeniz
 
 def test_dropout_is_chosen_by_the_set_unless_given():
     from prior.train import dropout_for
-    assert dropout_for("/my/icons", -1, 740) == 0.3 and dropout_for("/my/emoji", -1, 3_400) == 0.2
+    assert dropout_for("/my/icons", -1, 740) == 0.3 and dropout_for("/my/emoji", -1, 3_400) == 0.25
     assert dropout_for("/my/photos", -1, 50_000) == 0.0
     assert dropout_for("mnist", -1, 512) == 0.0 and dropout_for("/my/icons", 0.0, 740) == 0.0
     from prior.config import PriorConfig
