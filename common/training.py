@@ -12,7 +12,7 @@ Held-out data is watched while training: about EVALS_PER_RUN evaluations a run o
 subsets (`eval_samples`), the weights that scored best there kept (`BestWeights`) and shipped,
 a run stopped after `patience` evaluations without improvement, and one warning line when
 training and held-out loss part. The final evaluation measures the shipped weights on the
-whole held-out set.
+whole held-out set, and warns again where they part.
 
 Exact resume holds because nothing random is left to chance: the data order of
 an epoch is a function of (seed, epoch), and every process's RNG state is saved
@@ -452,10 +452,14 @@ class Trainer:
     def say(self, result: dict) -> None:
         shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()}
         self.accelerator.print(f"[{self.task.stage}] " + " ".join(f"{k}={v}" for k, v in shown.items()))
-        warning = self.task.overfit_warning(result) if self.task.overfit_warning else None
-        if warning and not self.warned:   # once a run: the figures go on in metrics.jsonl
+        final = result.get("final", False)
+        if self.task.overfit_warning is None or (self.warned and not final):   # once while training: the
+            return                                     # figures go on in metrics.jsonl; again for what ships
+        warning = self.task.overfit_warning({**result, "step": result["best_step"]} if final else result)
+        if warning:
             self.warned = True
-            print(f"WARNING: {self.task.stage}: {warning}", file=sys.stderr, flush=True)
+            shipped = " (the weights that ship)" if final else ""
+            print(f"WARNING: {self.task.stage}{shipped}: {warning}", file=sys.stderr, flush=True)
 
     def stop_early(self) -> None:
         self.accelerator.print(f"{self.task.stage}: held-out {self.task.score} has not improved for "

@@ -189,8 +189,9 @@ def test_learning_rate_schedules_warm_up_hold_and_end_at_the_floor():
 
 def test_the_best_held_out_weights_ship_and_a_run_that_stops_improving_stops(tmp_path, capsys):
     """Held-out loss falls until step 6, then rises: with patience 2 the run stops at step 8,
-    ships step 6's weights, warns once that training and held-out loss part, and the same
-    command run again trains no further."""
+    ships step 6's weights, warns once while training that training and held-out loss part and
+    again where the weights that ship part (the figures a user keeps), and the same command run
+    again trains no further."""
     from safetensors.torch import load_file
     snapshots = {}
 
@@ -203,7 +204,7 @@ def test_the_best_held_out_weights_ship_and_a_run_that_stops_improving_stops(tmp
         torch.manual_seed(0)
         return Task(stage="toy", model=nn.Linear(2, 1), train_tensors=(torch.randn(16, 2),),
                     loss_fn=lambda m, batch: (m(batch[0]).pow(2).mean(), {}), evaluate=evaluate, score="held_out",
-                    overfit_warning=lambda r: "parted" if r["held_out"] - r["seen"] > 1.5 else None)
+                    overfit_warning=lambda r: f"parted at step {r['step']}" if r["held_out"] - r["seen"] > 1.5 else None)
     cfg = TrainConfig(out_dir=str(tmp_path / "run"), epochs=5, batch_size=4, eval_every=1, patience=2,
                       warmup_steps=0, lr=0.1)
     metrics = fit(cfg, make_task())
@@ -211,7 +212,8 @@ def test_the_best_held_out_weights_ship_and_a_run_that_stops_improving_stops(tmp
     assert torch.equal(load_file(tmp_path / "run" / "model.safetensors")["weight"], snapshots[6])
     assert torch.equal(snapshots[9], snapshots[6])   # the final evaluation measured step 6's weights
     err = capsys.readouterr().err
-    assert err.count("WARNING: toy: parted") == 1
+    assert err.count("WARNING: toy: parted") == 1 and err.count("parted") == 2
+    assert "WARNING: toy (the weights that ship): parted at step 6" in err   # the step of the weights, not the last
     snapshots.clear()
     again = fit(cfg, make_task())   # the stopped run, run again: nothing left to train
     assert again["step"] == 8 and again["best_step"] == 6 and not snapshots
