@@ -6,8 +6,11 @@ Layouts a folder may have (image files: png, jpg, jpeg, bmp, webp, tif, tiff, an
 - PATH/*.png ...                   flat: no labels (the prior is unconditional)
 - PATH/train/... and PATH/test/... (or val/): the split as given, each part in either layout
 Without train/test folders a fixed share (HELD_OUT) is held out, drawn with a fixed seed, and
-the run records which. An .npz holds `images` uint8 [N,H,W] or [N,H,W,C] (C 1, 3 or 4) and
-optionally `labels` (integers), read without unpickling and checked from its header first.
+the run records which; files that are byte-for-byte copies of one another (an icon theme's links,
+copied) fall on the same side, so no held-out picture is one the model trained on. Given folders
+are kept as they are, and the summary line names test pictures that copy training ones. An .npz
+holds `images` uint8 [N,H,W] or [N,H,W,C] (C 1, 3 or 4) and optionally `labels` (integers),
+read without unpickling and checked from its header first (rows that are copies: as files).
 
 Every image is decoded once, when the set is first prepared, as a viewer shows it
 (tokenizer/pictures.py): an unreadable file, or one declaring more than max_pixels, is named in
@@ -51,7 +54,7 @@ SPLIT_NAMES = ("train", ("test", "val"))
 HELD_OUT = 0.1            # share held out for testing when the folder has no test/ part
 MIN_TEST, MIN_TRAIN = 10, 50   # below this a held-out figure or a training run means nothing
 SPLIT_SEED = 0
-FORMAT = 2                # bump when the cached arrays change meaning
+FORMAT = 3                # bump when the cached arrays change meaning (3: copies on one side of the split)
 PRUNE_DAYS = 30           # a prepared set unused this long is removed when another is prepared
 STAMP_BYTES = 4096        # the listing checksums this much of each file's start and end
 ARRAY_FILES = ("train", "test", "train_labels", "test_labels")
@@ -189,6 +192,11 @@ def summary(path: Path, info: dict) -> str:
     notes += [f"{info['ignored']} file(s) that are not images left out"] if info["ignored"] else []
     notes += [f"{info['converted']} grey picture(s) made colour to match the rest"] if info["converted"] else []
     notes += [f"{info['multi_frame']} file(s) with several frames: the first used"] if info.get("multi_frame") else []
+    notes += [f"{info['copies']} picture(s) exact copies of others" + ("" if info.get("leaked") else
+                                                                        ", none across the split")] \
+        if info.get("copies") else []
+    notes += [f"WARNING: {info['leaked']} test picture(s) copy training ones: held-out figures flatter the "
+              f"model; take them out of the test part"] if info.get("leaked") else []
     return (f"prepared {path}: {info['train_size']} training and {info['test_size']} test images "
             f"({info['split']}), {'colour' if info['channels'] == 3 else 'grey'} at "
             f"{info['image_size']}x{info['image_size']}, {kind}" + (f"; {'; '.join(notes)}" if notes else ""))
@@ -293,18 +301,19 @@ def _decode_folder(path: Path, listing: dict, image_size: int, skip_bad: bool, m
                     bad.append((file, err))
             opened[part] = kept
         _refuse_bad(path, bad, skip_bad)
+        contents = {file: _content(file.read_bytes()) for files in opened.values() for file, _ in files}
         if "all" in opened:   # no train/test folders: hold out a seeded share of the files
-            train, test = _held_out(path, len(opened["all"]))
+            train, test = _held_out(path, _copy_groups([contents[file] for file, _ in opened["all"]]))
             opened = {"train": [opened["all"][i] for i in train], "test": [opened["all"][i] for i in test]}
         _check_sizes(path, len(opened["train"]), len(opened["test"]))   # before the long decode
         colour = any(header.colour for header in headers.values())
         size = image_size or auto_size([header.side for header in headers.values()])
         classes = sorted({label for files in opened.values() for _, label in files}) if listing["labelled"] else None
-        skipped, sizes, kept_colour, multi_frame = len(bad), {}, 0, 0
+        skipped, sizes, kept_colour, multi_frame, kept = len(bad), {}, 0, 0, {}
         for part, files in opened.items():
             shape = (len(files), 3, size, size) if colour else (len(files), size, size)   # the models' layout
             images = np.lib.format.open_memmap(out / f"{part}.npy", mode="w+", dtype=np.uint8, shape=shape)
-            labels = []
+            labels, kept[part] = [], []
             for file, label in files:
                 try:
                     picture = square(read_picture(file, colour, max_pixels), size)
@@ -314,6 +323,7 @@ def _decode_folder(path: Path, listing: dict, image_size: int, skip_bad: bool, m
                     continue
                 images[len(labels)] = picture.transpose(2, 0, 1) if colour else picture
                 labels.append(classes.index(label) if classes else 0)
+                kept[part].append(contents[file])
                 kept_colour += headers[file].colour
                 multi_frame += headers[file].frames > 1
             images.flush()
@@ -331,7 +341,8 @@ def _decode_folder(path: Path, listing: dict, image_size: int, skip_bad: bool, m
     return {"channels": 3 if colour else 1, "image_size": size, "class_names": classes, "split": listing["split"],
             "skipped": skipped, "ignored": listing["ignored"],
             "converted": sizes["train"] + sizes["test"] - kept_colour if colour else 0,
-            "multi_frame": multi_frame, "train_size": sizes["train"], "test_size": sizes["test"]}
+            "multi_frame": multi_frame, "train_size": sizes["train"], "test_size": sizes["test"],
+            **_copy_counts(kept["train"], kept["test"])}
 
 
 def _rewrite(file: Path, rows: int, change=lambda rows: rows, chunk: int = 4096) -> None:
@@ -424,7 +435,8 @@ def _decode_npz(path: Path, image_size: int, out: Path) -> dict:
         squared = np.stack([square(to_viewed(Image.fromarray(image, mode), colour), size) for image in images])
     present = np.unique(labels) if labels is not None else None
     classes = [str(c) for c in range(int(present.max()) + 1)] if present is not None and len(present) else None
-    train, test = _held_out(path, len(squared))
+    contents = [_content(image.tobytes()) for image in squared]
+    train, test = _held_out(path, _copy_groups(contents))
     if colour:   # [N,H,W,3] -> [N,3,H,W], the layout the models take
         squared = squared.transpose(0, 3, 1, 2)
     np.save(out / "train.npy", np.ascontiguousarray(squared[train]))
@@ -434,17 +446,39 @@ def _decode_npz(path: Path, image_size: int, out: Path) -> dict:
         np.save(out / "test_labels.npy", labels[test].astype(np.int64))
     return {"channels": 3 if colour else 1, "image_size": size, "class_names": classes,
             "split": f"{HELD_OUT:.0%} held out at random (seed {SPLIT_SEED})", "skipped": 0, "ignored": 0,
-            "converted": 0, "multi_frame": 0, "train_size": len(train), "test_size": len(test)}
+            "converted": 0, "multi_frame": 0, "train_size": len(train), "test_size": len(test),
+            **_copy_counts([contents[i] for i in train], [contents[i] for i in test])}
 
 
-def _held_out(path: Path, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train, test) indices of n images: a seeded HELD_OUT share for testing, each in order."""
+def _content(data: bytes) -> bytes:
+    """What makes two files (or two rows of an .npz) copies of one another: their bytes."""
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
+def _copy_groups(contents: list[bytes]) -> np.ndarray:
+    """For each item, the index of the first item with the same contents (its own where none)."""
+    first: dict[bytes, int] = {}
+    return np.asarray([first.setdefault(c, i) for i, c in enumerate(contents)], dtype=np.int64)
+
+
+def _copy_counts(train: list[bytes], test: list[bytes]) -> dict:
+    """{copies: pictures that copy an earlier one, leaked: test pictures that copy a training one}."""
+    seen = set(train)
+    return {"copies": len(train) + len(test) - len(seen | set(test)), "leaked": sum(c in seen for c in test)}
+
+
+def _held_out(path: Path, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) indices of len(groups) images: a seeded HELD_OUT share for testing, each in
+    order; `groups` (_copy_groups) puts the copies of a picture wherever the first of them is drawn."""
+    n = len(groups)
     n_test = max(MIN_TEST, round(HELD_OUT * n))
     if n - n_test < MIN_TRAIN:
         raise DataError(f"dataset={path}: {n} images; a held-out test share needs at least "
                         f"{MIN_TRAIN + MIN_TEST} ({MIN_TRAIN} to train, {MIN_TEST} to test)")
-    order = np.random.default_rng(SPLIT_SEED).permutation(n)
-    return np.sort(order[n_test:]), np.sort(order[:n_test])
+    drawn = np.zeros(n, dtype=bool)
+    drawn[np.random.default_rng(SPLIT_SEED).permutation(n)[:n_test]] = True
+    test = drawn[groups]   # without copies every group is its own: the draw of the code before
+    return np.flatnonzero(~test), np.flatnonzero(test)
 
 
 def _check_sizes(path: Path, n_train: int, n_test: int) -> None:
