@@ -37,6 +37,7 @@ class PriorConfig(TrainConfig, PriorShape):
     augment_share: float = -1.0    # share of the pictures distorted on each augmented pass; -1: by the set
                                    # (TINY_SET_AUGMENT_SHARE on a tiny user's set, else DEFAULT_AUGMENT_SHARE)
     augment_flip: bool = False     # augment: mirror half of those left to right (photos, icons; never digits or text)
+    augment_strength: float = 1.0  # augment: the distortions' size, times prior/data.py's (1.5 px, 8 degrees, 8%)
     z_loss: float = 0.0            # weight of log(sum(exp(logits)))^2, which keeps the logits from drifting
     optimizer: Literal["adamw", "muon"] = "muon"   # muon: Muon on the blocks' weight matrices, AdamW on the rest
     lr_schedule: Literal["cosine", "wsd"] = "wsd"   # warmup-stable-decay
@@ -67,6 +68,8 @@ class PriorConfig(TrainConfig, PriorShape):
              "must be in [0, 1], or -1 (by the set)"),
             (self.augment is not False or not self.augment_token, "augment_token", "needs augment=true"),
             (self.augment is not False or not self.augment_flip, "augment_flip", "needs augment=true"),
+            (0 < self.augment_strength <= 5, "augment_strength", "must be in (0, 5] (5: 40 degrees, 40% larger)"),
+            (self.augment is not False or self.augment_strength == 1, "augment_strength", "needs augment=true"),
             (self.z_loss >= 0, "z_loss", "must be >= 0"),
             (self.rope == "none" or (self.n_embd // max(self.n_head, 1)) % 4 == 0, "rope",
              "needs a head width (n_embd / n_head) divisible by 4"),

@@ -51,21 +51,21 @@ MAX_SCALE_CHANGE = 0.08
 
 @torch.no_grad()
 def distort(images_uint8: torch.Tensor, generator: torch.Generator, share: float, flip: bool = False,
-            chunk: int = 10_000) -> tuple[torch.Tensor, torch.Tensor]:
+            strength: float = 1.0, chunk: int = 10_000) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 [N,H,W] or [N,C,H,W] -> (the same shape, long [M] which): a random `share` of the
-    pictures shifted, rotated and scaled a little (one affine warp each, bilinear), and with
-    flip=True half of those mirrored left to right; the others as they are. (Exact one-pixel
-    moves leaked into the samples more: docs/EXPERIMENTS.md.)
+    pictures shifted, rotated and scaled a little (one affine warp each, bilinear; `strength`
+    times the MAX_ sizes above), and with flip=True half of those mirrored left to right; the
+    others as they are. (Exact one-pixel moves leaked into the samples more: docs/EXPERIMENTS.md.)
 
     Every random number is drawn for every image, so the result is a function of the
     generator's seed alone (exact resume), whatever `share` selects.
     """
     n = len(images_uint8)
     chosen = torch.rand(n, generator=generator) < share
-    angle = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(MAX_ROTATION_DEG)
-    scale = 1 + (torch.rand(n, generator=generator) * 2 - 1) * MAX_SCALE_CHANGE
+    angle = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(MAX_ROTATION_DEG * strength)
+    scale = 1 + (torch.rand(n, generator=generator) * 2 - 1) * (MAX_SCALE_CHANGE * strength)
     side = images_uint8.shape[-1]
-    shift = (torch.rand(n, 2, generator=generator) * 2 - 1) * (MAX_SHIFT_PX * 2 / side)   # grid units: side = 2
+    shift = (torch.rand(n, 2, generator=generator) * 2 - 1) * (MAX_SHIFT_PX * strength * 2 / side)   # side = 2
     mirror = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0) if flip else torch.ones(n)
     cos, sin = angle.cos() / scale, angle.sin() / scale
     theta = torch.stack([torch.stack([cos * mirror, -sin, shift[:, 0]], 1),    # x read from -x: mirrored
@@ -83,12 +83,12 @@ def distort(images_uint8: torch.Tensor, generator: torch.Generator, share: float
 
 
 def augmented_codes(tokenizer, images_uint8: torch.Tensor, codes: torch.Tensor, seed: int, epoch: int,
-                    share: float, flip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                    share: float, flip: bool = False, strength: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """(the code grids of epoch `epoch`, long [M] which are distorted): `codes` (those of
     images_uint8) with the distorted pictures re-encoded by the frozen tokenizer (only
     those: encoding is the cost)."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    warped, which = distort(images_uint8, generator, share, flip)
+    warped, which = distort(images_uint8, generator, share, flip, strength)
     fresh = codes.clone()
     fresh[which] = encode_all(tokenizer, warped[which]).to(codes.dtype)
     return fresh, which

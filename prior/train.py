@@ -132,7 +132,7 @@ class PriorTask:
             return (f"training and held-out loss part at step {result['step']}: {result['train_nll_bits_per_token']:.3f} "
                     f"bits/token on training grids, {result['test_nll_bits_per_token']:.3f} held out (gap {gap:.2f} > "
                     f"{OVERFIT_BITS}): it learns the training set by heart; the best held-out weights ship; more "
-                    f"dropout= or more distortion (augment=true, augment_share=) narrows the gap")
+                    f"dropout= or more distortion (augment=true, augment_share=, augment_strength=) narrows the gap")
         return None
 
     def report(self, out_dir: Path, m, history: list[dict], metrics: list[dict]) -> None:
@@ -167,7 +167,8 @@ class PriorTask:
 
     def pass_tensors(self, draw: int) -> tuple[torch.Tensor, torch.Tensor]:
         codes, which = augmented_codes(self.tokenizer, self.train_images, self.train_codes, self.cfg.seed,
-                                       draw, self.cfg.distorted_share(), self.cfg.augment_flip)
+                                       draw, self.cfg.distorted_share(), self.cfg.augment_flip,
+                                       self.cfg.augment_strength)
         labels = self.train_labels.clone()
         if self.cfg.augment_token:
             labels[which] += self.distorted

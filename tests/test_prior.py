@@ -308,7 +308,8 @@ def test_augmented_grids_are_fresh_each_epoch_and_repeatable(tiny_tokenizer_run,
 
 def test_colour_pictures_are_distorted_and_mirrored_only_when_asked():
     """Colour keeps its channels; augment_flip mirrors about half of the distorted pictures
-    (their bright left half lands on the right), and without it none."""
+    (their bright left half lands on the right), and without it none; augment_strength scales
+    the warps."""
     from prior.config import PriorConfig
     from prior.data import distort
     pictures = torch.zeros(400, 3, 16, 16, dtype=torch.uint8)
@@ -325,6 +326,12 @@ def test_colour_pictures_are_distorted_and_mirrored_only_when_asked():
     assert 0.4 < mirrored(flipped).float().mean() < 0.6
     with pytest.raises(ConfigError, match="augment_flip"):
         PriorConfig(augment=False, augment_flip=True).validate()
+    moved = [(distort(pictures, torch.Generator().manual_seed(0), share=1.0, strength=s)[0].float() - pictures).abs().mean()
+             for s in (1.0, 2.5)]
+    assert moved[1] > 1.5 * moved[0], moved                 # augment_strength: larger warps, the same draws
+    assert torch.equal(distort(pictures, torch.Generator().manual_seed(0), share=1.0, strength=1.0)[0], plain)
+    with pytest.raises(ConfigError, match="augment_strength"):
+        PriorConfig(augment_strength=0.0).validate()
 
 
 def test_augment_token_marks_the_distorted_digits_and_keeps_them_marked(tiny_tokenizer_run, mnist_root, tmp_path):
