@@ -301,7 +301,7 @@ def _decode_folder(path: Path, listing: dict, image_size: int, skip_bad: bool, m
                     bad.append((file, err))
             opened[part] = kept
         _refuse_bad(path, bad, skip_bad)
-        contents = {file: _content(file.read_bytes()) for files in opened.values() for file, _ in files}
+        contents = {file: file_digest(file) for files in opened.values() for file, _ in files}   # copies: same bytes
         if "all" in opened:   # no train/test folders: hold out a seeded share of the files
             train, test = _held_out(path, _copy_groups([contents[file] for file, _ in opened["all"]]))
             opened = {"train": [opened["all"][i] for i in train], "test": [opened["all"][i] for i in test]}
@@ -435,7 +435,7 @@ def _decode_npz(path: Path, image_size: int, out: Path) -> dict:
         squared = np.stack([square(to_viewed(Image.fromarray(image, mode), colour), size) for image in images])
     present = np.unique(labels) if labels is not None else None
     classes = [str(c) for c in range(int(present.max()) + 1)] if present is not None and len(present) else None
-    contents = [_content(image.tobytes()) for image in squared]
+    contents = [hashlib.sha256(image.tobytes()).hexdigest() for image in squared]   # copies: the same pixels
     train, test = _held_out(path, _copy_groups(contents))
     if colour:   # [N,H,W,3] -> [N,3,H,W], the layout the models take
         squared = squared.transpose(0, 3, 1, 2)
@@ -450,18 +450,13 @@ def _decode_npz(path: Path, image_size: int, out: Path) -> dict:
             **_copy_counts([contents[i] for i in train], [contents[i] for i in test])}
 
 
-def _content(data: bytes) -> bytes:
-    """What makes two files (or two rows of an .npz) copies of one another: their bytes."""
-    return hashlib.blake2b(data, digest_size=16).digest()
-
-
-def _copy_groups(contents: list[bytes]) -> np.ndarray:
+def _copy_groups(contents: list[str]) -> np.ndarray:
     """For each item, the index of the first item with the same contents (its own where none)."""
-    first: dict[bytes, int] = {}
+    first: dict[str, int] = {}
     return np.asarray([first.setdefault(c, i) for i, c in enumerate(contents)], dtype=np.int64)
 
 
-def _copy_counts(train: list[bytes], test: list[bytes]) -> dict:
+def _copy_counts(train: list[str], test: list[str]) -> dict:
     """{copies: pictures that copy an earlier one, leaked: test pictures that copy a training one}."""
     seen = set(train)
     return {"copies": len(train) + len(test) - len(seen | set(test)), "leaked": sum(c in seen for c in test)}
